@@ -1,0 +1,25 @@
+"""irli: learning to index.
+
+Learned partitions and learned routing for fast nearest-neighbour search: R
+repetitions, each a partition of the items into B buckets and a router that
+picks the few buckets a query should open.
+
+    import irli
+    index = irli.Index("irli", metric="cosine").fit(vectors)
+    ids, scores = index.search(queries, k=10, probes=16)
+    index.save("my.index"); index = irli.load("my.index")
+"""
+
+__version__ = "0.1.0"
+
+from .config import PRESETS, IndexConfig  # noqa: E402
+from .errors import (  # noqa: E402
+    ConfigError, IndexFormatError, InvalidInputError, IrliError, NotFittedError,
+)
+from .index import Index, SearchResult, load  # noqa: E402
+from .progress import Progress  # noqa: E402
+
+__all__ = [
+    "Index", "SearchResult", "load", "IndexConfig", "PRESETS", "Progress",
+    "IrliError", "ConfigError", "InvalidInputError", "NotFittedError", "IndexFormatError",
+]

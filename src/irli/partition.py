@@ -1,0 +1,168 @@
+"""Partitions of items into buckets: 2-universal hashing, k-means, nearest-
+centroid assignment, power-of-K-choices placement, and the inverted lists.
+
+An assignment is an int32 array (n,) of bucket ids in [0, B). InvertedLists
+holds R of them in CSR form: `offsets` int64 (R, B+1) and `lists` (R, n) of
+item positions grouped by bucket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numba
+import numpy as np
+
+from .progress import Callback, report
+from .validation import normalize_rows
+
+_PRIME = (1 << 31) - 1  # Mersenne prime > any item position we hash
+
+
+def hash_assign(n_items: int, n_buckets: int, seed: int) -> np.ndarray:
+    """Bucket of each item position under h(x) = ((a x + b) mod p) mod B with
+    a, b drawn from `seed` (a 2-universal family). int32 (n_items,)."""
+    rng = np.random.default_rng([seed, 0x4A5])
+    a = np.uint64(rng.integers(1, _PRIME))
+    b = np.uint64(rng.integers(0, _PRIME))
+    x = np.arange(n_items, dtype=np.uint64)
+    return (((a * x + b) % np.uint64(_PRIME)) % np.uint64(n_buckets)).astype(np.int32)
+
+
+def kmeans(
+    x: np.ndarray, n_buckets: int, spherical: bool, iters: int = 20,
+    points_per_centroid: int = 256, seed: int = 0, callback: Callback = None,
+) -> np.ndarray:
+    """Lloyd's k-means on a seeded sample of at most `points_per_centroid` x B
+    rows of `x` (float32 (n, d), may be memory-mapped). Spherical k-means
+    (unit centroids, inner-product assignment) when `spherical`. Empty clusters
+    are re-seeded by splitting the largest one. Returns float32 (B, d)."""
+    n = x.shape[0]
+    rng = np.random.default_rng([seed, 0x3E4])
+    m = min(n, n_buckets * points_per_centroid)
+    rows = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
+    sample = np.ascontiguousarray(x[rows], dtype=np.float32)
+    if spherical:
+        sample = normalize_rows(sample)
+    cent = sample[rng.choice(m, size=n_buckets, replace=False)].copy()
+    for it in range(iters):
+        assign = assign_nearest(sample, cent, spherical)
+        counts = np.bincount(assign, minlength=n_buckets)
+        order = np.argsort(assign, kind="stable")
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        nonempty = counts > 0
+        sums = np.add.reduceat(sample[order], starts[nonempty], axis=0)
+        cent[nonempty] = sums / counts[nonempty, None]
+        for b in np.nonzero(~nonempty)[0]:  # split the biggest cluster
+            big = int(np.argmax(counts))
+            cent[b] = cent[big] * (1 + 1e-3 * rng.standard_normal(cent.shape[1]))
+            counts[big] //= 2
+            counts[b] = counts[big]
+        if spherical:
+            cent = normalize_rows(cent)
+        report(callback, "kmeans", it + 1, iters)
+    return np.ascontiguousarray(cent, dtype=np.float32)
+
+
+def assign_nearest(x: np.ndarray, centroids: np.ndarray, spherical: bool,
+                   batch: int = 1 << 16) -> np.ndarray:
+    """Index of the best centroid for each row of `x` (max inner product when
+    `spherical`, else min L2). int32 (n,); streams `x` in batches."""
+    metric = faiss.METRIC_INNER_PRODUCT if spherical else faiss.METRIC_L2
+    out = np.empty(x.shape[0], dtype=np.int32)
+    for s in range(0, x.shape[0], batch):
+        part = np.ascontiguousarray(x[s : s + batch], dtype=np.float32)
+        out[s : s + part.shape[0]] = faiss.knn(part, centroids, 1, metric=metric)[1][:, 0]
+    return out
+
+
+@numba.njit(cache=True)
+def _least_loaded(choices, k, order, n_buckets, cap):
+    counts = np.zeros(n_buckets, dtype=np.int64)
+    out = np.empty(choices.shape[0], dtype=np.int32)
+    for i in order:
+        best = choices[i, 0]
+        for j in range(1, k):
+            c = choices[i, j]
+            if counts[c] < counts[best]:
+                best = c
+        if counts[best] >= cap:  # all K choices full: next in the router's ranking
+            best = -1
+            for j in range(k, choices.shape[1]):
+                if counts[choices[i, j]] < cap:
+                    best = choices[i, j]
+                    break
+            if best < 0:  # still full: the least loaded bucket of all
+                best = np.argmin(counts)
+        out[i] = best
+        counts[best] += 1
+    return out
+
+
+def fallback_width(k: int, n_buckets: int) -> int:
+    """How many ranked buckets to fetch per item for `power_of_k`: the K
+    choices plus a few fallbacks for when all K are full."""
+    return min(n_buckets, k + 8)
+
+
+def power_of_k(choices: np.ndarray, k: int, n_buckets: int, max_load: float | None, seed: int
+               ) -> np.ndarray:
+    """Place each item in the least loaded of its top-K buckets.
+
+    `choices` int (n, >= K) ranks buckets for each item, best first; the first
+    `k` are the choices. Items go in a seeded random order against running
+    counts; ties go to the better-ranked bucket. With `max_load`, no bucket
+    grows past ceil(max_load * n / B): an item whose K choices are all full
+    takes the next bucket in its ranking with room, else the least loaded
+    bucket overall. Returns int32 (n,).
+    """
+    n = choices.shape[0]
+    cap = n + 1 if max_load is None else int(np.ceil(max_load * n / n_buckets))
+    order = np.random.default_rng([seed, 0x90C]).permutation(n)
+    return _least_loaded(np.ascontiguousarray(choices, dtype=np.int32), k, order, n_buckets, cap)
+
+
+@dataclass
+class InvertedLists:
+    """R partitions of n item positions into B buckets, CSR-style.
+
+    `offsets` int64 (R, B+1): bucket b of repetition r holds
+    `lists[r, offsets[r, b]:offsets[r, b+1]]`, item positions (int32 (R, n))
+    in increasing order.
+    """
+
+    offsets: np.ndarray
+    lists: np.ndarray
+
+    @classmethod
+    def from_assignments(cls, assign: np.ndarray, n_buckets: int) -> "InvertedLists":
+        """Build from int (R, n) bucket ids."""
+        r, n = assign.shape
+        dtype = np.int32 if n < 2**31 else np.int64
+        offsets = np.zeros((r, n_buckets + 1), dtype=np.int64)
+        lists = np.empty((r, n), dtype=dtype)
+        for i in range(r):
+            offsets[i, 1:] = np.cumsum(np.bincount(assign[i], minlength=n_buckets))
+            lists[i] = np.argsort(assign[i], kind="stable")
+        return cls(offsets, lists)
+
+    @property
+    def n_reps(self) -> int:
+        return self.offsets.shape[0]
+
+    @property
+    def n_buckets(self) -> int:
+        return self.offsets.shape[1] - 1
+
+    def sizes(self) -> np.ndarray:
+        """Items per bucket, int64 (R, B)."""
+        return np.diff(self.offsets, axis=1)
+
+    def assignments(self) -> np.ndarray:
+        """Bucket of every item position in every repetition, int32 (R, n)."""
+        out = np.empty(self.lists.shape, dtype=np.int32)
+        buckets = np.arange(self.n_buckets, dtype=np.int32)
+        for r in range(self.n_reps):
+            out[r, self.lists[r]] = np.repeat(buckets, self.sizes()[r])
+        return out

@@ -1,0 +1,208 @@
+"""The search path: route -> probe -> gather -> filter -> exact score -> top-k.
+
+`route` scores buckets with each repetition's router (numpy BLAS) and keeps the
+top `probes`; `scan` runs one compiled kernel over a batch of queries that
+gathers the items of the probed buckets, counts in how many repetitions each
+was seen, keeps those seen at least `min_votes` times (and, optionally, only the
+`top_c` with the highest summed router probability), scores them exactly and
+keeps the top k. There is no Python loop per query or per candidate.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .routers import Router
+
+
+def route(routers: list[Router], q: np.ndarray, probes: int, with_probs: bool = False
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-`probes` buckets of every repetition for queries `q` (float32 (n, d)).
+
+    Returns (buckets int32 (R, n, m), probs float32 (R, n, m)), buckets best
+    first; probs are the router's softmax probabilities of those buckets when
+    `with_probs`, else an empty (R, 0, 0) array. `probes` must be <= B.
+    """
+    n = q.shape[0]
+    reps = len(routers)
+    buckets = np.empty((reps, n, probes), dtype=np.int32)
+    probs = np.empty((reps, n, probes) if with_probs else (reps, 0, 0), dtype=np.float32)
+    rows = np.arange(n)[:, None]
+    for r, router in enumerate(routers):
+        s = router.logits(q)
+        if probes < s.shape[1]:
+            top = np.argpartition(-s, probes - 1, axis=1)[:, :probes]
+        else:
+            top = np.broadcast_to(np.arange(s.shape[1]), (n, s.shape[1]))
+        top_s = s[rows, top]
+        order = np.argsort(-top_s, axis=1, kind="stable")
+        buckets[r] = np.take_along_axis(top, order, axis=1)
+        if with_probs:
+            mx = s.max(axis=1, keepdims=True)
+            z = np.exp(s - mx).sum(axis=1, keepdims=True)
+            probs[r] = np.exp(np.take_along_axis(top_s, order, axis=1) - mx) / z
+    return buckets, probs
+
+
+@numba.njit(inline="always", fastmath=True)
+def _dot(a, b):
+    s = np.float32(0.0)
+    for j in range(a.shape[0]):
+        s += a[j] * b[j]
+    return s
+
+
+@numba.njit(inline="always")
+def _push(hs, hi, size, k, s, i):
+    """Offer (score s, id i) to a min-heap of the best k; returns the new size."""
+    if size < k:
+        j = size
+        hs[j] = s
+        hi[j] = i
+        while j > 0:
+            p = (j - 1) // 2
+            if hs[p] <= hs[j]:
+                break
+            hs[p], hs[j] = hs[j], hs[p]
+            hi[p], hi[j] = hi[j], hi[p]
+            j = p
+        return size + 1
+    if s <= hs[0]:
+        return size
+    hs[0] = s
+    hi[0] = i
+    j = 0
+    while True:
+        a = 2 * j + 1
+        if a >= size:
+            break
+        b = a + 1
+        c = b if b < size and hs[b] < hs[a] else a
+        if hs[j] <= hs[c]:
+            break
+        hs[c], hs[j] = hs[j], hs[c]
+        hi[c], hi[j] = hi[j], hi[c]
+        j = c
+    return size
+
+
+@numba.njit(inline="always", fastmath=True)
+def _score(q, qn, x, sqn, i, l2):
+    s = _dot(q, x[i])
+    if l2:
+        return -(qn - 2 * s + sqn[i])
+    return s
+
+
+@numba.njit(cache=True, fastmath=True, parallel=True)
+def _scan(q, x, sqn, offsets, lists, probed, probs, k, min_votes, top_c, l2, n_chunks,
+          out_pos, out_score, out_ncand):
+    nq = q.shape[0]
+    n = x.shape[0]
+    reps = probed.shape[0]
+    m = probed.shape[2]
+    dedup = reps > 1 or top_c > 0
+    chunk = (nq + n_chunks - 1) // n_chunks
+    for c in numba.prange(n_chunks):
+        lo = c * chunk
+        hi = min(nq, lo + chunk)
+        mark = np.full(n if dedup else 0, -1, dtype=np.int32)
+        cnt = np.zeros(n if dedup else 0, dtype=np.int32)
+        hs = np.empty(k, dtype=np.float32)
+        hid = np.empty(k, dtype=np.int64)
+        cap = 0
+        cid = np.empty(0, dtype=np.int64)
+        cp = np.empty(0, dtype=np.float32)
+        cv = np.empty(0, dtype=np.int32)
+        for qi in range(lo, hi):
+            qv = q[qi]
+            qn = _dot(qv, qv) if l2 else np.float32(0.0)
+            size = 0
+            scored = 0
+            if top_c == 0:
+                for r in range(reps):
+                    for j in range(m):
+                        b = probed[r, qi, j]
+                        for t in range(offsets[r, b], offsets[r, b + 1]):
+                            i = lists[r, t]
+                            if dedup:
+                                if mark[i] != qi:
+                                    mark[i] = qi
+                                    cnt[i] = 1
+                                else:
+                                    cnt[i] += 1
+                                if cnt[i] != min_votes:
+                                    continue
+                            scored += 1
+                            size = _push(hs, hid, size, k, _score(qv, qn, x, sqn, i, l2), i)
+            else:
+                total = 0
+                for r in range(reps):
+                    for j in range(m):
+                        b = probed[r, qi, j]
+                        total += offsets[r, b + 1] - offsets[r, b]
+                if total > cap:
+                    cap = max(total, 2 * cap)
+                    cid = np.empty(cap, dtype=np.int64)
+                    cp = np.empty(cap, dtype=np.float32)
+                    cv = np.empty(cap, dtype=np.int32)
+                nc = 0
+                for r in range(reps):
+                    for j in range(m):
+                        b = probed[r, qi, j]
+                        p = probs[r, qi, j]
+                        for t in range(offsets[r, b], offsets[r, b + 1]):
+                            i = lists[r, t]
+                            if mark[i] != qi:
+                                mark[i] = qi
+                                cnt[i] = nc
+                                cid[nc] = i
+                                cp[nc] = p
+                                cv[nc] = 1
+                                nc += 1
+                            else:
+                                s = cnt[i]
+                                cp[s] += p
+                                cv[s] += 1
+                keep = 0
+                for s in range(nc):  # compact the survivors of the vote filter
+                    if cv[s] >= min_votes:
+                        cid[keep] = cid[s]
+                        cp[keep] = cp[s]
+                        keep += 1
+                order = np.argsort(-cp[:keep], kind="mergesort")
+                for s in range(min(top_c, keep)):
+                    i = cid[order[s]]
+                    scored += 1
+                    size = _push(hs, hid, size, k, _score(qv, qn, x, sqn, i, l2), i)
+            out_ncand[qi] = scored
+            order = np.argsort(-hs[:size], kind="mergesort")
+            for s in range(size):
+                out_pos[qi, s] = hid[order[s]]
+                out_score[qi, s] = hs[order[s]]
+
+
+def scan(
+    q: np.ndarray, x: np.ndarray, sqnorms: np.ndarray, offsets: np.ndarray, lists: np.ndarray,
+    probed: np.ndarray, probs: np.ndarray, k: int, min_votes: int = 1, top_c: int = 0,
+    l2: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact top-k among the items of the probed buckets.
+
+    q float32 (n, d); x float32 (N, d) item vectors by position; sqnorms
+    float32 (N,) squared norms (used for l2 only); offsets int64 (R, B+1);
+    lists int (R, N); probed int32 (R, n, m) from `route`, with probs (R, n, m)
+    when `top_c` > 0 (0 means no cut). Returns (positions int64 (n, k), -1
+    where fewer than k; scores float32 (n, k), higher is better (for l2 the
+    negative squared distance), -inf where padded; candidates int64 (n,),
+    items scored exactly per query). Runs on numba's threads.
+    """
+    n = q.shape[0]
+    out_pos = np.full((n, k), -1, dtype=np.int64)
+    out_score = np.full((n, k), -np.inf, dtype=np.float32)
+    out_ncand = np.zeros(n, dtype=np.int64)
+    n_chunks = max(1, min(n, numba.get_num_threads()))
+    _scan(q, x, sqnorms, offsets, lists, probed, probs, k, min_votes, top_c, l2, n_chunks,
+          out_pos, out_score, out_ncand)
+    return out_pos, out_score, out_ncand

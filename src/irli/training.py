@@ -1,0 +1,359 @@
+"""Learning: training queries and targets, router training, and the
+train <-> re-partition loop that makes partitions and routers agree.
+
+The R routers of an index train together as one batched torch module (their
+weights stacked along a leading R axis), so repetitions train in parallel on
+whatever threads or GPU torch has. Inference lives in routers.py (numpy); this
+module converts both ways.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import IndexConfig
+from .exact import exact_knn
+from .partition import assign_nearest, fallback_width, hash_assign, kmeans, power_of_k
+from .progress import Callback, report
+from .routers import CentroidRouter, LinearRouter, MLPRouter, Router
+
+
+@dataclass
+class TrainingSet:
+    """Training queries float32 (n, d) and, for each, the positions of its
+    exact nearest items, int64 (n, t), best first."""
+
+    queries: np.ndarray
+    neighbors: np.ndarray
+
+
+@dataclass
+class LearnResult:
+    """What `learn` produces: item buckets int32 (R, N), one router per
+    repetition, and a log of the rounds (epochs, losses, items moved)."""
+
+    assign: np.ndarray
+    routers: list[Router]
+    history: list[dict] = field(default_factory=list)
+
+
+def training_set(x: np.ndarray, cfg: IndexConfig, queries: np.ndarray | None = None,
+                 callback: Callback = None) -> TrainingSet:
+    """Training queries and their exact top-`target_k` neighbours among `x`.
+
+    Without `queries`, `n_train` items are sampled (seeded) as pseudo-queries
+    and each one's own row is removed from its neighbours. `x` and `queries`
+    are float32 and already normalised for cosine.
+    """
+    n = x.shape[0]
+    t = min(cfg.target_k, n - 1 if queries is None else n)
+    metric = "l2" if cfg.metric == "l2" else "ip"
+    if queries is not None:
+        nb, _ = exact_knn(x, queries, t, metric, callback=callback)
+        return TrainingSet(queries, nb)
+    rng = np.random.default_rng([cfg.seed, 0x7A1])
+    m = min(cfg.n_train, n)
+    rows = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
+    q = np.ascontiguousarray(x[rows])
+    nb, _ = exact_knn(x, q, t + 1, metric, callback=callback)
+    self_hit = nb == rows[:, None]
+    self_hit[~self_hit.any(axis=1), -1] = True  # a duplicate outranked it: drop the last
+    return TrainingSet(q, nb[~self_hit].reshape(m, t))
+
+
+# -- the train <-> re-partition loop -------------------------------------------
+def learn(x: np.ndarray, cfg: IndexConfig, n_buckets: int, train_queries: np.ndarray | None = None,
+          callback: Callback = None) -> LearnResult:
+    """Partition `x` (float32 (N, d), normalised for cosine) into R x B buckets
+    and fit the routers, following `cfg`. Returns a LearnResult."""
+    reps = cfg.n_reps
+    assign = np.empty((reps, x.shape[0]), dtype=np.int32)
+    centroids: list[np.ndarray] = []
+    for r in range(reps):
+        if cfg.start == "kmeans":
+            c = kmeans(x, n_buckets, cfg.spherical, cfg.kmeans_iters, cfg.kmeans_sample,
+                       seed=cfg.seed + r, callback=callback)
+            assign[r] = assign_nearest(x, c, cfg.spherical)
+            centroids.append(c)
+        else:
+            assign[r] = hash_assign(x.shape[0], n_buckets, seed=cfg.seed + r)
+    if cfg.router == "centroid":
+        return _learn_centroids(x, cfg, n_buckets, assign, callback)
+
+    history: list[dict] = []
+    if not cfg.learns:  # a linear router read off k-means centroids, untrained
+        return LearnResult(assign, [_linear_from_centroids(c, cfg) for c in centroids], history)
+
+    tset = training_set(x, cfg, train_queries, callback)
+    trainer = _Trainer(x.shape[1], n_buckets, cfg, centroids or None, sample=tset.queries)
+    every = cfg.repartition_every if cfg.repartition else cfg.epochs
+    rounds = math.ceil(cfg.epochs / every)
+    done = 0
+    for rnd in range(rounds):
+        epochs = min(every, cfg.epochs - done)
+        info = trainer.train(tset, assign, epochs, done, rnd, callback)
+        done += epochs
+        entry = {"round": rnd, **info}
+        if cfg.repartition and rnd < rounds - 1:
+            new = trainer.repartition(x, seed=cfg.seed + 1000 * (rnd + 1))
+            moved = (new != assign).mean(axis=1)
+            assign = new
+            entry["moved"] = [float(v) for v in moved]
+            report(callback, "repartition", rnd + 1, rounds - 1, moved=float(moved.mean()))
+            if moved.mean() < cfg.min_moved:
+                history.append(entry)
+                report(callback, "train", cfg.epochs, cfg.epochs, stopped="few items moved")
+                break
+        history.append(entry)
+    return LearnResult(assign, trainer.export(), history)
+
+
+def _linear_from_centroids(c: np.ndarray, cfg: IndexConfig) -> LinearRouter:
+    if cfg.uses_bias:  # -|q - c|^2 = 2 q.c - |c|^2 + const
+        return LinearRouter(weight=2 * c, bias=-(c**2).sum(1))
+    return LinearRouter(weight=c, bias=None)
+
+
+def bucket_means(x: np.ndarray, assign: np.ndarray, n_buckets: int, spherical: bool,
+                 old: np.ndarray | None = None, batch: int = 1 << 16) -> np.ndarray:
+    """Mean of the items in each bucket, float32 (B, d) (unit length when
+    `spherical`); an empty bucket keeps its `old` centroid, or zero."""
+    sums = np.zeros((n_buckets, x.shape[1]), dtype=np.float64)
+    for s in range(0, x.shape[0], batch):
+        np.add.at(sums, assign[s : s + batch], np.asarray(x[s : s + batch], dtype=np.float64))
+    counts = np.bincount(assign, minlength=n_buckets)
+    out = np.zeros((n_buckets, x.shape[1]), dtype=np.float32)
+    full = counts > 0
+    out[full] = sums[full] / counts[full, None]
+    if old is not None:
+        out[~full] = old[~full]
+    if spherical:
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        out = out / np.where(norms == 0, 1, norms)
+    return out.astype(np.float32)
+
+
+def _learn_centroids(x, cfg, n_buckets, assign, callback) -> LearnResult:
+    """Centroid routers: the centroids are bucket means; with `repartition`,
+    each round moves items to the least loaded of their K nearest centroids
+    (a balanced k-means) and recomputes the means."""
+    reps = assign.shape[0]
+    cents = [bucket_means(x, assign[r], n_buckets, cfg.spherical) for r in range(reps)]
+    history: list[dict] = []
+    rounds = math.ceil(cfg.epochs / cfg.repartition_every) if cfg.repartition else 0
+    for rnd in range(rounds):
+        moved = []
+        for r in range(reps):
+            choices = _topk_centroids(x, cents[r], fallback_width(cfg.k_choices, n_buckets),
+                                      cfg.spherical)
+            new = power_of_k(choices, cfg.k_choices, n_buckets, cfg.max_load,
+                             seed=cfg.seed + 1000 * (rnd + 1) + r)
+            moved.append(float((new != assign[r]).mean()))
+            assign[r] = new
+            cents[r] = bucket_means(x, new, n_buckets, cfg.spherical, old=cents[r])
+        history.append({"round": rnd, "moved": moved})
+        report(callback, "repartition", rnd + 1, rounds, moved=float(np.mean(moved)))
+        if np.mean(moved) < cfg.min_moved:
+            break
+    routers = [CentroidRouter(c, l2=cfg.metric == "l2") for c in cents]
+    return LearnResult(assign, routers, history)
+
+
+def _topk_centroids(x, cent, k, spherical, batch=1 << 16):
+    import faiss
+
+    metric = faiss.METRIC_INNER_PRODUCT if spherical else faiss.METRIC_L2
+    out = np.empty((x.shape[0], k), dtype=np.int32)
+    for s in range(0, x.shape[0], batch):
+        part = np.ascontiguousarray(x[s : s + batch], dtype=np.float32)
+        out[s : s + part.shape[0]] = faiss.knn(part, cent, k, metric=metric)[1]
+    return out
+
+
+# -- torch side ------------------------------------------------------------------
+def _device(cfg: IndexConfig):
+    import torch
+
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            from .errors import ConfigError
+
+            raise ConfigError("device='cuda' but torch sees no CUDA GPU")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class _Trainer:
+    """R routers of one kind as stacked torch parameters, with their optimiser."""
+
+    def __init__(self, d: int, n_buckets: int, cfg: IndexConfig, centroids: list[np.ndarray] | None,
+                 sample: np.ndarray | None = None):
+        import torch
+
+        self.torch = torch
+        self.cfg = cfg
+        self.n_buckets = n_buckets
+        self.device = _device(cfg)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        reps = cfg.n_reps
+        p: dict[str, torch.Tensor] = {}
+        if cfg.router == "linear":
+            if centroids is not None:
+                init = [_linear_from_centroids(c, cfg) for c in centroids]
+                p["weight"] = torch.from_numpy(np.stack([r.weight.T for r in init]))
+                if cfg.uses_bias:
+                    p["bias"] = torch.from_numpy(np.stack([r.bias for r in init]))
+            else:
+                p["weight"] = self._uniform((reps, d, n_buckets), d)
+                if cfg.uses_bias:
+                    p["bias"] = torch.zeros(reps, n_buckets)
+        else:
+            # the MLP sees standardised inputs while training; export() folds the
+            # shift and scale back into w1 and b1
+            mu = sample.mean(0) if sample is not None else np.zeros(d, np.float32)
+            sd = sample.std(0) if sample is not None else np.ones(d, np.float32)
+            self.shift = torch.from_numpy(mu.astype(np.float32)).to(self.device)
+            self.scale = torch.from_numpy(np.where(sd > 1e-8, sd, 1.0).astype(np.float32)).to(self.device)
+            h = cfg.hidden
+            p["w1"] = self._uniform((reps, d, h), d)
+            p["b1"] = self._uniform((reps, h), d)
+            p["w2"] = self._uniform((reps, h, n_buckets), h)
+            p["b2"] = self._uniform((reps, n_buckets), h)
+        self.params = {k: torch.nn.Parameter(v.float().to(self.device)) for k, v in p.items()}
+        self.opt = torch.optim.Adam(self.params.values(), lr=cfg.lr)
+        self._val_rows = None
+
+    def _uniform(self, shape, fan_in):
+        bound = 1.0 / math.sqrt(fan_in)
+        return (self.torch.rand(shape, generator=self.gen) * 2 - 1) * bound
+
+    def forward(self, q):
+        """q float tensor (b, d) -> logits (R, b, B)."""
+        p = self.params
+        if self.cfg.router == "linear":
+            s = self.torch.matmul(q, p["weight"])
+            return s + p["bias"][:, None, :] if "bias" in p else s
+        q = (q - self.shift) / self.scale
+        h = self.torch.relu(self.torch.matmul(q, p["w1"]) + p["b1"][:, None, :])
+        return self.torch.matmul(h, p["w2"]) + p["b2"][:, None, :]
+
+    def _loss(self, logits, buckets):
+        """Per-repetition mean loss, (R,). buckets: long (R, b, t) target buckets."""
+        F = self.torch.nn.functional
+        target = self.torch.zeros_like(logits)
+        if self.cfg.loss == "sigmoid":  # multi-hot: a bucket holding any neighbour
+            target.scatter_(2, buckets, 1.0)
+            return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(2).mean(1)
+        # softmax: the target spreads over buckets in proportion to neighbours held
+        target.scatter_add_(2, buckets, self.torch.full(buckets.shape, 1.0 / buckets.shape[2],
+                                                         device=logits.device))
+        return -(target * F.log_softmax(logits, dim=2)).sum(2).mean(1)
+
+    def train(self, tset: TrainingSet, assign: np.ndarray, epochs: int, done: int, rnd: int,
+              callback: Callback) -> dict:
+        """`epochs` epochs against the buckets of `assign` (R, N); restores each
+        repetition's weights from its best validation epoch. Returns a log entry."""
+        torch = self.torch
+        cfg = self.cfg
+        n = tset.queries.shape[0]
+        if self._val_rows is None:
+            perm = np.random.default_rng([cfg.seed, 0x5A1]).permutation(n)
+            n_val = int(round(n * cfg.val_fraction)) if n >= 10 else 0
+            self._val_rows, self._train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        q = torch.from_numpy(np.ascontiguousarray(tset.queries)).to(self.device)
+        nb = torch.from_numpy(tset.neighbors).to(self.device)
+        at = torch.from_numpy(assign.astype(np.int64)).to(self.device)
+        tr = torch.from_numpy(self._train_rows).to(self.device)
+        va = torch.from_numpy(self._val_rows).to(self.device)
+        bs = cfg.batch_size
+        reps = assign.shape[0]
+        if cfg.loss == "sigmoid" and "b2" in self.params and rnd == 0:
+            self._bias_prior(at, nb[tr[:4096]])
+        best = torch.full((reps,), float("inf"))
+        best_state = {k: v.detach().clone() for k, v in self.params.items()}
+        best_epoch = [0] * reps
+        stale = 0
+        losses: list[float] = []
+        vals: list[float] = []
+        for e in range(epochs):
+            order = tr[torch.randperm(tr.numel(), generator=self.gen).to(self.device)]
+            total, count = 0.0, 0
+            for s in range(0, order.numel(), bs):
+                rows = order[s : s + bs]
+                loss = self._loss(self.forward(q[rows]), at[:, nb[rows]]).sum()
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                total += float(loss.detach()) * rows.numel()
+                count += rows.numel()
+            losses.append(total / max(count, 1) / reps)
+            if va.numel():
+                with torch.no_grad():
+                    vl = torch.zeros(reps, device=self.device)
+                    for s in range(0, va.numel(), 4096):
+                        rows = va[s : s + 4096]
+                        vl += self._loss(self.forward(q[rows]), at[:, nb[rows]]) * rows.numel()
+                    vl = (vl / va.numel()).cpu()
+                vals.append(float(vl.mean()))
+                better = vl < best
+                if better.any():
+                    stale = 0
+                    for r in torch.nonzero(better).flatten().tolist():
+                        best[r] = vl[r]
+                        best_epoch[r] = e + 1
+                        for k, v in self.params.items():
+                            best_state[k][r] = v.detach()[r]
+                else:
+                    stale += 1
+            report(callback, "train", done + e + 1, cfg.epochs, round=rnd, loss=losses[-1],
+                   val_loss=vals[-1] if vals else None)
+            if stale >= cfg.patience:
+                break
+        if va.numel():
+            with torch.no_grad():
+                for k, v in self.params.items():
+                    v.copy_(best_state[k])
+        return {"epochs": len(losses), "best_epoch": best_epoch, "loss": losses, "val_loss": vals}
+
+    def _bias_prior(self, at, nb) -> None:
+        """Start each output bias at the logit of the mean positive rate, so
+        sigmoid training does not spend its first epochs pushing every bucket
+        from p = 0.5 down to the few positives."""
+        torch = self.torch
+        buckets = at[:, nb]  # (R, m, t)
+        target = torch.zeros(buckets.shape[0], buckets.shape[1], self.n_buckets, device=self.device)
+        target.scatter_(2, buckets, 1.0)
+        rate = target.mean().clamp(1e-4, 0.5)
+        with torch.no_grad():
+            self.params["b2"].fill_(float(torch.log(rate / (1 - rate))))
+
+    def repartition(self, x: np.ndarray, seed: int, batch: int = 8192) -> np.ndarray:
+        """Each item into the least loaded of its routers' top-K buckets, per
+        repetition, using the item itself as the router input (see
+        `power_of_k` for the load cap). int32 (R, N)."""
+        torch = self.torch
+        cfg = self.cfg
+        width = fallback_width(cfg.k_choices, self.n_buckets)
+        choices = np.empty((cfg.n_reps, x.shape[0], width), dtype=np.int32)
+        with torch.no_grad():
+            for s in range(0, x.shape[0], batch):
+                part = torch.from_numpy(np.ascontiguousarray(x[s : s + batch])).to(self.device)
+                top = torch.topk(self.forward(part), width, dim=2).indices
+                choices[:, s : s + part.shape[0]] = top.cpu().numpy()
+        return np.stack([power_of_k(choices[r], cfg.k_choices, self.n_buckets, cfg.max_load, seed + r)
+                         for r in range(cfg.n_reps)])
+
+    def export(self) -> list[Router]:
+        """The trained weights as numpy routers, one per repetition."""
+        p = {k: v.detach().cpu().numpy() for k, v in self.params.items()}
+        if self.cfg.router == "linear":
+            return [LinearRouter(weight=p["weight"][r].T, bias=p["bias"][r] if "bias" in p else None)
+                    for r in range(self.cfg.n_reps)]
+        shift, scale = self.shift.cpu().numpy(), self.scale.cpu().numpy()
+        w1 = p["w1"] / scale[None, :, None]  # relu(((q - mu) / sd) W1 + b1) == relu(q W1' + b1')
+        b1 = p["b1"] - np.einsum("d,rdh->rh", shift, w1)
+        return [MLPRouter(w1=w1[r], b1=b1[r], w2=p["w2"][r], b2=p["b2"][r])
+                for r in range(self.cfg.n_reps)]

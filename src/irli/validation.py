@@ -1,0 +1,74 @@
+"""Checks on user arrays and arguments, each failing with a one-line message."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+
+def as_matrix(
+    x, name: str = "vectors", dim: int | None = None, allow_1d: bool = False,
+    copy_ok: bool = True,
+) -> np.ndarray:
+    """`x` as a C-contiguous float32 (n, d) array, checked.
+
+    Integer and float64 input is converted; booleans, complex, strings and
+    objects are refused, as are empty arrays, NaN/inf and a width other than
+    `dim`. With `allow_1d`, a (d,) vector becomes (1, d). A float32 C-contiguous
+    array (a memory map included) is returned without a copy.
+    """
+    if not isinstance(x, np.ndarray):
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as e:
+            raise InvalidInputError(f"{name} could not be read as an array: {e}") from None
+    kind = x.dtype.kind
+    if kind not in "fiu":
+        raise InvalidInputError(
+            f"{name} must hold numbers (float or int), got dtype {x.dtype}"
+        )
+    if x.ndim == 1 and allow_1d:
+        x = x.reshape(1, -1)
+    if x.ndim != 2:
+        want = "a (n, d) matrix or a (d,) vector" if allow_1d else "a (n, d) matrix"
+        raise InvalidInputError(f"{name} must be {want}, got shape {x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise InvalidInputError(f"{name} is empty (shape {x.shape})")
+    if dim is not None and x.shape[1] != dim:
+        raise InvalidInputError(
+            f"{name} have dimension {x.shape[1]}, the index has dimension {dim}"
+        )
+    if x.dtype != np.float32 or not x.flags.c_contiguous:
+        if kind == "f" and np.abs(x).max(initial=0) > np.finfo(np.float32).max:
+            raise InvalidInputError(f"{name} hold values too large for float32")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    check_finite(x, name)
+    return x
+
+
+def check_finite(x: np.ndarray, name: str, chunk: int = 1 << 16) -> None:
+    """Raise if `x` (float, (n, d)) holds NaN or inf; scans in row chunks."""
+    for s in range(0, x.shape[0], chunk):
+        part = x[s : s + chunk]
+        if not np.isfinite(part).all():
+            bad = s + int(np.nonzero(~np.isfinite(part).all(axis=1))[0][0])
+            raise InvalidInputError(f"{name} hold NaN or inf (first in row {bad})")
+
+
+def positive_int(v, name: str) -> int:
+    """`v` as a positive Python int, or a clear error."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise InvalidInputError(f"{name} must be a positive integer, got {v!r}")
+    if v <= 0:
+        raise InvalidInputError(f"{name} must be a positive integer, got {v}")
+    return int(v)
+
+
+def normalize_rows(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows of `x` (float32 (n, d)) scaled to unit length; zero rows stay zero."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return np.divide(x, norms, out=out)
