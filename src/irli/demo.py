@@ -1,0 +1,87 @@
+"""`irli demo`: the main job on real data, for the command line.
+
+Builds each preset on the GloVe items (390,000 unit vectors, 50-d), sweeps the
+probe count on the 10,000 held-out queries at one thread, prints recall@10,
+candidates and QPS side by side, and the neighbours of a few words. This is
+part of the command line (it prints); the library never imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .cli import Bars
+from .datasets import glove_split, ground_truth, load_glove
+from .evaluation import format_table, sweep
+from .index import Index
+
+
+def machine_line() -> str:
+    import faiss
+    import numba
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores; python {platform.python_version()}, numpy {np.__version__}, "
+            f"faiss {faiss.__version__}, torch {torch.__version__}, numba {numba.__version__}")
+
+
+def run_demo(presets: list[str], probes: list[int], words: list[str], n_test: int = 10_000,
+             save: str | None = None, quiet: bool = False) -> int:
+    bars = Bars(not quiet)
+    print(f"machine: {machine_line()}")
+    items, queries, item_words, _ = glove_split(n_test=n_test)
+    print(f"GloVe 6B 50-d: {items.shape[0]:,} items, {queries.shape[0]:,} held-out queries (cosine)")
+    t = time.perf_counter()
+    truth = ground_truth(items, queries, 10, "cosine", callback=bars)
+    print(f"exact top-10 ground truth in {time.perf_counter() - t:.1f} s")
+
+    rows, indexes = [], {}
+    for preset in presets:
+        t = time.perf_counter()
+        index = Index(preset, metric="cosine").fit(items, callback=bars)
+        build = time.perf_counter() - t
+        bars.close()
+        print(f"built {preset}: {index!r} in {build:.1f} s")
+        indexes[preset] = index
+        for row in sweep(index, queries, truth, 10, probes, threads=1):
+            rows.append({"preset": preset, **row, "build s": build})
+        if save:
+            index.save(Path(save) / preset)
+    print()
+    print("search of all queries in one batched call, 1 thread:")
+    print(format_table(rows))
+    print()
+    for target in (0.90, 0.95):
+        parts = []
+        for preset in presets:
+            hit = next((r for r in rows if r["preset"] == preset and r["recall@10"] >= target), None)
+            parts.append(f"{preset}: " + (f"{hit['candidates']:,.0f} candidates, {hit['QPS']:,.0f} QPS "
+                                           f"(probes {hit['probes']})" if hit else "not reached"))
+        print(f"at recall@10 >= {target:.2f}  " + "  |  ".join(parts))
+
+    vectors, vocab = load_glove(normalize=True)
+    where = {w: i for i, w in enumerate(vocab)}
+    index = indexes[presets[0]]
+    print()
+    print(f"nearest words ({presets[0]} index):")
+    for word in words:
+        if word not in where:
+            print(f"  {word}: not in the GloVe vocabulary")
+            continue
+        res = index.search(vectors[where[word]], k=9)
+        found = [item_words[i] for i in res.ids[0] if i >= 0 and item_words[i] != word][:8]
+        print(f"  {word}: {', '.join(found)}")
+    return 0

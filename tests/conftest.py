@@ -1,0 +1,55 @@
+"""Shared fixtures: small structured data with exact ground truth, and fast
+settings for each preset (same code paths, smaller models and fewer epochs)."""
+
+import numpy as np
+import pytest
+
+import irli
+from irli.datasets import synthetic
+from irli.exact import exact_knn
+
+N, D, NQ, B = 3000, 16, 200, 32
+
+# Fast per-preset overrides: smaller networks and fewer epochs than the
+# defaults, so the whole suite stays well under its time budget.
+FAST = {
+    "ivf": dict(n_buckets=B),
+    "ivf-ltr": dict(n_buckets=B, epochs=6, n_train=2000, lr=3e-3),
+    "irli": dict(n_buckets=B, hidden=64, epochs=6, repartition_every=2, n_train=2000,
+                 target_k=10, lr=3e-3, n_reps=3),
+}
+PRESETS = list(FAST)
+
+
+@pytest.fixture(scope="session")
+def data():
+    """(items float32 (N, D), queries float32 (NQ, D)), deterministic."""
+    return synthetic(N, D, NQ, latent=6, clusters=24, seed=7)
+
+
+@pytest.fixture(scope="session")
+def truth(data):
+    """Exact cosine top-10 ids of the queries among the items."""
+    x, q = data
+    return exact_knn(x, q, 10, "cosine")[0]
+
+
+_CACHE: dict = {}
+
+
+def fitted(preset: str, data, metric: str = "cosine", **extra) -> irli.Index:
+    """A fitted index for `preset` on `data`, cached per arguments (read-only use)."""
+    key = (preset, metric, tuple(sorted(extra.items())))
+    if key not in _CACHE:
+        _CACHE[key] = irli.Index(preset, metric=metric, **{**FAST[preset], **extra}).fit(data[0])
+    return _CACHE[key]
+
+
+@pytest.fixture(params=PRESETS)
+def preset(request):
+    return request.param
+
+
+@pytest.fixture
+def index(preset, data):
+    return fitted(preset, data)

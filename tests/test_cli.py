@@ -1,0 +1,102 @@
+"""The `irli` command, run as a user would: in a subprocess."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from irli.datasets import synthetic, write_xvecs
+from irli.exact import exact_knn
+
+
+def irli_cmd(*args, ok=True):
+    p = subprocess.run([sys.executable, "-m", "irli.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=300)
+    if ok:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    x, q = synthetic(2000, 8, 50, seed=5)
+    np.save(d / "items.npy", x)
+    write_xvecs(d / "queries.fvecs", q)
+    write_xvecs(d / "truth.ivecs", exact_knn(x, q, 10, "cosine")[0].astype(np.int32))
+    return d
+
+
+@pytest.fixture(scope="module")
+def built(files):
+    irli_cmd("build", files / "items.npy", "-o", files / "idx", "--preset", "ivf-ltr",
+             "--set", "n_buckets=16", "--set", "epochs=3", "--set", "n_train=500", "-q")
+    return files / "idx"
+
+
+@pytest.mark.parametrize("sub", ["", "build", "search", "eval", "info", "demo"])
+def test_help(sub):
+    p = irli_cmd(*([sub] if sub else []), "--help")
+    assert "usage: irli" in p.stdout
+
+
+def test_build_and_info(built):
+    p = irli_cmd("info", built)
+    assert "ivf-ltr" in p.stdout and "2,000 x 8" in p.stdout and "buckets 16" in p.stdout
+    assert "checksums verified" in p.stdout
+
+
+def test_search_writes_npy(files, built):
+    p = irli_cmd("search", built, files / "queries.fvecs", "-k", "5", "--probes", "16", "--out", files / "res")
+    ids = np.load(f"{files / 'res'}.ids.npy")
+    scores = np.load(f"{files / 'res'}.scores.npy")
+    assert ids.shape == (50, 5) and scores.dtype == np.float32
+    truth = np.fromfile(files / "truth.ivecs", dtype=np.int32).reshape(50, 11)[:, 1:]
+    np.testing.assert_array_equal(ids, truth[:, :5])  # every bucket probed: exact
+    assert "wrote" in p.stdout
+
+
+def test_search_prints(files, built):
+    p = irli_cmd("search", built, files / "queries.fvecs", "-k", "3")
+    lines = p.stdout.strip().splitlines()
+    assert len(lines) == 50 and lines[0].startswith("0\t") and lines[0].count(":") == 3
+
+
+def test_eval_table(files, built):
+    p = irli_cmd("eval", built, files / "queries.fvecs", "--truth", files / "truth.ivecs", "--probes", "1,4,16")
+    lines = p.stdout.strip().splitlines()
+    assert lines[0].split() == ["probes", "recall@10", "candidates", "QPS"]
+    rows = [line.split() for line in lines[2:]]
+    assert [r[0] for r in rows] == ["1", "4", "16"]
+    assert float(rows[-1][1]) == 1.0 and float(rows[0][1]) <= float(rows[1][1])
+
+
+def test_eval_computes_truth_itself(files, built):
+    p = irli_cmd("eval", built, files / "queries.fvecs", "--probes", "16", "-q")
+    assert p.stdout.strip().splitlines()[2].split()[1] == "1.000"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["info", "/no/such/dir"], "no such index directory"),
+    (["build", "/no/such.npy", "-o", "/tmp/x"], "no such file"),
+    (["build", "{items}", "-o", "{tmp}/y", "--set", "n_buckets=0"], "n_buckets must be"),
+    (["build", "{items}", "-o", "{tmp}/y", "--set", "bogus=1"], "unknown option 'bogus'"),
+    (["build", "{items}", "-o", "{tmp}/y", "--set", "novalue"], "key=value"),
+    (["search", "{idx}", "{items}", "-k", "0"], "k must be a positive integer"),
+    (["eval", "{idx}", "{queries}", "--probes", "a,b"], "--probes expects integers"),
+])
+def test_errors_are_one_line(files, built, args, needle):
+    args = [a.format(items=files / "items.npy", tmp=files, idx=built, queries=files / "queries.fvecs")
+            for a in args]
+    p = irli_cmd(*args, ok=False)
+    assert p.returncode == 1
+    err = p.stderr.strip()
+    assert err.startswith("irli: error:") and needle in err and "\n" not in err, err
+    assert "Traceback" not in p.stderr
+
+
+def test_wrong_dimension_queries(files, built):
+    np.save(files / "q3.npy", np.ones((4, 3), np.float32))
+    p = irli_cmd("search", built, files / "q3.npy", ok=False)
+    assert p.returncode == 1 and "dimension 3" in p.stderr

@@ -1,0 +1,93 @@
+"""The search kernel against a plain numpy reference, filters, and metrics."""
+
+import numpy as np
+import pytest
+
+import irli
+from irli.exact import exact_knn
+from irli.metrics import recall_at_k
+from irli.search import route, scan
+
+from conftest import FAST, fitted
+
+
+def _reference(index, q, k, probes, min_votes=1, top_c=None):
+    """Per-query numpy version of the search path: gather, vote, cut, score."""
+    assign = index.assignments()
+    xn = index.vectors_[np.argsort(index.ids_)]  # vectors in id order
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    buckets, probs = route(index.routers_, qn.astype(np.float32), probes, with_probs=True)
+    out = []
+    for i in range(q.shape[0]):
+        votes = np.zeros(len(index))
+        mass = np.zeros(len(index))
+        for r in range(index.n_reps):
+            for b, p in zip(buckets[r, i], probs[r, i]):
+                hit = assign[r] == b
+                votes[hit] += 1
+                mass[hit] += p
+        cand = np.nonzero(votes >= min_votes)[0]
+        if top_c is not None:
+            cand = cand[np.argsort(-mass[cand], kind="stable")[:top_c]]
+        s = xn[cand] @ qn[i]
+        out.append((set(cand[np.argsort(-s)[:k]].tolist()), len(cand)))
+    return out
+
+
+@pytest.mark.parametrize("min_votes,top_c", [(1, None), (2, None), (3, None), (1, 40), (2, 25)])
+def test_kernel_matches_reference(data, min_votes, top_c):
+    index = fitted("irli", data)
+    q = data[1][:25]
+    res = index.search(q, k=5, probes=3, min_votes=min_votes, top_c=top_c)
+    ref = _reference(index, q, 5, 3, min_votes, top_c)
+    for i, (want, ncand) in enumerate(ref):
+        assert res.candidates[i] == ncand
+        assert set(res.ids[i][res.ids[i] >= 0].tolist()) == want
+
+
+def test_vote_filter_cuts_candidates(data, truth):
+    index = fitted("irli", data)
+    loose = index.search(data[1], k=10, probes=4, min_votes=1)
+    strict = index.search(data[1], k=10, probes=4, min_votes=2)
+    assert strict.candidates.mean() < loose.candidates.mean()
+    assert recall_at_k(strict.ids, truth) <= recall_at_k(loose.ids, truth) + 1e-9
+
+
+def test_top_c_caps_candidates(data):
+    index = fitted("irli", data)
+    res = index.search(data[1], k=10, probes=4, top_c=50)
+    assert res.candidates.max() <= 50
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_other_metrics_exact_when_every_bucket_is_probed(data, metric):
+    x, q = data
+    x = x * np.linspace(0.5, 2.0, x.shape[0], dtype=np.float32)[:, None]  # varied norms
+    index = irli.Index("ivf", metric=metric, n_buckets=16).fit(x)
+    res = index.search(q, k=10, probes=16)
+    want_ids, want_scores = exact_knn(x, q, 10, metric)
+    assert recall_at_k(res.ids, want_ids) >= 0.999
+    np.testing.assert_allclose(res.scores, want_scores, rtol=1e-4, atol=1e-3)
+    if metric == "l2":
+        assert (np.diff(res.scores, axis=1) >= -1e-4).all()  # distances ascend
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_learned_routers_with_other_metrics(data, metric):
+    x, q = data
+    idx = irli.Index("ivf-ltr", metric=metric, **FAST["ivf-ltr"]).fit(x)
+    truth = exact_knn(x, q, 10, metric)[0]
+    assert recall_at_k(idx.search(q, k=10, probes=8).ids, truth) >= 0.85
+    idx2 = irli.Index("irli", metric=metric, **FAST["irli"]).fit(x)
+    assert recall_at_k(idx2.search(q, k=10, probes=8).ids, truth) >= 0.85
+
+
+def test_route_returns_best_first(data):
+    index = fitted("ivf", data)
+    qn = data[1][:30] / np.linalg.norm(data[1][:30], axis=1, keepdims=True)
+    buckets, probs = route(index.routers_, qn.astype(np.float32), 5, with_probs=True)
+    logits = index.routers_[0].logits(qn.astype(np.float32))
+    want = np.argsort(-logits, axis=1)[:, :5]
+    np.testing.assert_array_equal(buckets[0], want)
+    assert (np.diff(probs[0], axis=1) <= 1e-7).all() and (probs > 0).all()
+    np.testing.assert_array_equal(index.route(data[1][:30], probes=5), buckets)

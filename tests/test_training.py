@@ -1,0 +1,136 @@
+"""Partitions, re-partitioning and router training."""
+
+import numpy as np
+import pytest
+
+import irli
+from irli.config import IndexConfig
+from irli.partition import InvertedLists, assign_nearest, hash_assign, kmeans, power_of_k
+from irli.training import learn, training_set
+
+from conftest import FAST
+
+
+def test_hash_is_seeded_and_spreads_items():
+    a = hash_assign(10_000, 64, seed=1)
+    assert a.dtype == np.int32 and a.min() >= 0 and a.max() < 64
+    np.testing.assert_array_equal(a, hash_assign(10_000, 64, seed=1))
+    assert (a != hash_assign(10_000, 64, seed=2)).mean() > 0.9
+    counts = np.bincount(a, minlength=64)
+    assert counts.max() < 1.5 * counts.mean() and counts.min() > 0.5 * counts.mean()
+
+
+def test_kmeans_beats_random_centroids(data):
+    x = data[0] / np.linalg.norm(data[0], axis=1, keepdims=True)
+    c = kmeans(x, 16, spherical=True, iters=10, seed=0)
+    assert c.shape == (16, x.shape[1]) and c.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1, atol=1e-5)
+    rand = x[np.random.default_rng(0).choice(len(x), 16, replace=False)]
+    fit = (x * c[assign_nearest(x, c, True)]).sum(1).mean()
+    base = (x * rand[assign_nearest(x, rand, True)]).sum(1).mean()
+    assert fit > base
+
+
+def test_power_of_k_takes_least_loaded_choice():
+    # every item offers buckets 0 and 1 first: running counts alternate them
+    choices = np.tile(np.array([[0, 1, 2, 3]], dtype=np.int32), (10, 1))
+    a = power_of_k(choices, 2, 4, None, seed=0)
+    assert sorted(np.bincount(a, minlength=4).tolist()) == [0, 0, 5, 5]
+    # with a cap of 1.0 x mean (= 3 per bucket of 4 over 10 items), overflow goes down the ranking
+    b = power_of_k(choices, 2, 4, 1.0, seed=0)
+    assert np.bincount(b, minlength=4).max() <= 3 and np.bincount(b, minlength=4).sum() == 10
+
+
+def test_power_of_k_respects_the_cap_even_without_fallbacks():
+    rng = np.random.default_rng(0)
+    choices = np.zeros((1000, 2), dtype=np.int32)  # everyone wants bucket 0
+    a = power_of_k(choices, 2, 50, 1.5, seed=0)
+    assert np.bincount(a, minlength=50).max() <= 30
+
+
+def test_inverted_lists_round_trip():
+    rng = np.random.default_rng(0)
+    assign = rng.integers(0, 7, size=(3, 100)).astype(np.int32)
+    inv = InvertedLists.from_assignments(assign, 7)
+    np.testing.assert_array_equal(inv.assignments(), assign)
+    assert inv.sizes().sum(axis=1).tolist() == [100, 100, 100]
+    for r in range(3):
+        for b in range(7):
+            members = inv.lists[r, inv.offsets[r, b] : inv.offsets[r, b + 1]]
+            assert (assign[r, members] == b).all()
+
+
+def test_training_set_excludes_self(data):
+    x = data[0] / np.linalg.norm(data[0], axis=1, keepdims=True)
+    cfg = IndexConfig(target_k=5, n_train=300)
+    ts = training_set(x, cfg)
+    assert ts.neighbors.shape == (300, 5)
+    rows = np.nonzero((x[None, :, :] == ts.queries[:, None, :]).all(-1))[1]
+    assert not (ts.neighbors == rows[:, None]).any()
+
+
+def _neighbour_mass(index, queries, neighbours):
+    """Mean router probability of the buckets holding each query's neighbours."""
+    from irli.search import route
+
+    assign = index.assignments()
+    qn = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    out = []
+    for r, router in enumerate(index.routers_):
+        s = router.logits(qn)
+        p = np.exp(s - s.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        held = np.zeros_like(p, dtype=bool)
+        np.put_along_axis(held, assign[r][neighbours], True, axis=1)
+        out.append((p * held).sum(1).mean())
+    return float(np.mean(out))
+
+
+def test_repartitioning_raises_neighbour_bucket_probability(data):
+    x, q = data
+    kw = {**FAST["irli"], "epochs": 8, "repartition_every": 4, "loss": "softmax", "min_moved": 0.0}
+    before = irli.Index("irli", **{**kw, "repartition": False}).fit(x)
+    after = irli.Index("irli", **kw).fit(x)
+    from irli.exact import exact_knn
+
+    nb = exact_knn(x, q, 10, "cosine")[0]
+    assert _neighbour_mass(after, q, nb) > _neighbour_mass(before, q, nb) + 0.02
+    sizes = after.lists_.sizes()
+    assert sizes.max() <= 2.0 * sizes.mean() + 1  # the load cap
+    assert sizes.max() <= np.ceil(kw.get("max_load", 2.0) * len(x) / sizes.shape[1])
+    assert after.history_["rounds"][0]["moved"]  # it did re-partition
+
+
+def test_early_stop_when_few_items_move(data):
+    x = data[0]
+    idx = irli.Index("irli", **{**FAST["irli"], "epochs": 12, "repartition_every": 2, "min_moved": 1.0}).fit(x)
+    rounds = idx.history_["rounds"]
+    assert len(rounds) == 1 and "moved" in rounds[0]
+
+
+def test_validation_picks_the_epoch(data):
+    idx = irli.Index("ivf-ltr", **{**FAST["ivf-ltr"], "epochs": 30, "patience": 2, "lr": 0.05}).fit(data[0])
+    r = idx.history_["rounds"][0]
+    vals = r["val_loss"]
+    assert r["best_epoch"][0] == int(np.argmin(vals)) + 1
+    assert r["epochs"] <= 30
+
+
+@pytest.mark.parametrize("combo", [
+    dict(start="hash", router="centroid", repartition=True, epochs=4, repartition_every=2),
+    dict(start="kmeans", router="mlp", repartition=False, epochs=3, n_reps=2),
+    dict(start="hash", router="linear", repartition=True, epochs=4, repartition_every=2, loss="sigmoid"),
+    dict(start="kmeans", router="linear", repartition=True, epochs=4, repartition_every=2, k_choices=3),
+    dict(start="kmeans", router="centroid", n_reps=2, min_votes=2),
+])
+def test_every_combination_is_reachable(data, combo):
+    idx = irli.Index("ivf", n_buckets=16, n_train=800, hidden=32, **combo).fit(data[0][:1200])
+    assert idx.config.start == combo["start"] and idx.routers_[0].kind == combo["router"]
+    res = idx.search(data[1][:5], k=3, probes=16)
+    assert (res.ids >= 0).all() and res.candidates.min() == 1200
+
+
+def test_user_training_queries(data):
+    x, q = data
+    idx = irli.Index("ivf-ltr", **FAST["ivf-ltr"]).fit(x, train_queries=q)
+    assert idx.is_fitted and idx.history_["rounds"][0]["epochs"] >= 1
