@@ -91,3 +91,22 @@ def test_route_returns_best_first(data):
     np.testing.assert_array_equal(buckets[0], want)
     assert (np.diff(probs[0], axis=1) <= 1e-7).all() and (probs > 0).all()
     np.testing.assert_array_equal(index.route(data[1][:30], probes=5), buckets)
+
+
+@pytest.mark.parametrize("preset,kw", [("ivf", {}), ("irli", {}), ("irli", dict(min_votes=2)),
+                                       ("irli", dict(top_c=30)), ("irli", dict(top_c=30, min_votes=2))])
+def test_threads_agree_with_one_thread(data, preset, kw):
+    """Per-thread scratch space: two threads must give one thread's answers."""
+    import numba
+
+    index = fitted(preset, data)
+    old = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = index.search(data[1], k=10, probes=3, **kw)
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        two = index.search(data[1], k=10, probes=3, **kw)
+    finally:
+        numba.set_num_threads(old)
+    np.testing.assert_array_equal(one.ids, two.ids)
+    np.testing.assert_array_equal(one.candidates, two.candidates)

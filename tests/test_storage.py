@@ -145,3 +145,19 @@ def test_skip_verification_still_checks_sizes(saved):
     irli.load(path, verify=False)  # same size, unverified: loads
     with pytest.raises(IndexFormatError, match="checksum"):
         irli.load(path)
+
+
+def test_mismatched_router_weights(data, tmp_path):
+    import shutil
+
+    from irli.storage import sha256
+
+    a = irli.Index("ivf", n_buckets=32).fit(data[0]).save(tmp_path / "a")
+    b = irli.Index("ivf", n_buckets=16).fit(data[0]).save(tmp_path / "b")
+    shutil.copy(b / "routers.safetensors", a / "routers.safetensors")
+    man = json.loads((a / MANIFEST).read_text())  # a consistent manifest around the wrong weights
+    man["files"]["routers.safetensors"].update(bytes=(a / "routers.safetensors").stat().st_size,
+                                               sha256=sha256(a / "routers.safetensors"))
+    (a / MANIFEST).write_text(json.dumps(man))
+    with pytest.raises(IndexFormatError, match="router 0 maps 16 -> 16, index has d=16, B=32"):
+        irli.load(a)

@@ -245,8 +245,9 @@ class Index:
         for r in range(reps):
             state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == str(r)}
             rt = Router.from_state(kind, state, config.metric)
-            if rt.n_buckets != b1 - 1:
-                raise IndexFormatError(f"{path}: router {r} scores {rt.n_buckets} buckets, index has {b1 - 1}")
+            if rt.n_buckets != b1 - 1 or rt.dim != d:
+                raise IndexFormatError(f"{path}: router {r} maps {rt.dim} -> {rt.n_buckets}, "
+                                       f"index has d={d}, B={b1 - 1}")
             routers.append(rt)
         self = cls.from_config(config, preset=man.get("preset", "custom"))
         self.vectors_, self.ids_ = arrays["vectors"], arrays["ids"]

@@ -33,6 +33,10 @@ class Router:
     def n_buckets(self) -> int:  # pragma: no cover - interface
         raise NotImplementedError
 
+    @property
+    def dim(self) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
     def state(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k) for k in self._params if getattr(self, k) is not None}
 
@@ -68,6 +72,10 @@ class CentroidRouter(Router):
     def n_buckets(self) -> int:
         return self.centroids.shape[0]
 
+    @property
+    def dim(self) -> int:
+        return self.centroids.shape[1]
+
     def logits(self, q: np.ndarray) -> np.ndarray:
         s = q @ self.centroids.T
         if self.l2:
@@ -87,6 +95,10 @@ class LinearRouter(Router):
     def n_buckets(self) -> int:
         return self.weight.shape[0]
 
+    @property
+    def dim(self) -> int:
+        return self.weight.shape[1]
+
     def logits(self, q: np.ndarray) -> np.ndarray:
         s = q @ self.weight.T
         if self.bias is not None:
@@ -104,6 +116,10 @@ class MLPRouter(Router):
     @property
     def n_buckets(self) -> int:
         return self.w2.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.w1.shape[0]
 
     def logits(self, q: np.ndarray) -> np.ndarray:
         h = q @ self.w1
