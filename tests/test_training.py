@@ -134,3 +134,19 @@ def test_user_training_queries(data):
     x, q = data
     idx = irli.Index("ivf-ltr", **FAST["ivf-ltr"]).fit(x, train_queries=q)
     assert idx.is_fitted and idx.history_["rounds"][0]["epochs"] >= 1
+
+
+def test_bucket_means_in_batches():
+    from irli.partition import bucket_means
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(500, 4)).astype(np.float32)
+    a = rng.integers(0, 9, size=500).astype(np.int32)
+    a[a == 3] = 4  # bucket 3 empty
+    old = np.full((9, 4), 7.0, np.float32)
+    got = bucket_means(x, a, 9, spherical=False, old=old, batch=37)
+    for b in range(9):
+        want = x[a == b].mean(0) if (a == b).any() else old[b]
+        np.testing.assert_allclose(got[b], want, rtol=1e-5, atol=1e-6)
+    unit = bucket_means(x, a, 9, spherical=True)
+    np.testing.assert_allclose(np.linalg.norm(unit[[0, 1, 2, 4]], axis=1), 1, atol=1e-5)

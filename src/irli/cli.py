@@ -107,7 +107,7 @@ def cmd_build(a) -> int:
     from .index import Index
 
     x = _read(a.vectors, a.key)
-    tq = _read(a.train_queries, "test") if a.train_queries else None
+    tq = _read(a.train_queries, "train") if a.train_queries else None
     bars = Bars(not a.quiet)
     t = time.perf_counter()
     try:

@@ -48,13 +48,9 @@ def kmeans(
     cent = sample[rng.choice(m, size=n_buckets, replace=False)].copy()
     for it in range(iters):
         assign = assign_nearest(sample, cent, spherical)
+        cent = bucket_means(sample, assign, n_buckets, spherical=False, old=cent)
         counts = np.bincount(assign, minlength=n_buckets)
-        order = np.argsort(assign, kind="stable")
-        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-        nonempty = counts > 0
-        sums = np.add.reduceat(sample[order], starts[nonempty], axis=0)
-        cent[nonempty] = sums / counts[nonempty, None]
-        for b in np.nonzero(~nonempty)[0]:  # split the biggest cluster
+        for b in np.nonzero(counts == 0)[0]:  # split the biggest cluster
             big = int(np.argmax(counts))
             cent[b] = cent[big] * (1 + 1e-3 * rng.standard_normal(cent.shape[1]))
             counts[big] //= 2
@@ -65,16 +61,42 @@ def kmeans(
     return np.ascontiguousarray(cent, dtype=np.float32)
 
 
-def assign_nearest(x: np.ndarray, centroids: np.ndarray, spherical: bool,
-                   batch: int = 1 << 16) -> np.ndarray:
-    """Index of the best centroid for each row of `x` (max inner product when
-    `spherical`, else min L2). int32 (n,); streams `x` in batches."""
+def bucket_means(x: np.ndarray, assign: np.ndarray, n_buckets: int, spherical: bool,
+                 old: np.ndarray | None = None, batch: int = 1 << 18) -> np.ndarray:
+    """Mean of the rows of `x` (float32 (n, d), may be memory-mapped) in each
+    bucket of `assign` (int (n,)): float32 (B, d), unit length when
+    `spherical`. An empty bucket keeps its row of `old`, or zero. Streams `x`."""
+    sums = np.zeros((n_buckets, x.shape[1]), dtype=np.float64)
+    counts = np.bincount(assign, minlength=n_buckets)
+    for s in range(0, x.shape[0], batch):
+        a = assign[s : s + batch]
+        order = np.argsort(a, kind="stable")
+        sa = a[order]
+        starts = np.flatnonzero(np.r_[True, sa[1:] != sa[:-1]])
+        sums[sa[starts]] += np.add.reduceat(np.asarray(x[s : s + batch], dtype=np.float64)[order], starts, axis=0)
+    out = np.zeros((n_buckets, x.shape[1]), dtype=np.float32)
+    full = counts > 0
+    out[full] = sums[full] / counts[full, None]
+    if old is not None:
+        out[~full] = old[~full]
+    return normalize_rows(out) if spherical else out
+
+
+def nearest_centroids(x: np.ndarray, centroids: np.ndarray, spherical: bool, k: int = 1,
+                      batch: int = 1 << 16) -> np.ndarray:
+    """The `k` best centroids for each row of `x`, best first (max inner
+    product when `spherical`, else min L2). int32 (n, k); streams `x`."""
     metric = faiss.METRIC_INNER_PRODUCT if spherical else faiss.METRIC_L2
-    out = np.empty(x.shape[0], dtype=np.int32)
+    out = np.empty((x.shape[0], k), dtype=np.int32)
     for s in range(0, x.shape[0], batch):
         part = np.ascontiguousarray(x[s : s + batch], dtype=np.float32)
-        out[s : s + part.shape[0]] = faiss.knn(part, centroids, 1, metric=metric)[1][:, 0]
+        out[s : s + part.shape[0]] = faiss.knn(part, centroids, k, metric=metric)[1]
     return out
+
+
+def assign_nearest(x: np.ndarray, centroids: np.ndarray, spherical: bool) -> np.ndarray:
+    """Index of the best centroid for each row of `x`, int32 (n,)."""
+    return nearest_centroids(x, centroids, spherical, 1)[:, 0]
 
 
 @numba.njit(cache=True)

@@ -16,7 +16,10 @@ import numpy as np
 
 from .config import IndexConfig
 from .exact import exact_knn
-from .partition import assign_nearest, fallback_width, hash_assign, kmeans, power_of_k
+from .partition import (
+    assign_nearest, bucket_means, fallback_width, hash_assign, kmeans, nearest_centroids,
+    power_of_k,
+)
 from .progress import Callback, report
 from .routers import CentroidRouter, LinearRouter, MLPRouter, Router
 
@@ -117,25 +120,6 @@ def _linear_from_centroids(c: np.ndarray, cfg: IndexConfig) -> LinearRouter:
     return LinearRouter(weight=c, bias=None)
 
 
-def bucket_means(x: np.ndarray, assign: np.ndarray, n_buckets: int, spherical: bool,
-                 old: np.ndarray | None = None, batch: int = 1 << 16) -> np.ndarray:
-    """Mean of the items in each bucket, float32 (B, d) (unit length when
-    `spherical`); an empty bucket keeps its `old` centroid, or zero."""
-    sums = np.zeros((n_buckets, x.shape[1]), dtype=np.float64)
-    for s in range(0, x.shape[0], batch):
-        np.add.at(sums, assign[s : s + batch], np.asarray(x[s : s + batch], dtype=np.float64))
-    counts = np.bincount(assign, minlength=n_buckets)
-    out = np.zeros((n_buckets, x.shape[1]), dtype=np.float32)
-    full = counts > 0
-    out[full] = sums[full] / counts[full, None]
-    if old is not None:
-        out[~full] = old[~full]
-    if spherical:
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        out = out / np.where(norms == 0, 1, norms)
-    return out.astype(np.float32)
-
-
 def _learn_centroids(x, cfg, n_buckets, assign, callback) -> LearnResult:
     """Centroid routers: the centroids are bucket means; with `repartition`,
     each round moves items to the least loaded of their K nearest centroids
@@ -147,8 +131,8 @@ def _learn_centroids(x, cfg, n_buckets, assign, callback) -> LearnResult:
     for rnd in range(rounds):
         moved = []
         for r in range(reps):
-            choices = _topk_centroids(x, cents[r], fallback_width(cfg.k_choices, n_buckets),
-                                      cfg.spherical)
+            choices = nearest_centroids(x, cents[r], cfg.spherical,
+                                        fallback_width(cfg.k_choices, n_buckets))
             new = power_of_k(choices, cfg.k_choices, n_buckets, cfg.max_load,
                              seed=cfg.seed + 1000 * (rnd + 1) + r)
             moved.append(float((new != assign[r]).mean()))
@@ -160,17 +144,6 @@ def _learn_centroids(x, cfg, n_buckets, assign, callback) -> LearnResult:
             break
     routers = [CentroidRouter(c, l2=cfg.metric == "l2") for c in cents]
     return LearnResult(assign, routers, history)
-
-
-def _topk_centroids(x, cent, k, spherical, batch=1 << 16):
-    import faiss
-
-    metric = faiss.METRIC_INNER_PRODUCT if spherical else faiss.METRIC_L2
-    out = np.empty((x.shape[0], k), dtype=np.int32)
-    for s in range(0, x.shape[0], batch):
-        part = np.ascontiguousarray(x[s : s + batch], dtype=np.float32)
-        out[s : s + part.shape[0]] = faiss.knn(part, cent, k, metric=metric)[1]
-    return out
 
 
 # -- torch side ------------------------------------------------------------------
