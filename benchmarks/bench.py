@@ -1,0 +1,194 @@
+"""Side-by-side benchmark: irli configurations against FAISS and hnswlib.
+
+    python benchmarks/bench.py                                 # glove-50, default systems
+    python benchmarks/bench.py --dataset synthetic:1000000:64  # synthetic, n=1M, d=64
+    python benchmarks/bench.py --dataset file:items.npy:queries.npy
+    python benchmarks/bench.py --systems irli:ivf irli:irli:start=kmeans,epochs=10 hnswlib --out runs/mine
+
+Follows ../shared/BENCHMARKS.md: fixed-seed split, exact top-100 ground truth
+(cached on disk), every system built in its own process on 2 threads and
+searched in one batched call per setting on 1 thread (median of 3 timings).
+Writes results.json (every point, with the machine line), table.md (each
+system at recall@10 0.90 and 0.95) and two plots into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+DEFAULT_SYSTEMS = ["irli:ivf", "irli:ivf-ltr", "irli:irli", "faiss-ivfflat", "faiss-ivfpqfs", "hnswlib",
+                   "faiss-flat"]
+
+
+# -- data ---------------------------------------------------------------------
+def prepare(dataset: str, cache: Path, n_test: int, progress=None) -> tuple[Path, str]:
+    """Items, queries and exact top-100 ids as .npy files under `cache`;
+    returns (directory, metric). Ground truth is computed once per dataset."""
+    from irli.datasets import glove_split, read_vectors, synthetic
+    from irli.exact import exact_knn
+    from irli.validation import normalize_rows
+
+    key = dataset.replace(":", "_").replace("/", "_")
+    d = cache / key
+    if (d / "truth.npy").exists():
+        return d, json.loads((d / "meta.json").read_text())["metric"]
+    d.mkdir(parents=True, exist_ok=True)
+    kind, *args = dataset.split(":")
+    metric = "cosine"
+    if kind == "glove":
+        x, q, _, _ = glove_split(n_test=n_test)
+    elif kind == "synthetic":
+        n, dim = int(args[0]), int(args[1]) if len(args) > 1 else 64
+        x, q = synthetic(n, dim, n_test, latent=16, clusters=256, seed=0)
+        x, q = normalize_rows(x), normalize_rows(q)
+    elif kind == "file":
+        x = np.ascontiguousarray(read_vectors(args[0]), dtype=np.float32)
+        q = np.ascontiguousarray(read_vectors(args[1], key="test"), dtype=np.float32)
+        metric = args[2] if len(args) > 2 else "cosine"
+        if metric == "cosine":
+            x, q = normalize_rows(x), normalize_rows(q)
+    else:
+        raise SystemExit(f"unknown dataset {dataset!r}: use glove, synthetic:N[:D] or file:ITEMS:QUERIES[:METRIC]")
+    truth, _ = exact_knn(x, q, 100, "l2" if metric == "l2" else "ip", callback=progress)
+    np.save(d / "items.npy", x)
+    np.save(d / "queries.npy", q)
+    np.save(d / "truth.npy", truth)
+    (d / "meta.json").write_text(json.dumps({"dataset": dataset, "metric": metric, "n": int(x.shape[0]),
+                                             "d": int(x.shape[1]), "nq": int(q.shape[0])}))
+    return d, metric
+
+
+def machine() -> dict:
+    import platform
+
+    import faiss
+    import numba
+    import numpy
+
+    cpu = platform.machine()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = {"python": platform.python_version(), "numpy": numpy.__version__, "faiss": faiss.__version__,
+                "numba": numba.__version__}
+    for mod in ("torch", "hnswlib", "irli"):
+        try:
+            versions[mod] = getattr(__import__(mod), "__version__", "installed")
+        except ImportError:
+            pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "versions": versions}
+
+
+# -- one system, in its own process ---------------------------------------------
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(spec: str, data_dir: Path, metric: str, n_buckets: int, k: int, out: Path) -> None:
+    import systems
+    from irli.metrics import recall_at_k
+
+    x = np.load(data_dir / "items.npy")
+    q = np.load(data_dir / "queries.npy")
+    truth = np.load(data_dir / "truth.npy")
+    rss_data = _rss_mb()
+    sysm = systems.make(spec)
+    sysm.set_threads(2)
+    peer_metric = metric if spec.startswith("irli") else ("l2" if metric == "l2" else "ip")
+    t = time.perf_counter()
+    sysm.build(x, peer_metric, n_buckets)
+    build_s = time.perf_counter() - t
+    rss_build = _rss_mb()
+    sysm.set_threads(1)
+    points = []
+    for setting in sysm.settings():
+        sysm.search(q[:64], k, setting)  # warm-up: compile, page in
+        (ids, cand), secs = systems.timed(lambda: sysm.search(q, k, setting))
+        point = {"setting": setting, f"recall@{k}": recall_at_k(ids, truth, k), "qps": q.shape[0] / secs,
+                 "candidates": None if cand is None else float(np.mean(cand))}
+        points.append(point)
+        print(json.dumps({"progress": spec, **point}), file=sys.stderr, flush=True)
+        if point[f"recall@{k}"] >= 0.999 and len(points) > 1:
+            break  # the rest of the sweep only costs time
+    result = {"system": spec, "build_s": build_s, "index_bytes": sysm.index_bytes(), "rss_data_mb": rss_data,
+              "rss_build_mb": rss_build, "rss_peak_mb": _rss_mb(), "points": points}
+    out.write_text(json.dumps(result, indent=1))
+
+
+# -- orchestration ---------------------------------------------------------------
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="glove")
+    p.add_argument("--systems", nargs="+", default=DEFAULT_SYSTEMS,
+                   help="system specs, space-separated (see systems.py), e.g. irli:irli:hidden=256,epochs=10")
+    p.add_argument("--buckets", type=int, default=None, help="B for irli and nlist for FAISS IVF "
+                   "(default: irli's default for the collection size)")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--n-test", type=int, default=10_000)
+    p.add_argument("--cache", default=os.environ.get("IRLI_BENCH_CACHE", str(Path.home() / ".cache" / "irli-bench")))
+    p.add_argument("--out", default=None, help="results directory (default runs/bench-<dataset>-<time>)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--data-dir", help=argparse.SUPPRESS)
+    p.add_argument("--metric", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        worker(a.worker, Path(a.data_dir), a.metric, a.buckets, a.k, Path(a.result))
+        return 0
+
+    from tqdm import tqdm
+
+    from irli.cli import Bars
+    from irli.config import default_buckets
+    from report import write_report
+
+    bars = Bars(True)
+    data_dir, metric = prepare(a.dataset, Path(a.cache), a.n_test, progress=bars)
+    bars.close()
+    meta = json.loads((data_dir / "meta.json").read_text())
+    n_buckets = a.buckets or default_buckets(meta["n"])
+    out = Path(a.out or f"runs/bench-{a.dataset.replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    specs = a.systems
+    results = []
+    for spec in tqdm(specs, desc="systems", file=sys.stderr):
+        res_file = out / f"{spec.replace(':', '_').replace(',', '_').replace('=', '-')}.json"
+        cmd = [sys.executable, __file__, "--worker", spec, "--data-dir", str(data_dir), "--metric", metric,
+               "--buckets", str(n_buckets), "-k", str(a.k), "--result", str(res_file)]
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        with tqdm(desc=spec, unit=" settings", file=sys.stderr, leave=False) as bar:
+            for line in proc.stderr:
+                if line.startswith('{"progress"'):
+                    pt = json.loads(line)
+                    bar.set_postfix(recall=f"{pt[f'recall@{a.k}']:.3f}", qps=f"{pt['qps']:.0f}")
+                    bar.update(1)
+                else:
+                    sys.stderr.write(line)
+        if proc.wait() != 0:
+            tqdm.write(f"{spec}: FAILED (exit {proc.returncode}); left out of the report", file=sys.stderr)
+            continue
+        results.append(json.loads(res_file.read_text()))
+    run = {"dataset": meta, "n_buckets": n_buckets, "k": a.k, "machine": machine(),
+           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "results": results}
+    (out / "results.json").write_text(json.dumps(run, indent=1))
+    write_report(run, out)
+    print((out / "table.md").read_text())
+    print(f"results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""The systems a benchmark compares: irli configurations and their peers.
+
+Each system is built from a spec string and answers `sweep()`: the query
+settings to try, and `search(queries, k, setting)` -> (ids, candidates or None).
+
+Spec strings:
+  irli:<preset>[:key=value,...]   an irli Index with overrides, e.g. irli:ivf-ltr:epochs=10
+  faiss-ivfflat                   FAISS IndexIVFFlat, spherical k-means, nlist = B
+  faiss-ivfpqfs                   FAISS IVF{B},PQ{d}x4fs,RFlat (fast-scan PQ, exact refine)
+  hnswlib                         hnswlib, M=16, ef_construction=200
+  faiss-flat                      FAISS IndexFlat (exact)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PROBES = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128]
+EFS = [10, 16, 24, 32, 48, 64, 80, 100, 120, 160, 240, 320, 480]
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def _faiss_metric(metric: str):
+    import faiss
+
+    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+
+
+class System:
+    """Interface: build(x) then search(q, k, setting) for each of settings()."""
+
+    name: str
+
+    def build(self, x: np.ndarray, metric: str, n_buckets: int) -> None:
+        raise NotImplementedError
+
+    def settings(self) -> list[dict]:
+        raise NotImplementedError
+
+    def search(self, q: np.ndarray, k: int, setting: dict) -> tuple[np.ndarray, np.ndarray | None]:
+        raise NotImplementedError
+
+    def index_bytes(self) -> int:
+        raise NotImplementedError
+
+    def set_threads(self, n: int) -> None:
+        """Pin every library this system uses to n threads."""
+        import faiss
+        import numba
+        from threadpoolctl import threadpool_limits
+
+        faiss.omp_set_num_threads(n)
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        self._limits = threadpool_limits(n)
+        try:
+            import torch
+
+            torch.set_num_threads(n)
+        except ImportError:
+            pass
+
+
+class IrliSystem(System):
+    def __init__(self, spec: str):
+        parts = spec.split(":", 2)
+        self.preset = parts[1] if len(parts) > 1 else "irli"
+        self.overrides: dict = {}
+        if len(parts) > 2 and parts[2]:  # search options (probes, min_votes, top_c) are config defaults too
+            from irli.cli import _parse_value
+
+            for pair in parts[2].split(","):
+                key, value = pair.split("=", 1)
+                self.overrides[key] = _parse_value(value)
+        self.name = spec
+
+    def build(self, x, metric, n_buckets):
+        import irli
+
+        kw = {"n_buckets": n_buckets, **self.overrides}
+        self.index = irli.Index(self.preset, metric=metric, **kw).fit(x)
+        self._dir = tempfile.mkdtemp(prefix="irli-bench-")
+        self.index.save(Path(self._dir) / "index")
+
+    def settings(self):
+        return [{"probes": p} for p in PROBES if p <= self.index.n_buckets]
+
+    def search(self, q, k, setting):
+        res = self.index.search(q, k=k, probes=setting["probes"])
+        return res.ids, res.candidates
+
+    def index_bytes(self):
+        return _dir_bytes(Path(self._dir) / "index")
+
+
+class FaissIVFFlat(System):
+    name = "faiss-ivfflat"
+
+    def build(self, x, metric, n_buckets):
+        import faiss
+
+        self.index = faiss.index_factory(x.shape[1], f"IVF{n_buckets},Flat", _faiss_metric(metric))
+        if metric != "l2":
+            faiss.extract_index_ivf(self.index).cp.spherical = True
+        self.index.train(x)
+        self.index.add(x)
+        self.ivf = faiss.extract_index_ivf(self.index)
+        self.sizes = np.array([self.ivf.invlists.list_size(i) for i in range(self.ivf.nlist)])
+
+    def settings(self):
+        return [{"nprobe": p} for p in PROBES if p <= self.ivf.nlist]
+
+    def search(self, q, k, setting):
+        self.ivf.nprobe = setting["nprobe"]
+        _, ids = self.index.search(q, k)
+        # candidates: sizes of the lists the quantizer picks for each query
+        _, lists = self.ivf.quantizer.search(q, setting["nprobe"])
+        return ids, self.sizes[lists].sum(axis=1)
+
+    def index_bytes(self):
+        import faiss
+
+        return int(faiss.serialize_index(self.index).size)
+
+
+class FaissIVFPQFastScan(FaissIVFFlat):
+    name = "faiss-ivfpqfs"
+
+    def build(self, x, metric, n_buckets):
+        import faiss
+
+        d = x.shape[1]
+        m = d if d % 2 == 0 else d - 1
+        while d % m:
+            m -= 1
+        self.index = faiss.index_factory(d, f"IVF{n_buckets},PQ{m}x4fs,RFlat", _faiss_metric(metric))
+        if metric != "l2":
+            faiss.extract_index_ivf(self.index).cp.spherical = True
+        self.index.train(x)
+        self.index.add(x)
+        self.ivf = faiss.extract_index_ivf(self.index)
+        self.sizes = np.array([self.ivf.invlists.list_size(i) for i in range(self.ivf.nlist)])
+
+    def settings(self):
+        return [{"nprobe": p, "k_factor": f} for p in PROBES if p <= self.ivf.nlist for f in (4, 10)]
+
+    def search(self, q, k, setting):
+        self.index.k_factor = setting["k_factor"]
+        ids, _ = super().search(q, k, setting)
+        return ids, None  # codes scanned, not exact scores: not comparable as candidates
+
+
+class Hnswlib(System):
+    name = "hnswlib"
+
+    def build(self, x, metric, n_buckets):
+        import hnswlib
+
+        self.index = hnswlib.Index(space="l2" if metric == "l2" else "ip", dim=x.shape[1])
+        self.index.init_index(max_elements=x.shape[0], M=16, ef_construction=200, random_seed=0)
+        self.index.set_num_threads(2)
+        self.index.add_items(x, np.arange(x.shape[0]))
+
+    def set_threads(self, n):
+        super().set_threads(n)
+        if hasattr(self, "index"):
+            self.index.set_num_threads(n)
+
+    def settings(self):
+        return [{"ef": e} for e in EFS]
+
+    def search(self, q, k, setting):
+        self.index.set_ef(max(setting["ef"], k))
+        ids, _ = self.index.knn_query(q, k=k)
+        return ids.astype(np.int64), None
+
+    def index_bytes(self):
+        with tempfile.TemporaryDirectory() as d:
+            self.index.save_index(os.path.join(d, "h.bin"))
+            return os.path.getsize(os.path.join(d, "h.bin"))
+
+
+class FaissFlat(System):
+    name = "faiss-flat"
+
+    def build(self, x, metric, n_buckets):
+        import faiss
+
+        self.index = faiss.IndexFlatL2(x.shape[1]) if metric == "l2" else faiss.IndexFlatIP(x.shape[1])
+        self.index.add(x)
+
+    def settings(self):
+        return [{"exact": True}]
+
+    def search(self, q, k, setting):
+        _, ids = self.index.search(q, k)
+        return ids, np.full(q.shape[0], self.index.ntotal)
+
+    def index_bytes(self):
+        import faiss
+
+        return int(faiss.serialize_index(self.index).size)
+
+
+def make(spec: str) -> System:
+    if spec.startswith("irli"):
+        return IrliSystem(spec)
+    table = {c.name: c for c in (FaissIVFFlat, FaissIVFPQFastScan, Hnswlib, FaissFlat)}
+    if spec not in table:
+        raise ValueError(f"unknown system {spec!r}; use irli:<preset>[:k=v,...] or one of {', '.join(table)}")
+    return table[spec]()
+
+
+def timed(fn, repeats: int = 3):
+    """(result of the last call, median seconds over `repeats` calls)."""
+    times = []
+    out = None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return out, float(np.median(times))
