@@ -17,6 +17,7 @@ FAST = {
     "ivf-ltr": dict(n_buckets=B, epochs=6, n_train=2000, lr=3e-3),
     "irli": dict(n_buckets=B, hidden=64, epochs=6, repartition_every=2, n_train=2000,
                  target_k=10, lr=3e-3, n_reps=3),
+    "fast": dict(n_buckets=B),
 }
 PRESETS = list(FAST)
 

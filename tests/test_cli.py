@@ -66,7 +66,7 @@ def test_search_prints(files, built):
 def test_eval_table(files, built):
     p = irli_cmd("eval", built, files / "queries.fvecs", "--truth", files / "truth.ivecs", "--probes", "1,4,16")
     lines = p.stdout.strip().splitlines()
-    assert lines[0].split() == ["probes", "recall@10", "candidates", "QPS"]
+    assert lines[0].split() == ["probes", "recall@10", "candidates", "scanned", "QPS"]
     rows = [line.split() for line in lines[2:]]
     assert [r[0] for r in rows] == ["1", "4", "16"]
     assert float(rows[-1][1]) == 1.0 and float(rows[0][1]) <= float(rows[1][1])

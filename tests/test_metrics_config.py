@@ -29,7 +29,8 @@ def test_bucket_load():
 
 
 def test_presets_and_overrides():
-    assert set(PRESETS) == {"irli", "ivf-ltr", "ivf"}
+    assert set(PRESETS) == {"irli", "ivf-ltr", "ivf", "fast"}
+    assert IndexConfig.from_preset("fast").scan == "pq4" and IndexConfig.from_preset("fast").copies == 2
     c = IndexConfig.from_preset("irli", n_reps=2)
     assert (c.n_reps, c.router, c.start, c.repartition) == (2, "mlp", "hash", True)
     assert IndexConfig.from_preset("ivf-ltr").router == "linear"

@@ -5,7 +5,9 @@ import pytest
 
 import irli
 from irli.config import IndexConfig
-from irli.partition import InvertedLists, assign_nearest, hash_assign, kmeans, power_of_k
+from irli.partition import (
+    InvertedLists, assign_nearest, hash_assign, kmeans, nearest_centroids, power_of_k,
+)
 from irli.training import learn, training_set
 
 from conftest import FAST
@@ -48,16 +50,40 @@ def test_power_of_k_respects_the_cap_even_without_fallbacks():
     assert np.bincount(a, minlength=50).max() <= 30
 
 
-def test_inverted_lists_round_trip():
+@pytest.mark.parametrize("copies", [1, 2])
+def test_inverted_lists_hold_every_assignment(copies):
     rng = np.random.default_rng(0)
-    assign = rng.integers(0, 7, size=(3, 100)).astype(np.int32)
+    assign = np.stack([rng.permutation(7)[:copies] for _ in range(3 * 100)]).reshape(3, 100, copies)
+    assign = np.ascontiguousarray(assign.transpose(0, 2, 1)).astype(np.int32)  # (R, c, n), no repeats per item
     inv = InvertedLists.from_assignments(assign, 7)
-    np.testing.assert_array_equal(inv.assignments(), assign)
-    assert inv.sizes().sum(axis=1).tolist() == [100, 100, 100]
+    assert inv.lists.shape == (3, copies * 100) and inv.sizes().sum(axis=1).tolist() == [copies * 100] * 3
     for r in range(3):
         for b in range(7):
             members = inv.lists[r, inv.offsets[r, b] : inv.offsets[r, b + 1]]
-            assert (assign[r, members] == b).all()
+            assert (np.diff(members) > 0).all()  # increasing, no item twice in a bucket
+            want = np.nonzero((assign[r] == b).any(axis=0))[0]
+            np.testing.assert_array_equal(members, want)
+
+
+def test_soar_spill_picks_a_different_nearby_bucket(data):
+    from irli.partition import soar_spill
+
+    x = data[0] / np.linalg.norm(data[0], axis=1, keepdims=True)
+    c = kmeans(x, 16, spherical=True, iters=5, seed=0)
+    home = assign_nearest(x, c, True)
+    near = nearest_centroids(x, c, False, 16)
+    extra = soar_spill(x, c, home, 2, lam=1.0)
+    assert extra.shape == (2, len(x))
+    assert (extra[0] != home).all() and (extra[1] != home).all() and (extra[0] != extra[1]).all()
+    # with no orthogonality weight, the second home is just the second-nearest centroid
+    np.testing.assert_array_equal(soar_spill(x, c, home, 1, lam=0.0)[0], near[:, 1])
+    # with it, the second home's residual is less aligned with the first residual
+    r1 = x - c[home]
+
+    def cos(a, b):
+        return np.abs((a * b).sum(1)) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+    assert cos(r1, x - c[extra[0]]).mean() < cos(r1, x - c[near[:, 1]]).mean()
 
 
 def test_training_set_excludes_self(data):

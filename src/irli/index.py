@@ -16,7 +16,8 @@ from .errors import IndexFormatError, InvalidInputError, NotFittedError
 from .partition import InvertedLists
 from .progress import Callback, report
 from .routers import Router
-from .search import route, scan
+from .codes import PQ4Codes, default_pq_m
+from .search import rerank, route, scan, scanned
 from .storage import read_index, write_index
 from .training import learn
 from .validation import as_matrix, normalize_rows, positive_int
@@ -34,15 +35,19 @@ class SearchResult(_Pair):
     scores: float32. For "cosine" and "ip", the similarity (higher is better,
     -inf where padded); for "l2", the squared Euclidean distance (lower is
     better, +inf where padded).
-    candidates: int64 (n,), items scored exactly per query (an attribute, not
-    part of the pair).
+    candidates: int64 (n,), items scored exactly per query; scanned: int64
+    (n,), entries read from the probed buckets (vectors for scan="exact",
+    4-bit codes for scan="pq4"). Both are attributes, not part of the pair.
     """
 
     candidates: np.ndarray
+    scanned: np.ndarray
 
-    def __new__(cls, ids: np.ndarray, scores: np.ndarray, candidates: np.ndarray) -> "SearchResult":
+    def __new__(cls, ids: np.ndarray, scores: np.ndarray, candidates: np.ndarray,
+                scanned: np.ndarray) -> "SearchResult":
         self = super().__new__(cls, ids, scores)
         self.candidates = candidates
+        self.scanned = scanned
         return self
 
 
@@ -96,15 +101,25 @@ class Index:
         if cfg.metric == "cosine":
             x = normalize_rows(x)
             tq = normalize_rows(tq) if tq is not None else None
+        if cfg.scan == "pq4" and d % (cfg.pq_m or default_pq_m(d)):
+            raise InvalidInputError(f"pq_m={cfg.pq_m} must divide the dimension d={d}")
         result = learn(x, cfg, b, tq, callback)
-        perm = np.argsort(result.assign[0], kind="stable")
+        perm = np.argsort(result.assign[0, 0], kind="stable")  # group by home bucket of rep 0
         self.vectors_ = np.ascontiguousarray(x[perm])
         self.ids_ = perm.astype(np.int64)
+        self.assign_ = np.ascontiguousarray(result.assign[:, :, perm])
+        self.centres_ = result.centres
         report(callback, "lists", 0, 1)
-        self.lists_ = InvertedLists.from_assignments(result.assign[:, perm], b)
+        self.lists_ = InvertedLists.from_assignments(self.assign_, b)
         report(callback, "lists", 1, 1)
         self.routers_: list[Router] = result.routers
         self.sqnorms_ = self._sqnorms(self.vectors_)
+        self.codes_: list[PQ4Codes] = []
+        if cfg.scan == "pq4":
+            for r in range(cfg.n_reps):
+                self.codes_.append(PQ4Codes.build(self.vectors_, self.assign_[r], self.centres_[r],
+                                                  cfg.metric, cfg.pq_m, seed=cfg.seed + r))
+                report(callback, "codes", r + 1, cfg.n_reps)
         self.history_ = {"rounds": result.history, "fit_seconds": time.perf_counter() - t0}
         return self
 
@@ -143,12 +158,13 @@ class Index:
         state = f"{len(self)} items, d={self.dim}, B={self.n_buckets}" if self.is_fitted else "unfitted"
         return f"Index(preset={self.preset!r}, metric={self.config.metric!r}, R={self.n_reps}, {state})"
 
-    def assignments(self) -> np.ndarray:
-        """Bucket of each item in each repetition, int32 (R, N), columns in id order."""
+    def assignments(self, spilled: bool = False) -> np.ndarray:
+        """Home bucket of each item in each repetition, int32 (R, N), columns
+        in id order; with `spilled`, all its buckets, int32 (R, 1 + spill, N)."""
         self._check_fitted()
-        out = np.empty((self.n_reps, len(self)), dtype=np.int32)
-        out[:, self.ids_] = self.lists_.assignments()
-        return out
+        out = np.empty(self.assign_.shape, dtype=np.int32)
+        out[:, :, self.ids_] = self.assign_
+        return out if spilled else out[:, 0]
 
     # -- searching ---------------------------------------------------------------
     def _queries(self, queries) -> np.ndarray:
@@ -166,7 +182,7 @@ class Index:
         return route(self.routers_, q, self._probes(probes))[0]
 
     def search(self, queries, k: int = 10, probes: int | None = None, min_votes: int | None = None,
-               top_c: int | None = None, batch_size: int = 4096) -> SearchResult:
+               top_c: int | None = None, refine: int | None = None, batch_size: int = 4096) -> SearchResult:
         """Approximate top-`k` items for each query.
 
         queries: (n, d) or a single (d,) vector (answered as n = 1).
@@ -174,7 +190,10 @@ class Index:
         clamped to B). min_votes: keep only candidates seen in at least this
         many repetitions (default `config.min_votes`). top_c: score only the C
         candidates with the highest summed router probability (default
-        `config.top_c`, None: all). Survivors are scored exactly.
+        `config.top_c`, None: all). Survivors are scored exactly. refine
+        (scan="pq4" only): re-score the best refine x k by code exactly
+        (default `config.refine`); with refine x k >= the entries probed the
+        search is exact over the probed buckets.
         Returns SearchResult(ids, scores) with `.candidates`; see its doc.
         """
         q = self._queries(queries)
@@ -184,28 +203,37 @@ class Index:
         if votes > self.n_reps:
             raise InvalidInputError(f"min_votes={votes} exceeds the {self.n_reps} repetitions")
         cut = self.config.top_c if top_c is None else positive_int(top_c, "top_c")
+        if self.codes_ and (votes > 1 or cut is not None):
+            raise InvalidInputError("min_votes and top_c filter exact candidates; this index scans PQ codes")
+        factor = self.config.refine if refine is None else positive_int(refine, "refine")
         batch_size = positive_int(batch_size, "batch_size")
         l2 = self.config.metric == "l2"
         parts = []
         for s in range(0, q.shape[0], batch_size):
             qb = q[s : s + batch_size]
             probed, probs = route(self.routers_, qb, m, with_probs=cut is not None)
-            parts.append(scan(qb, self.vectors_, self.sqnorms_, self.lists_.offsets, self.lists_.lists,
-                              probed, probs, k, votes, cut or 0, l2))
-        pos = np.concatenate([p[0] for p in parts])
-        scores = np.concatenate([p[1] for p in parts])
-        cand = np.concatenate([p[2] for p in parts])
+            if self.codes_:  # approximate scan of codes, exact re-rank of the best refine x k
+                kk = min(factor * k, len(self) * self.assign_.shape[1])
+                cand = np.concatenate([c.search(qb, probed[r], kk) for r, c in enumerate(self.codes_)], axis=1)
+                out = rerank(qb, self.vectors_, self.sqnorms_, cand, k, l2)
+            else:
+                out = scan(qb, self.vectors_, self.sqnorms_, self.lists_.offsets, self.lists_.lists,
+                           probed, probs, k, votes, cut or 0, l2, copies=self.assign_.shape[1])
+            parts.append((*out, scanned(self.lists_.offsets, probed)))
+        pos, scores, cand, read = (np.concatenate([p[i] for p in parts]) for i in range(4))
         ids = np.where(pos >= 0, self.ids_[np.maximum(pos, 0)], -1)
         if l2:
             scores = -scores  # negative squared distance -> squared distance (+inf pads)
-        return SearchResult(ids, scores, cand)
+        return SearchResult(ids, scores, cand, read)
 
     # -- persistence ---------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write the index to the directory `path`, atomically (see storage)."""
         self._check_fitted()
         arrays = {"vectors": self.vectors_, "ids": self.ids_, "offsets": self.lists_.offsets,
-                  "lists": self.lists_.lists}
+                  "lists": self.lists_.lists, "assign": self.assign_, "centres": self.centres_}
+        for r, codes in enumerate(self.codes_):
+            arrays[f"codes{r}"] = codes.to_array()
         if self.config.metric == "l2":
             arrays["sqnorms"] = self.sqnorms_
         routers = {f"{r}.{k}": v for r, rt in enumerate(self.routers_) for k, v in rt.state().items()}
@@ -228,17 +256,22 @@ class Index:
             config = IndexConfig.from_dict(man["config"])
         except Exception as e:  # a config this version cannot build
             raise IndexFormatError(f"{path}: invalid config in manifest ({e})") from None
-        need = ["vectors", "ids", "offsets", "lists"] + (["sqnorms"] if config.metric == "l2" else [])
+        need = ["vectors", "ids", "offsets", "lists", "assign", "centres"]
+        need += ["sqnorms"] if config.metric == "l2" else []
+        need += [f"codes{r}" for r in range(config.n_reps)] if config.scan == "pq4" else []
         for name in need:
             if name not in arrays:
                 raise IndexFormatError(f"{path}: missing {name}.npy")
         n, d = arrays["vectors"].shape
         reps, b1 = arrays["offsets"].shape
-        if (arrays["ids"].shape != (n,) or arrays["lists"].shape != (reps, n) or reps != config.n_reps
-                or b1 - 1 != man.get("n_buckets")):
+        copies = config.copies
+        if (arrays["ids"].shape != (n,) or arrays["lists"].shape != (reps, copies * n)
+                or arrays["assign"].shape != (reps, copies, n) or arrays["centres"].shape != (reps, b1 - 1, d)
+                or reps != config.n_reps or b1 - 1 != man.get("n_buckets")):
             raise IndexFormatError(f"{path}: array shapes do not agree with each other or the manifest")
         offsets = np.asarray(arrays["offsets"])
-        if (offsets[:, 0] != 0).any() or (offsets[:, -1] != n).any() or (np.diff(offsets, axis=1) < 0).any():
+        if ((offsets[:, 0] != 0).any() or (offsets[:, -1] != copies * n).any()
+                or (np.diff(offsets, axis=1) < 0).any()):
             raise IndexFormatError(f"{path}: inverted-list offsets are inconsistent")
         routers = []
         kind = man.get("router")
@@ -253,6 +286,9 @@ class Index:
         self.vectors_, self.ids_ = arrays["vectors"], arrays["ids"]
         self.lists_ = InvertedLists(offsets, arrays["lists"])
         self.sqnorms_ = arrays.get("sqnorms", np.zeros(0, dtype=np.float32))
+        self.assign_, self.centres_ = arrays["assign"], np.asarray(arrays["centres"])
+        self.codes_ = [PQ4Codes.from_array(arrays[f"codes{r}"], self.centres_[r], config.metric)
+                       for r in range(reps)] if config.scan == "pq4" else []
         self.routers_ = routers
         self.history_ = man.get("history", {})
         return self

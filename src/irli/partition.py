@@ -145,13 +145,50 @@ def power_of_k(choices: np.ndarray, k: int, n_buckets: int, max_load: float | No
     return _least_loaded(np.ascontiguousarray(choices, dtype=np.int32), k, order, n_buckets, cap)
 
 
+def soar_spill(x: np.ndarray, centroids: np.ndarray, primary: np.ndarray, extra: int,
+               lam: float = 1.0, candidates: int = 16, batch: int = 1 << 16) -> np.ndarray:
+    """`extra` more buckets for every item, chosen as in SOAR (Sun et al. 2023).
+
+    Each further bucket c minimises |x - c|^2 + lam * sum_j <r_j, x - c>^2 /
+    |r_j|^2 over the item's `candidates` nearest centroids not used yet, where
+    r_j are the residuals x - c_j of the buckets it already has: a second home
+    whose residual is orthogonal to the first one's catches the queries the
+    first one misses. x float32 (N, d), centroids (B, d), primary int (N,).
+    Returns int32 (extra, N). Streams `x` in batches.
+    """
+    n = x.shape[0]
+    out = np.empty((extra, n), dtype=np.int32)
+    width = min(centroids.shape[0], max(candidates, extra + 1))
+    for s in range(0, n, batch):
+        part = np.ascontiguousarray(x[s : s + batch], dtype=np.float32)
+        near = nearest_centroids(part, centroids, spherical=False, k=width)  # by L2, as SOAR
+        used = [np.asarray(primary[s : s + batch], dtype=np.int32)]
+        res = [part - centroids[used[0]]]
+        for e in range(extra):
+            cost = np.zeros(near.shape, dtype=np.float32)
+            for j in range(width):
+                diff = part - centroids[near[:, j]]
+                cost[:, j] = np.einsum("nd,nd->n", diff, diff)
+                for r in res:
+                    cost[:, j] += lam * np.einsum("nd,nd->n", r, diff) ** 2 / np.maximum(
+                        np.einsum("nd,nd->n", r, r), 1e-12)
+            for u in used:
+                cost[near == u[:, None]] = np.inf
+            pick = near[np.arange(part.shape[0]), np.argmin(cost, axis=1)]
+            out[e, s : s + part.shape[0]] = pick
+            used.append(pick)
+            res.append(part - centroids[pick])
+    return out
+
+
 @dataclass
 class InvertedLists:
-    """R partitions of n item positions into B buckets, CSR-style.
+    """R repetitions of n item positions in B buckets, CSR-style.
 
     `offsets` int64 (R, B+1): bucket b of repetition r holds
-    `lists[r, offsets[r, b]:offsets[r, b+1]]`, item positions (int32 (R, n))
-    in increasing order.
+    `lists[r, offsets[r, b]:offsets[r, b+1]]`, item positions (int32 (R, c n))
+    in increasing order. Each item sits in `copies` = c buckets per repetition
+    (c > 1 when spilled; never twice in one bucket).
     """
 
     offsets: np.ndarray
@@ -159,14 +196,19 @@ class InvertedLists:
 
     @classmethod
     def from_assignments(cls, assign: np.ndarray, n_buckets: int) -> "InvertedLists":
-        """Build from int (R, n) bucket ids."""
-        r, n = assign.shape
+        """Build from int bucket ids (R, n), or (R, c, n) for c copies."""
+        if assign.ndim == 2:
+            assign = assign[:, None, :]
+        r, c, n = assign.shape
         dtype = np.int32 if n < 2**31 else np.int64
         offsets = np.zeros((r, n_buckets + 1), dtype=np.int64)
-        lists = np.empty((r, n), dtype=dtype)
+        lists = np.empty((r, c * n), dtype=dtype)
+        items = np.tile(np.arange(n, dtype=dtype), c)
         for i in range(r):
-            offsets[i, 1:] = np.cumsum(np.bincount(assign[i], minlength=n_buckets))
-            lists[i] = np.argsort(assign[i], kind="stable")
+            flat = assign[i].reshape(-1)
+            offsets[i, 1:] = np.cumsum(np.bincount(flat, minlength=n_buckets))
+            order = np.lexsort((items, flat))  # by bucket, then item position
+            lists[i] = items[order]
         return cls(offsets, lists)
 
     @property
@@ -180,11 +222,3 @@ class InvertedLists:
     def sizes(self) -> np.ndarray:
         """Items per bucket, int64 (R, B)."""
         return np.diff(self.offsets, axis=1)
-
-    def assignments(self) -> np.ndarray:
-        """Bucket of every item position in every repetition, int32 (R, n)."""
-        out = np.empty(self.lists.shape, dtype=np.int32)
-        buckets = np.arange(self.n_buckets, dtype=np.int32)
-        for r in range(self.n_reps):
-            out[r, self.lists[r]] = np.repeat(buckets, self.sizes()[r])
-        return out

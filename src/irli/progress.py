@@ -19,7 +19,7 @@ class Progress:
 
     Stages: "kmeans", "ground-truth", "train" (units: epochs; info has round,
     epoch, loss, val_loss), "repartition" (units: repetitions; info has moved),
-    "lists", "search" (units: queries).
+    "spill", "codes", "lists".
     """
 
     stage: str

@@ -96,7 +96,7 @@ def _score(q, qn, x, sqn, i, l2):
 
 
 @numba.njit(cache=True, fastmath=True, parallel=True)
-def _scan(q, x, sqn, offsets, lists, probed, probs, k, min_votes, top_c, l2,
+def _scan(q, x, sqn, offsets, lists, probed, probs, k, min_votes, top_c, l2, dedup,
           marks, counts, heap_s, heap_i, buf_i, buf_p, buf_v, out_pos, out_score, out_ncand):
     # All scratch space comes in from the caller, one row per chunk: arrays
     # allocated inside a prange may be hoisted out of it and shared between
@@ -106,7 +106,6 @@ def _scan(q, x, sqn, offsets, lists, probed, probs, k, min_votes, top_c, l2,
     n_chunks = heap_s.shape[0]
     reps = probed.shape[0]
     m = probed.shape[2]
-    dedup = reps > 1 or top_c > 0
     chunk = (nq + n_chunks - 1) // n_chunks
     for c in numba.prange(n_chunks):
         lo = c * chunk
@@ -179,14 +178,15 @@ def _scan(q, x, sqn, offsets, lists, probed, probs, k, min_votes, top_c, l2,
 def scan(
     q: np.ndarray, x: np.ndarray, sqnorms: np.ndarray, offsets: np.ndarray, lists: np.ndarray,
     probed: np.ndarray, probs: np.ndarray, k: int, min_votes: int = 1, top_c: int = 0,
-    l2: bool = False,
+    l2: bool = False, copies: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact top-k among the items of the probed buckets.
 
     q float32 (n, d); x float32 (N, d) item vectors by position; sqnorms
     float32 (N,) squared norms (used for l2 only); offsets int64 (R, B+1);
     lists int (R, N); probed int32 (R, n, m) from `route`, with probs (R, n, m)
-    when `top_c` > 0 (0 means no cut). Returns (positions int64 (n, k), -1
+    when `top_c` > 0 (0 means no cut); `copies` > 1 when items are spilled
+    to more than one bucket per repetition. Returns (positions int64 (n, k), -1
     where fewer than k; scores float32 (n, k), higher is better (for l2 the
     negative squared distance), -inf where padded; candidates int64 (n,),
     items scored exactly per query). Runs on numba's threads.
@@ -196,15 +196,67 @@ def scan(
     out_score = np.full((n, k), -np.inf, dtype=np.float32)
     out_ncand = np.zeros(n, dtype=np.int64)
     chunks = max(1, min(n, numba.get_num_threads()))
-    dedup = probed.shape[0] > 1 or top_c > 0
+    dedup = probed.shape[0] > 1 or top_c > 0 or copies > 1
     width = x.shape[0] if dedup else 0
     cap = 0
     if top_c > 0:  # room for every gathered candidate of the largest query
-        sizes = np.diff(offsets, axis=1)
-        cap = int(sum(sizes[r][probed[r]].sum(axis=1) for r in range(probed.shape[0])).max())
-    _scan(q, x, sqnorms, offsets, lists, probed, probs, k, min_votes, top_c, l2,
+        cap = int(scanned(offsets, probed).max())
+    _scan(q, x, sqnorms, offsets, lists, probed, probs, k, min_votes, top_c, l2, dedup,
           np.full((chunks, width), -1, dtype=np.int32), np.zeros((chunks, width), dtype=np.int32),
           np.empty((chunks, k), dtype=np.float32), np.empty((chunks, k), dtype=np.int64),
           np.empty((chunks, cap), dtype=np.int64), np.empty((chunks, cap), dtype=np.float32),
           np.empty((chunks, cap), dtype=np.int32), out_pos, out_score, out_ncand)
     return out_pos, out_score, out_ncand
+
+
+@numba.njit(cache=True, fastmath=True, parallel=True)
+def _rerank(q, x, sqn, cand, k, l2, marks, heap_s, heap_i, out_pos, out_score, out_ncand):
+    # same rules as _scan: scratch from the caller, body inline in the prange
+    nq = q.shape[0]
+    n_chunks = heap_s.shape[0]
+    chunk = (nq + n_chunks - 1) // n_chunks
+    for c in numba.prange(n_chunks):
+        lo = c * chunk
+        hi = min(nq, lo + chunk)
+        mark = marks[c]
+        hs = heap_s[c]
+        hid = heap_i[c]
+        for qi in range(lo, hi):
+            qv = q[qi]
+            qn = _dot(qv, qv) if l2 else np.float32(0.0)
+            size = 0
+            scored = 0
+            for t in range(cand.shape[1]):
+                i = cand[qi, t]
+                if i < 0 or mark[i] == qi:
+                    continue
+                mark[i] = qi
+                scored += 1
+                size = _push(hs, hid, size, k, _score(qv, qn, x, sqn, i, l2), i)
+            out_ncand[qi] = scored
+            order = np.argsort(-hs[:size], kind="mergesort")
+            for s in range(size):
+                out_pos[qi, s] = hid[order[s]]
+                out_score[qi, s] = hs[order[s]]
+
+
+def rerank(q: np.ndarray, x: np.ndarray, sqnorms: np.ndarray, cand: np.ndarray, k: int,
+           l2: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact top-k among candidate positions `cand` (int64 (n, K), -1 ignored,
+    repeats scored once). Returns what `scan` returns."""
+    n = q.shape[0]
+    out_pos = np.full((n, k), -1, dtype=np.int64)
+    out_score = np.full((n, k), -np.inf, dtype=np.float32)
+    out_ncand = np.zeros(n, dtype=np.int64)
+    chunks = max(1, min(n, numba.get_num_threads()))
+    _rerank(q, x, sqnorms, np.ascontiguousarray(cand, dtype=np.int64), k, l2,
+            np.full((chunks, x.shape[0]), -1, dtype=np.int32), np.empty((chunks, k), dtype=np.float32),
+            np.empty((chunks, k), dtype=np.int64), out_pos, out_score, out_ncand)
+    return out_pos, out_score, out_ncand
+
+
+def scanned(offsets: np.ndarray, probed: np.ndarray) -> np.ndarray:
+    """Entries read from the inverted lists per query: the summed sizes of the
+    probed buckets over repetitions, int64 (n,)."""
+    sizes = np.diff(offsets, axis=1)
+    return sum(sizes[r][probed[r]].sum(axis=1) for r in range(probed.shape[0]))

@@ -18,7 +18,7 @@ from .config import IndexConfig
 from .exact import exact_knn
 from .partition import (
     assign_nearest, bucket_means, fallback_width, hash_assign, kmeans, nearest_centroids,
-    power_of_k,
+    power_of_k, soar_spill,
 )
 from .progress import Callback, report
 from .routers import CentroidRouter, LinearRouter, MLPRouter, Router
@@ -35,11 +35,14 @@ class TrainingSet:
 
 @dataclass
 class LearnResult:
-    """What `learn` produces: item buckets int32 (R, N), one router per
-    repetition, and a log of the rounds (epochs, losses, items moved)."""
+    """What `learn` produces: item buckets int32 (R, c, N) (c = 1 + spill;
+    [:, 0] is each item's home bucket), one router per repetition, bucket
+    centres float32 (R, B, d) (for spilling and residual codes), and a log of
+    the rounds (epochs, losses, items moved)."""
 
     assign: np.ndarray
     routers: list[Router]
+    centres: np.ndarray | None = None
     history: list[dict] = field(default_factory=list)
 
 
@@ -70,8 +73,29 @@ def training_set(x: np.ndarray, cfg: IndexConfig, queries: np.ndarray | None = N
 # -- the train <-> re-partition loop -------------------------------------------
 def learn(x: np.ndarray, cfg: IndexConfig, n_buckets: int, train_queries: np.ndarray | None = None,
           callback: Callback = None) -> LearnResult:
-    """Partition `x` (float32 (N, d), normalised for cosine) into R x B buckets
-    and fit the routers, following `cfg`. Returns a LearnResult."""
+    """Partition `x` (float32 (N, d), normalised for cosine) into R x B buckets,
+    fit the routers and spill, following `cfg`. Returns a LearnResult."""
+    res = _learn_homes(x, cfg, n_buckets, train_queries, callback)
+    centres = []
+    for r, router in enumerate(res.routers):
+        if isinstance(router, CentroidRouter):
+            centres.append(router.centroids)
+        else:
+            centres.append(bucket_means(x, res.assign[r], n_buckets, cfg.spherical))
+    res.centres = np.stack(centres)
+    homes = res.assign[:, None, :]
+    if cfg.spill:
+        extra = [soar_spill(x, res.centres[r], res.assign[r], cfg.spill, cfg.spill_lambda)
+                 for r in range(cfg.n_reps)]
+        report(callback, "spill", 1, 1)
+        res.assign = np.concatenate([homes, np.stack(extra)], axis=1)
+    else:
+        res.assign = homes
+    return res
+
+
+def _learn_homes(x, cfg, n_buckets, train_queries, callback) -> LearnResult:
+    """The home bucket of every item (R, N) and the routers."""
     reps = cfg.n_reps
     assign = np.empty((reps, x.shape[0]), dtype=np.int32)
     centroids: list[np.ndarray] = []
@@ -88,7 +112,7 @@ def learn(x: np.ndarray, cfg: IndexConfig, n_buckets: int, train_queries: np.nda
 
     history: list[dict] = []
     if not cfg.learns:  # a linear router read off k-means centroids, untrained
-        return LearnResult(assign, [_linear_from_centroids(c, cfg) for c in centroids], history)
+        return LearnResult(assign, [_linear_from_centroids(c, cfg) for c in centroids], history=history)
 
     tset = training_set(x, cfg, train_queries, callback)
     trainer = _Trainer(x.shape[1], n_buckets, cfg, centroids or None, sample=tset.queries)
@@ -111,7 +135,7 @@ def learn(x: np.ndarray, cfg: IndexConfig, n_buckets: int, train_queries: np.nda
                 report(callback, "train", cfg.epochs, cfg.epochs, stopped="few items moved")
                 break
         history.append(entry)
-    return LearnResult(assign, trainer.export(), history)
+    return LearnResult(assign, trainer.export(), history=history)
 
 
 def _linear_from_centroids(c: np.ndarray, cfg: IndexConfig) -> LinearRouter:
@@ -143,7 +167,7 @@ def _learn_centroids(x, cfg, n_buckets, assign, callback) -> LearnResult:
         if np.mean(moved) < cfg.min_moved:
             break
     routers = [CentroidRouter(c, l2=cfg.metric == "l2") for c in cents]
-    return LearnResult(assign, routers, history)
+    return LearnResult(assign, routers, history=history)
 
 
 # -- torch side ------------------------------------------------------------------

@@ -1,0 +1,82 @@
+"""Spilled buckets and the 4-bit PQ scan with exact re-rank."""
+
+import numpy as np
+import pytest
+
+import irli
+from irli import ConfigError, InvalidInputError
+from irli.metrics import recall_at_k
+
+from conftest import B, N, fitted
+
+
+def test_spilled_items_sit_in_two_buckets(data):
+    index = fitted("ivf", data, spill=1)
+    a = index.assignments(spilled=True)
+    assert a.shape == (1, 2, N) and (a[0, 0] != a[0, 1]).all()
+    np.testing.assert_array_equal(a[:, 0], index.assignments())
+    assert index.lists_.lists.shape == (1, 2 * N) and index.lists_.sizes().sum() == 2 * N
+
+
+def test_spill_dedups_and_stays_exact_when_all_buckets_are_probed(data, truth):
+    index = fitted("ivf", data, spill=1)
+    res = index.search(data[1], k=10, probes=B)
+    assert recall_at_k(res.ids, truth) >= 0.999
+    assert (res.candidates == N).all() and (res.scanned == 2 * N).all()
+
+
+def test_spill_finds_more_at_the_same_probes(data, truth):
+    plain = fitted("ivf", data)
+    spilled = fitted("ivf", data, spill=1)
+    r0 = recall_at_k(plain.search(data[1], k=10, probes=1).ids, truth)
+    r1 = recall_at_k(spilled.search(data[1], k=10, probes=1).ids, truth)
+    assert r1 > r0 + 0.02
+
+
+def test_pq4_scan_recall_and_exact_scores(data, truth):
+    index = fitted("fast", data)
+    res = index.search(data[1], k=10, probes=4)
+    assert recall_at_k(res.ids, truth) >= 0.9
+    assert (res.candidates <= 4 * 10).all() and (res.scanned > res.candidates).all()
+    x, q = data
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    np.testing.assert_allclose(res.scores, np.take_along_axis(qn @ xn.T, res.ids, axis=1), atol=1e-5)
+
+
+def test_pq4_more_refine_never_hurts(data, truth):
+    small = fitted("fast", data, refine=1)
+    big = fitted("fast", data, refine=20)
+    r_small = recall_at_k(small.search(data[1], k=10, probes=4).ids, truth)
+    r_big = recall_at_k(big.search(data[1], k=10, probes=4).ids, truth)
+    assert r_big >= r_small and r_big >= 0.95
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_pq4_other_metrics(data, metric):
+    from irli.exact import exact_knn
+
+    x, q = data
+    x = x * np.linspace(0.5, 2.0, x.shape[0], dtype=np.float32)[:, None]
+    truth = exact_knn(x, q, 10, metric)[0]
+    index = irli.Index("fast", metric=metric, n_buckets=16).fit(x)
+    assert recall_at_k(index.search(q, k=10, probes=16).ids, truth) >= 0.95
+
+
+def test_pq4_with_learned_router_and_repetitions(data, truth):
+    index = irli.Index("ivf-ltr", n_buckets=B, epochs=3, n_train=1000, scan="pq4", spill=1, n_reps=2).fit(data[0])
+    assert len(index.codes_) == 2
+    assert recall_at_k(index.search(data[1], k=10, probes=4).ids, truth) >= 0.9
+
+
+def test_pq4_rejects_exact_only_filters(data):
+    with pytest.raises(ConfigError, match="need scan='exact'"):
+        irli.Index("fast", top_c=10)
+    index = fitted("fast", data)
+    with pytest.raises(InvalidInputError, match="scans PQ codes"):
+        index.search(data[1][:2], k=3, top_c=5)
+
+
+def test_pq_m_must_divide_d(data):
+    with pytest.raises(InvalidInputError, match="pq_m=5 must divide the dimension d=16"):
+        irli.Index("fast", n_buckets=8, pq_m=5).fit(data[0])
