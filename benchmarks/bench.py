@@ -40,7 +40,7 @@ def prepare(dataset: str, cache: Path, n_test: int, progress=None) -> tuple[Path
     from irli.exact import exact_knn
     from irli.validation import normalize_rows
 
-    key = dataset.replace(":", "_").replace("/", "_")
+    key = f"{dataset}_q{n_test}".replace(":", "_").replace("/", "_")
     d = cache / key
     if (d / "truth.npy").exists():
         return d, json.loads((d / "meta.json").read_text())["metric"]

@@ -101,6 +101,8 @@ class IrliSystem(System):
         probes = [p for p in PROBES if p <= self.index.n_buckets]
         if self.index.codes_:  # the re-rank factor is a query knob too, as FAISS's k_factor
             return [{"probes": p, "refine": f} for p in probes for f in (2, 4, 8)]
+        if self.index.n_reps > 1 and "min_votes" not in self.overrides:  # the vote filter across repetitions
+            return [{"probes": p, "min_votes": v} for p in probes for v in (1, 2)]
         return [{"probes": p} for p in probes]
 
     def search(self, q, k, setting):

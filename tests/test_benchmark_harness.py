@@ -1,0 +1,51 @@
+"""The benchmark harness end to end on a tiny synthetic set (all peers)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("hnswlib")
+pytest.importorskip("matplotlib")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_runs_every_peer(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--dataset", "synthetic:3000:16",
+           "--n-test", "100", "--buckets", "32", "--cache", str(tmp_path / "cache"), "--out", str(out),
+           "--systems", "irli:fast", "irli:ivf:spill=1", "faiss-ivfflat", "faiss-ivfpqfs", "hnswlib", "faiss-flat"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    run = json.loads((out / "results.json").read_text())
+    assert [r["system"] for r in run["results"]] == cmd[cmd.index("--systems") + 1:]
+    assert run["machine"]["cores"] >= 1 and "faiss" in run["machine"]["versions"]
+    for r in run["results"]:
+        assert r["build_s"] >= 0 and r["index_bytes"] > 0 and r["points"]
+        for pt in r["points"]:
+            assert 0 <= pt["recall@10"] <= 1 and pt["qps"] > 0
+    flat = next(r for r in run["results"] if r["system"] == "faiss-flat")
+    assert flat["points"][0]["recall@10"] == 1.0 and flat["points"][0]["candidates"] == 3000
+    table = (out / "table.md").read_text()
+    assert "| irli:fast |" in table and "QPS @0.95" in table
+    for png in ("recall_qps.png", "recall_candidates.png", "recall_scanned.png"):
+        assert (out / png).stat().st_size > 1000
+    # the ground truth is cached: a second run reuses it
+    assert len(list((tmp_path / "cache").glob("*/truth.npy"))) == 1
+
+
+def test_report_picks_best_point_reaching_recall():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from report import at_recall, frontier
+
+    pts = [{"recall@10": 0.91, "qps": 100, "candidates": 50},
+           {"recall@10": 0.96, "qps": 80, "candidates": 90},
+           {"recall@10": 0.97, "qps": 90, "candidates": 120},
+           {"recall@10": 0.80, "qps": 500, "candidates": 10}]
+    assert at_recall(pts, 0.95, "qps", "recall@10")["qps"] == 90
+    assert at_recall(pts, 0.95, "candidates", "recall@10")["candidates"] == 90
+    assert at_recall(pts, 0.99, "qps", "recall@10") is None
+    assert [p["qps"] for p in frontier(pts, "qps", "recall@10")] == [500, 100, 90]
