@@ -8,6 +8,11 @@ picks the few buckets a query should open.
     index = irli.Index("irli", metric="cosine").fit(vectors)
     ids, scores = index.search(queries, k=10, probes=16)
     index.save("my.index"); index = irli.load("my.index")
+
+Extreme multi-label classification (the items are labels):
+
+    labels = irli.LabelIndex().fit(X, Y)     # X: CSR features, Y: label sets
+    ids, scores = labels.predict(X_test, k=5)
 """
 
 __version__ = "0.1.0"
@@ -17,9 +22,10 @@ from .errors import (  # noqa: E402
     ConfigError, IndexFormatError, InvalidInputError, IrliError, NotFittedError,
 )
 from .index import Index, SearchResult, load  # noqa: E402
+from .labels import LabelConfig, LabelIndex  # noqa: E402
 from .progress import Progress  # noqa: E402
 
 __all__ = [
-    "Index", "SearchResult", "load", "IndexConfig", "PRESETS", "Progress",
+    "Index", "SearchResult", "load", "LabelIndex", "LabelConfig", "IndexConfig", "PRESETS", "Progress",
     "IrliError", "ConfigError", "InvalidInputError", "NotFittedError", "IndexFormatError",
 ]

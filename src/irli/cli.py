@@ -1,8 +1,10 @@
 """The `irli` command: parses arguments, calls the library, draws progress.
 
-  irli build VECTORS -o DIR      build an index directory from a vectors file
+  irli build VECTORS -o DIR      build an index directory from a vectors file, or a
+                                 label index from an extreme-classification file
   irli search DIR QUERIES        top-k ids and scores (.npy files, or printed)
-  irli eval DIR QUERIES          recall@k, candidates and QPS over a sweep of probes
+  irli eval DIR QUERIES          recall@k, candidates and QPS over a sweep of probes;
+                                 for a label index, P@k, nDCG@k, PSP@k on an XC-format file
   irli info DIR                  what an index directory holds
   irli demo                      GloVe: build irli and ivf, compare, show word neighbours
 
@@ -103,9 +105,19 @@ def _read(path: str, key: str):
 
 
 # -- commands ------------------------------------------------------------------
+def _task(a) -> str:
+    from .xcformat import looks_like_xc
+
+    if a.task != "auto":
+        return a.task
+    return "xml" if a.labels or looks_like_xc(a.vectors) else "ann"
+
+
 def cmd_build(a) -> int:
     from .index import Index
 
+    if _task(a) == "xml":
+        return _build_labels(a)
     x = _read(a.vectors, a.key)
     tq = _read(a.train_queries, "train") if a.train_queries else None
     bars = Bars(not a.quiet)
@@ -120,10 +132,60 @@ def cmd_build(a) -> int:
     return 0
 
 
+def _read_xc(path: str, labels: str | None):
+    from .xcformat import read_xc, read_xc_split
+
+    return read_xc_split(path, labels) if labels else read_xc(path)
+
+
+def _build_labels(a) -> int:
+    from .labels import LabelIndex
+
+    x, y = _read_xc(a.vectors, a.labels)
+    bars = Bars(not a.quiet)
+    t = time.perf_counter()
+    try:
+        index = LabelIndex(**_overrides(a.set)).fit(x, y, callback=bars)
+    finally:
+        bars.close()
+    built = time.perf_counter() - t
+    index.save(a.output)
+    cfg = index.fitted_config_
+    print(f"built LabelIndex({index.n_labels:,} labels, {x.shape[1]:,} features, R={cfg.n_reps}, "
+          f"B={cfg.n_buckets}) on {x.shape[0]:,} points in {built:.1f} s -> {a.output}")
+    return 0
+
+
+def _eval_labels(a, index) -> int:
+    x, y = _read_xc(a.queries, a.labels)
+    ks = (1, 3, 5)
+    rows = []
+    for p in (_probe_list(a.probes) if a.probes else [None]):
+        r = index.evaluate(x, y, ks=ks, probes=p, min_votes=a.min_votes)
+        rows.append({"probes": p or index.fitted_config_.probes, **r})
+    cols = ["probes"] + [f"P@{k}" for k in ks] + [f"nDCG@{k}" for k in ks] + [f"PSP@{k}" for k in ks] \
+        + ["coverage@5", "ms_per_point"]
+    print(f"{x.shape[0]:,} points, {index.n_labels:,} labels (PSP: propensities from the training "
+          "label counts, A=0.55 B=1.5, normalised)")
+    print("  ".join(f"{c:>9}" for c in cols))
+    for r in rows:
+        print("  ".join(f"{r[c]:>9}" if c == "probes" else
+                        (f"{r[c]:9.3f}" if c == "ms_per_point" else f"{100 * r[c]:9.2f}") for c in cols))
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
 def cmd_search(a) -> int:
     from .index import load
 
     index = load(a.index)
+    if not hasattr(index, "search"):  # a label index: print label ids
+        x, _ = _read_xc(a.queries, a.labels)
+        ids, scores = index.predict(x, k=a.k, probes=a.probes, min_votes=a.min_votes)
+        for i in range(ids.shape[0]):
+            print(f"{i}\t" + " ".join(f"{j}:{s:.4f}" for j, s in zip(ids[i], scores[i]) if j >= 0))
+        return 0
     q = _read(a.queries, a.key)
     res = index.search(q, k=a.k, probes=a.probes, min_votes=a.min_votes, top_c=a.top_c)
     if a.out:
@@ -145,8 +207,10 @@ def cmd_eval(a) -> int:
     from .evaluation import format_table, sweep
     from .index import load
 
-    probes = _probe_list(a.probes)
     index = load(a.index)
+    if not hasattr(index, "search"):  # a label index
+        return _eval_labels(a, index)
+    probes = _probe_list(a.probes or "1,2,4,8,16,32,64")
     truth = None
     if Path(a.queries).suffix.lower() in (".hdf5", ".h5"):
         data = read_ann_hdf5(a.queries)
@@ -178,6 +242,16 @@ def cmd_info(a) -> int:
 
     man = read_manifest(a.index)
     index = load(a.index, verify=not a.no_verify)
+    if man.get("task") == "xml":
+        size = sum(f.get("bytes", 0) for f in man["files"].values())
+        load_stats = bucket_load(np.diff(index.model_.offsets, axis=1))
+        print(f"index      {a.index}  (label index, extreme classification)")
+        print(f"labels     {man['n_labels']:,}  features {man['n_features']:,}  repetitions "
+              f"{index.fitted_config_.n_reps}  buckets {man['n_buckets']:,}  trained on {man.get('n_train', 0):,} points")
+        print(f"load       labels per bucket max/mean {load_stats['max_over_mean']:.2f}  empty {load_stats['empty']}")
+        print(f"size       {size / 1e6:.1f} MB in {len(man['files'])} files")
+        print("config     " + ", ".join(f"{k}={v}" for k, v in man["config"].items()))
+        return 0
     load_stats = bucket_load(index.lists_.sizes())
     size = sum(f.get("bytes", 0) for f in man["files"].values())
     cfg = man["config"]
@@ -225,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config option, e.g. --set n_buckets=1024 (repeatable)")
     b.add_argument("--train-queries", help="vectors file of training queries (a query log)")
     b.add_argument("--key", default="train", help="dataset to read from an .hdf5 file")
+    b.add_argument("--task", default="auto", choices=["auto", "ann", "xml"],
+                   help="ann: nearest-neighbour index of vectors; xml: label index from an Extreme "
+                   "Classification Repository file (auto: detected from the file's header)")
+    b.add_argument("--labels", help="xml split format: the labels file (VECTORS is then the features file)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_build)
 
@@ -239,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-c", type=int, default=None, help="score only the C most probable candidates")
     s.add_argument("--out", help="prefix of the .npy files to write")
     s.add_argument("--key", default="test", help="dataset to read from an .hdf5 file")
+    s.add_argument("--labels", help="label index, split format: the labels file of QUERIES")
     s.set_defaults(func=cmd_search)
 
     e = sub.add_parser("eval", help="recall@k, candidates and QPS over a sweep of probes",
@@ -249,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("queries")
     e.add_argument("--truth", help="ground-truth ids (n, >= k)")
     e.add_argument("-k", type=int, default=10)
-    e.add_argument("--probes", default="1,2,4,8,16,32,64", help="comma-separated probe counts")
+    e.add_argument("--probes", default=None, help="comma-separated probe counts (default 1,2,4,8,16,32,64; "
+                   "for a label index, its own setting)")
+    e.add_argument("--labels", help="label index, split format: the labels file of QUERIES")
     e.add_argument("--min-votes", type=int, default=None)
     e.add_argument("--top-c", type=int, default=None)
     e.add_argument("--threads", type=int, default=1, help="threads for the timed search (default 1)")
@@ -288,6 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"irli: error: {msg}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("irli: interrupted", file=sys.stderr)
         return 130

@@ -244,3 +244,53 @@ def ground_truth(items: np.ndarray, queries: np.ndarray, k: int = 100, metric: s
                  callback: Callback = None) -> np.ndarray:
     """Exact top-`k` ids (int64 (nq, k), best first) of `queries` among `items`."""
     return exact_knn(items, queries, k, metric, callback=callback)[0]
+
+
+def synthetic_labels(n: int, n_labels: int, n_features: int = 20_000, n_groups: int | None = None,
+                     labels_per_point: float = 3.0, signature: int = 8, group_pool: int = 40,
+                     keep: float = 0.6, noise: int = 5, seed: int = 0):
+    """An extreme-classification set with a planted two-level label hierarchy.
+
+    Labels fall into `n_groups` groups (default sqrt(L)); every label has a
+    signature of `signature` features, half drawn from its group's pool of
+    `group_pool` features and half its own. A point picks a group (Zipf-like
+    popularity), 1 + Poisson(labels_per_point - 1) labels of that group
+    (Zipf-like within the group), each signature feature of its labels with
+    probability `keep`, and `noise` random features. Returns (X CSR float32
+    (n, F) binary, Y CSR float32 (n, L) 0/1); deterministic in `seed`.
+    """
+    import scipy.sparse as sp
+
+    if n < 1 or n_labels < 2 or n_features < 2:
+        raise InvalidInputError("synthetic_labels needs n >= 1, n_labels >= 2 and n_features >= 2")
+    rng = np.random.default_rng([seed, 0x11B])
+    g = n_groups or max(1, int(round(np.sqrt(n_labels))))
+    group_of = rng.permutation(np.arange(n_labels) % g)
+    members = [np.flatnonzero(group_of == j) for j in range(g)]
+    pools = rng.integers(0, n_features, size=(g, group_pool))
+    half = signature // 2
+    sig = np.concatenate([pools[group_of[:, None], rng.integers(0, group_pool, size=(n_labels, half))],
+                          rng.integers(0, n_features, size=(n_labels, signature - half))], axis=1)
+    gp = 1.0 / np.arange(1, g + 1) ** 0.8
+    gp /= gp.sum()
+    groups = rng.choice(g, size=n, p=gp)
+    counts = np.minimum(1 + rng.poisson(max(labels_per_point - 1, 0), size=n), [len(members[j]) for j in groups])
+    xr, xc, yr, yc = [], [], [], []
+    for i in range(n):
+        mem = members[groups[i]]
+        w = 1.0 / np.arange(1, len(mem) + 1) ** 0.7
+        labs = rng.choice(mem, size=counts[i], replace=False, p=w / w.sum())
+        feats = sig[labs].ravel()
+        feats = np.concatenate([feats[rng.random(feats.size) < keep], rng.integers(0, n_features, noise)])
+        yr.append(np.full(labs.size, i))
+        yc.append(labs)
+        xr.append(np.full(feats.size, i))
+        xc.append(feats)
+    xr, xc, yr, yc = (np.concatenate(a) for a in (xr, xc, yr, yc))
+    x = sp.csr_matrix((np.ones(xr.size, np.float32), (xr, xc)), shape=(n, n_features))
+    x.data[:] = 1.0  # binary: a feature drawn twice is still one
+    y = sp.csr_matrix((np.ones(yr.size, np.float32), (yr, yc)), shape=(n, n_labels))
+    y.sum_duplicates()
+    x.sum_duplicates()
+    x.data[:] = 1.0
+    return x, y

@@ -252,6 +252,8 @@ class Index:
         and lists stay on disk, memory-mapped; `verify` checks every file's
         sha256 against the manifest."""
         man, arrays, tensors = read_index(path, mmap=mmap, verify=verify)
+        if man.get("task", "ann") != "ann":
+            raise IndexFormatError(f"{path}: a label index (task {man.get('task')!r}); load it with irli.LabelIndex.load or irli.load")
         try:
             config = IndexConfig.from_dict(man["config"])
         except Exception as e:  # a config this version cannot build
@@ -294,6 +296,13 @@ class Index:
         return self
 
 
-def load(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> Index:
-    """Load an index directory; see `Index.load`."""
+def load(path: str | os.PathLike, mmap: bool = True, verify: bool = True):
+    """Load an index directory: an `Index`, or a `LabelIndex` for a label
+    index; see their `load` methods."""
+    from .storage import read_manifest
+
+    if read_manifest(path).get("task", "ann") == "xml":
+        from .labels import LabelIndex
+
+        return LabelIndex.load(path, verify=verify)
     return Index.load(path, mmap=mmap, verify=verify)

@@ -1,0 +1,178 @@
+"""A trained label index's weights and its prediction path (numpy + numba).
+
+Shapes (R repetitions, B buckets, L labels, F features, h hidden units,
+D = R * h):
+  w1 float32 (F, D), b1 (D,)       the R routers' input layers side by side,
+                                   applied to sparse X as one CSR product
+  w2 float32 (R, h, B), b2 (R, B)  the routers' output layers
+  assign int32 (R, L)              each label's bucket in each repetition
+  offsets int64 (R, B+1), members int32 (R, L)  the labels of every bucket
+  v float32 (L, D), c (L,)         the optional per-label re-rank scorer
+
+Prediction: hidden = relu(X w1 + b1); per repetition, bucket probabilities
+(sigmoid or softmax of hidden_r w2_r + b2_r) and the top `probes` buckets;
+the candidate labels are those in any probed bucket, seen in at least
+`min_votes` repetitions; each is scored by its mean bucket probability over
+all R repetitions, or with the scorer by sigmoid(hidden . v_l + c_l) blended
+with that mean; the top k come back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from .search import _top_m
+
+
+@dataclass
+class LabelModel:
+    w1: np.ndarray
+    b1: np.ndarray
+    w2: np.ndarray
+    b2: np.ndarray
+    assign: np.ndarray
+    loss: str = "sigmoid"
+    v: np.ndarray | None = None
+    c: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.offsets, self.members = bucket_lists(self.assign, self.n_buckets)
+
+    @property
+    def n_reps(self) -> int:
+        return self.w2.shape[0]
+
+    @property
+    def n_buckets(self) -> int:
+        return self.w2.shape[2]
+
+    @property
+    def n_labels(self) -> int:
+        return self.assign.shape[1]
+
+    @property
+    def n_features(self) -> int:
+        return self.w1.shape[0]
+
+    def hidden(self, x) -> np.ndarray:
+        """relu(x w1 + b1) for CSR float32 x (n, F): float32 (n, D)."""
+        h = np.asarray(x @ self.w1, dtype=np.float32)
+        h += self.b1
+        np.maximum(h, 0, out=h)
+        return h
+
+    def bucket_probs(self, h: np.ndarray) -> np.ndarray:
+        """Bucket probabilities float32 (R, n, B) from hidden (n, D)."""
+        reps, hid, _ = self.w2.shape
+        out = np.empty((reps, h.shape[0], self.n_buckets), dtype=np.float32)
+        for r in range(reps):
+            s = h[:, r * hid:(r + 1) * hid] @ self.w2[r]
+            s += self.b2[r]
+            if self.loss == "sigmoid":
+                np.negative(s, out=s)
+                np.exp(s, out=s)
+                s += 1
+                np.reciprocal(s, out=s)
+            else:
+                s -= s.max(axis=1, keepdims=True)
+                np.exp(s, out=s)
+                s /= s.sum(axis=1, keepdims=True)
+            out[r] = s
+        return out
+
+    def predict(self, x, k: int, probes: int, min_votes: int = 1, rerank: bool = True,
+                blend: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k labels for CSR x (n, F): (ids int64 (n, k), scores float32
+        (n, k), candidates int64 (n,)); -1 / -inf pad rows with fewer than k
+        candidates."""
+        h = self.hidden(x)
+        probs = self.bucket_probs(h)
+        reps, n, _ = probs.shape
+        top = np.empty((reps, n, probes), dtype=np.int32)
+        val = np.empty((reps, n, probes), dtype=np.float32)
+        for r in range(reps):
+            _top_m(probs[r], top[r], val[r])
+        use = rerank and self.v is not None
+        v = self.v if use else np.zeros((1, 1), np.float32)
+        c = self.c if use else np.zeros(1, np.float32)
+        hh = h if use else np.zeros((1, 1), np.float32)
+        chunks = max(1, min(n, numba.get_num_threads()))
+        ids = np.full((n, k), -1, dtype=np.int64)
+        scores = np.full((n, k), -np.inf, dtype=np.float32)
+        ncand = np.zeros(n, dtype=np.int64)
+        _label_scan(probs, top, self.offsets, self.members, self.assign, hh, v, c, use, np.float32(blend),
+                    k, min_votes, np.full((chunks, self.n_labels), -1, np.int64),
+                    np.zeros((chunks, self.n_labels), np.int32), np.empty((chunks, self.n_labels), np.int32),
+                    np.empty((chunks, self.n_labels), np.float32), ids, scores, ncand)
+        return ids, scores, ncand
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {"w1": self.w1, "b1": self.b1, "w2": self.w2, "b2": self.b2, "assign": self.assign}
+        if self.v is not None:
+            out["v"], out["c"] = self.v, self.c
+        return out
+
+
+def bucket_lists(assign: np.ndarray, n_buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inverted lists of labels: offsets int64 (R, B+1), members int32 (R, L)."""
+    reps, n_labels = assign.shape
+    offsets = np.zeros((reps, n_buckets + 1), dtype=np.int64)
+    members = np.empty((reps, n_labels), dtype=np.int32)
+    for r in range(reps):
+        offsets[r, 1:] = np.cumsum(np.bincount(assign[r], minlength=n_buckets))
+        members[r] = np.argsort(assign[r], kind="stable")
+    return offsets, members
+
+
+@numba.njit(cache=True, fastmath=True, parallel=True)
+def _label_scan(probs, top, offsets, members, assign, h, v, c, use_scorer, blend, k, min_votes,
+                marks, votes, cand, cscore, out_ids, out_scores, out_ncand):
+    # scratch rows come from the caller, one per chunk (see search._scan)
+    reps, n, m = top.shape
+    n_chunks = marks.shape[0]
+    chunk = (n + n_chunks - 1) // n_chunks
+    d = v.shape[1]
+    for ch in numba.prange(n_chunks):
+        mark = marks[ch]
+        vote = votes[ch]
+        cd = cand[ch]
+        cs = cscore[ch]
+        for qi in range(ch * chunk, min(n, (ch + 1) * chunk)):
+            nc = 0
+            for r in range(reps):
+                for j in range(m):
+                    b = top[r, qi, j]
+                    for t in range(offsets[r, b], offsets[r, b + 1]):
+                        lab = members[r, t]
+                        if mark[lab] != qi:
+                            mark[lab] = qi
+                            vote[lab] = 1
+                            cd[nc] = lab
+                            nc += 1
+                        else:
+                            vote[lab] += 1
+            keep = 0
+            for t in range(nc):
+                lab = cd[t]
+                if vote[lab] < min_votes:
+                    continue
+                s = np.float32(0.0)
+                for r in range(reps):
+                    s += probs[r, qi, assign[r, lab]]
+                s /= reps
+                if use_scorer:
+                    z = c[lab]
+                    for j in range(d):
+                        z += h[qi, j] * v[lab, j]
+                    s = (1 - blend) / (1 + np.exp(-z)) + blend * s
+                cd[keep] = lab
+                cs[keep] = s
+                keep += 1
+            out_ncand[qi] = keep
+            order = np.argsort(-cs[:keep], kind="mergesort")
+            for t in range(min(k, keep)):
+                out_ids[qi, t] = cd[order[t]]
+                out_scores[qi, t] = cs[order[t]]

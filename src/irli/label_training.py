@@ -1,0 +1,220 @@
+"""Training a label index: R sparse-input MLP routers over hashed label
+buckets, re-partitioned with power-of-K choices, and an optional per-label
+scorer learned alongside (torch; the result is a numpy LabelModel).
+
+Each router's input layer is an EmbeddingBag over feature ids weighted by the
+feature values (X is never densified); all R input layers are one bag of
+width R * h. Targets are multi-hot over the buckets of a point's labels.
+Re-partitioning (IRLI): a label's representative is the sum of the router's
+bucket probabilities over the training points that carry it; the label moves
+to the least loaded of its top-K buckets.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .label_model import LabelModel
+from .metrics import precision_at_k
+from .partition import fallback_width, power_of_k
+from .progress import Callback, report
+from .training import _device
+
+
+def hash_labels(n_labels: int, n_buckets: int, reps: int, seed: int) -> np.ndarray:
+    """A balanced random bucket for every label in every repetition: int32 (R, L)."""
+    out = np.empty((reps, n_labels), dtype=np.int32)
+    for r in range(reps):
+        perm = np.random.default_rng([seed, r, 0x1AB]).permutation(n_labels)
+        out[r, perm] = np.arange(n_labels) % n_buckets
+    return out
+
+
+class _Net:
+    """The stacked routers and the scorer as torch parameters."""
+
+    def __init__(self, n_feat, n_labels, cfg, device):
+        import torch
+
+        self.torch = torch
+        self.cfg = cfg
+        g = torch.Generator().manual_seed(cfg.seed)
+        reps, h, b = cfg.n_reps, cfg.hidden, cfg.n_buckets
+
+        def u(shape, fan_in):
+            return ((torch.rand(shape, generator=g) * 2 - 1) / math.sqrt(fan_in)).to(device)
+
+        # inputs are L2-normalised rows, so a unit fan-in keeps the first layer's scale
+        p = {"w1": u((n_feat, reps * h), 1.0) * 0.1, "b1": torch.zeros(reps * h, device=device),
+             "w2": u((reps, h, b), h), "b2": torch.zeros(reps, b, device=device)}
+        if cfg.scorer:
+            p["v"] = torch.zeros(n_labels, reps * h, device=device)
+            p["c"] = torch.zeros(n_labels, device=device)
+        self.p = {k: torch.nn.Parameter(v.float()) for k, v in p.items()}
+        self.opt = torch.optim.Adam(self.p.values(), lr=cfg.lr)
+
+    def hidden(self, idx, off, wts, train: bool):
+        F = self.torch.nn.functional
+        h = F.embedding_bag(idx, self.p["w1"], off, mode="sum", per_sample_weights=wts)
+        h = self.torch.relu(h + self.p["b1"])
+        if train and self.cfg.dropout > 0:
+            h = F.dropout(h, self.cfg.dropout, training=True)
+        return h
+
+    def router_logits(self, h):
+        reps, hid = self.cfg.n_reps, self.cfg.hidden
+        hr = h.view(h.shape[0], reps, hid).transpose(0, 1)  # (R, b, h)
+        return self.torch.baddbmm(self.p["b2"][:, None, :], hr, self.p["w2"])  # (R, b, B)
+
+    def export(self, assign, loss) -> LabelModel:
+        a = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in self.p.items()}
+        return LabelModel(w1=a["w1"], b1=a["b1"], w2=a["w2"], b2=a["b2"], assign=assign.copy(), loss=loss,
+                          v=a.get("v"), c=a.get("c"))
+
+
+def _batch(x, rows, device, torch):
+    """EmbeddingBag inputs for CSR rows."""
+    sub = x[rows]
+    idx = torch.from_numpy(sub.indices.astype(np.int64)).to(device)
+    off = torch.from_numpy(sub.indptr[:-1].astype(np.int64)).to(device)
+    wts = torch.from_numpy(sub.data.astype(np.float32)).to(device)
+    return idx, off, wts
+
+
+def learn_labels(x, y, cfg, callback: Callback = None) -> tuple[LabelModel, list[dict]]:
+    """Fit routers, partitions and scorer on CSR x (n, F) (rows normalised as
+    the model expects) and CSR y (n, L) 0/1. Returns (model, history)."""
+    import torch
+
+    device = _device(cfg)
+    n, n_labels = y.shape
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng([cfg.seed, 0x7E1])
+    perm = rng.permutation(n)
+    n_val = int(round(n * cfg.val_fraction)) if n >= 20 else 0
+    val_rows, tr_rows = np.sort(perm[:n_val]), perm[n_val:]
+    assign = hash_labels(n_labels, cfg.n_buckets, cfg.n_reps, cfg.seed)
+    net = _Net(x.shape[1], n_labels, cfg, device)
+    y = y.tocsr()
+    full_scorer = n_labels <= cfg.full_scorer_labels
+    history: list[dict] = []
+    every = cfg.repartition_every if cfg.repartition else cfg.epochs
+    rounds = math.ceil(cfg.epochs / every)
+    done = 0
+    best = (-1.0, None, None)
+    for rnd in range(rounds):
+        epochs = min(every, cfg.epochs - done)
+        at = torch.from_numpy(assign.astype(np.int64)).to(device)
+        losses = []
+        for e in range(epochs):
+            order = tr_rows[rng.permutation(tr_rows.size)]
+            total = 0.0
+            for s in range(0, order.size, cfg.batch_size):
+                rows = np.sort(order[s:s + cfg.batch_size])
+                loss = _step_loss(net, x, y, rows, at, full_scorer, rng, device)
+                net.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                net.opt.step()
+                total += float(loss.detach()) * rows.size
+            losses.append(total / max(tr_rows.size, 1))
+            entry = {"round": rnd, "epoch": done + e + 1, "loss": losses[-1]}
+            if n_val:
+                model = net.export(assign, cfg.loss)
+                pred, _, _ = model.predict(x[val_rows], 1, cfg.probes, rerank=cfg.scorer, blend=cfg.blend)
+                p1 = precision_at_k(pred, y[val_rows], 1)
+                entry["val_p1"] = p1
+                if p1 > best[0]:
+                    best = (p1, model, done + e + 1)
+            history.append(entry)
+            report(callback, "train", done + e + 1, cfg.epochs, round=rnd, loss=losses[-1],
+                   val_p1=entry.get("val_p1"))
+        done += epochs
+        if cfg.repartition and rnd < rounds - 1:
+            new = _repartition(net, x, y, tr_rows, assign, cfg, device, seed=cfg.seed + 1000 * (rnd + 1))
+            moved = (new != assign).mean(axis=1)
+            assign = new
+            history[-1]["moved"] = [float(v) for v in moved]
+            report(callback, "repartition", rnd + 1, rounds - 1, moved=float(moved.mean()))
+    if best[1] is not None:
+        history.append({"best_epoch": best[2], "val_p1": best[0]})
+        return best[1], history
+    return net.export(assign, cfg.loss), history
+
+
+def _step_loss(net, x, y, rows, at, full_scorer, rng, device):
+    torch = net.torch
+    F = torch.nn.functional
+    cfg = net.cfg
+    idx, off, wts = _batch(x, rows, device, torch)
+    h = net.hidden(idx, off, wts, train=True)
+    logits = net.router_logits(h)  # (R, b, B)
+    yb = y[rows]
+    prow = torch.from_numpy(np.repeat(np.arange(len(rows)), np.diff(yb.indptr))).to(device)
+    plab = torch.from_numpy(yb.indices.astype(np.int64)).to(device)
+    target = torch.zeros_like(logits)
+    if plab.numel():
+        target.index_put_((torch.arange(cfg.n_reps, device=device)[:, None].expand(-1, plab.numel()),
+                           prow[None].expand(cfg.n_reps, -1), at[:, plab]), torch.tensor(1.0, device=device))
+    if cfg.loss == "sigmoid":
+        loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(2).mean(1).sum()
+    else:
+        t = target / target.sum(2, keepdim=True).clamp_min(1.0)
+        loss = -(t * F.log_softmax(logits, dim=2)).sum(2).mean(1).sum()
+    if cfg.scorer:
+        if full_scorer:
+            z = torch.addmm(net.p["c"], h, net.p["v"].T)
+            yt = torch.from_numpy(yb.toarray()).to(device)
+        else:  # the batch's labels plus as many random ones
+            labs = np.unique(np.concatenate([yb.indices, rng.integers(0, y.shape[1], max(yb.nnz, 256))]))
+            lt = torch.from_numpy(labs.astype(np.int64)).to(device)
+            z = torch.addmm(net.p["c"][lt], h, net.p["v"][lt].T)
+            yt = torch.from_numpy(yb[:, labs].toarray()).to(device)
+        loss = loss + F.binary_cross_entropy_with_logits(z, yt, reduction="none").sum(1).mean()
+    return loss
+
+
+def _repartition(net, x, y, rows, assign, cfg, device, seed, batch: int = 4096, top: int = 16
+                 ) -> np.ndarray:
+    """New buckets int32 (R, L): each label to the least loaded of the top-K
+    buckets of its representative, the sum of the router's bucket
+    probabilities over its training points (each point's `top` most probable
+    buckets, so the sums stay sparse at any B). Labels without training
+    points, and ties, keep their bucket."""
+    import scipy.sparse as sp
+
+    torch = net.torch
+    reps, n_buckets = cfg.n_reps, cfg.n_buckets
+    t = min(top, n_buckets)
+    n_labels = y.shape[1]
+    parts = [[] for _ in range(reps)]
+    with torch.no_grad():
+        for s in range(0, rows.size, batch):
+            part = np.sort(rows[s:s + batch])
+            h = net.hidden(*_batch(x, part, device, torch), train=False)
+            lg = net.router_logits(h)
+            pr = torch.sigmoid(lg) if cfg.loss == "sigmoid" else torch.softmax(lg, dim=2)
+            val, idx = torch.topk(pr, t, dim=2)
+            val, idx = val.cpu().numpy(), idx.cpu().numpy()
+            yt = y[part].T.tocsr()
+            for r in range(reps):
+                pm = sp.csr_matrix((val[r].ravel(), idx[r].ravel(), np.arange(0, part.size * t + 1, t)),
+                                   shape=(part.size, n_buckets))
+                parts[r].append(yt @ pm)
+    width = fallback_width(cfg.k_choices, n_buckets)
+    out = np.empty_like(assign)
+    for r in range(reps):
+        rep = sum(parts[r][1:], parts[r][0]).tocsr() if parts[r] else sp.csr_matrix((n_labels, n_buckets))
+        rep = rep + sp.csr_matrix((np.full(n_labels, 1e-6, np.float32), assign[r], np.arange(n_labels + 1)),
+                                  shape=(n_labels, n_buckets))
+        rep = rep.tocsr()
+        rep.sum_duplicates()
+        choices = np.repeat(assign[r][:, None], width, axis=1).astype(np.int32)
+        row = np.repeat(np.arange(n_labels), np.diff(rep.indptr))
+        order = np.lexsort((-rep.data, row))  # by row, then by value, best first
+        rank = np.arange(order.size) - rep.indptr[row[order]]
+        keep = rank < width
+        choices[row[order][keep], rank[keep]] = rep.indices[order][keep]
+        out[r] = power_of_k(choices, cfg.k_choices, n_buckets, cfg.max_load, seed + r)
+    return out
