@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # torch is pinned first: a bare `torch` requirement can pull a multi-GB CUDA build
 TORCH  := torch==2.13.0
 
-.PHONY: demo test setup clean
+.PHONY: demo test setup clean xml-peers xml-bench
 
 $(BIN)/irli: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,5 +24,16 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# the extreme-classification peers (omikuji, napkinXC, PECOS) need numpy < 2: their own venv
+.venv-xc/bin/python:
+	$(PYTHON) -m venv .venv-xc
+	.venv-xc/bin/pip install --quiet "numpy<2" "scipy<1.14" scikit-learn omikuji==0.5.2
+	.venv-xc/bin/pip install --quiet --no-deps napkinxc==0.7.2 libpecos==1.2.8
+
+xml-peers: .venv-xc/bin/python
+
+xml-bench: setup xml-peers
+	$(BIN)/python benchmarks/xml_bench.py
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-xc build src/*.egg-info .pytest_cache

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from .search import _top_m
+from .search import _dot, _push, _top_m
 
 
 @dataclass
@@ -59,9 +59,8 @@ class LabelModel:
 
     def hidden(self, x) -> np.ndarray:
         """relu(x w1 + b1) for CSR float32 x (n, F): float32 (n, D)."""
-        h = np.asarray(x @ self.w1, dtype=np.float32)
-        h += self.b1
-        np.maximum(h, 0, out=h)
+        h = np.empty((x.shape[0], self.w1.shape[1]), dtype=np.float32)
+        _sparse_hidden(x.indptr, x.indices, np.asarray(x.data, dtype=np.float32), self.w1, self.b1, h)
         return h
 
     def bucket_probs(self, h: np.ndarray) -> np.ndarray:
@@ -106,7 +105,7 @@ class LabelModel:
         _label_scan(probs, top, self.offsets, self.members, self.assign, hh, v, c, use, np.float32(blend),
                     k, min_votes, np.full((chunks, self.n_labels), -1, np.int64),
                     np.zeros((chunks, self.n_labels), np.int32), np.empty((chunks, self.n_labels), np.int32),
-                    np.empty((chunks, self.n_labels), np.float32), ids, scores, ncand)
+                    np.empty((chunks, k), np.float32), np.empty((chunks, k), np.int64), ids, scores, ncand)
         return ids, scores, ncand
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -128,20 +127,37 @@ def bucket_lists(assign: np.ndarray, n_buckets: int) -> tuple[np.ndarray, np.nda
 
 
 @numba.njit(cache=True, fastmath=True, parallel=True)
+def _sparse_hidden(indptr, indices, data, w, b, out):
+    # out[i] = relu(b + sum_t data[t] * w[indices[t]]), rows in parallel
+    for i in numba.prange(out.shape[0]):
+        o = out[i]
+        o[:] = b
+        for t in range(indptr[i], indptr[i + 1]):
+            v = data[t]
+            row = w[indices[t]]
+            for j in range(o.shape[0]):
+                o[j] += v * row[j]
+        for j in range(o.shape[0]):
+            if o[j] < 0:
+                o[j] = 0
+
+
+@numba.njit(cache=True, fastmath=True, parallel=True)
 def _label_scan(probs, top, offsets, members, assign, h, v, c, use_scorer, blend, k, min_votes,
-                marks, votes, cand, cscore, out_ids, out_scores, out_ncand):
+                marks, votes, cand, heap_s, heap_i, out_ids, out_scores, out_ncand):
     # scratch rows come from the caller, one per chunk (see search._scan)
     reps, n, m = top.shape
     n_chunks = marks.shape[0]
     chunk = (n + n_chunks - 1) // n_chunks
-    d = v.shape[1]
     for ch in numba.prange(n_chunks):
         mark = marks[ch]
         vote = votes[ch]
         cd = cand[ch]
-        cs = cscore[ch]
+        hs = heap_s[ch]
+        hi = heap_i[ch]
         for qi in range(ch * chunk, min(n, (ch + 1) * chunk)):
             nc = 0
+            hq = h[qi] if use_scorer else h[0]
             for r in range(reps):
                 for j in range(m):
                     b = top[r, qi, j]
@@ -155,6 +171,7 @@ def _label_scan(probs, top, offsets, members, assign, h, v, c, use_scorer, blend
                         else:
                             vote[lab] += 1
             keep = 0
+            size = 0
             for t in range(nc):
                 lab = cd[t]
                 if vote[lab] < min_votes:
@@ -164,15 +181,28 @@ def _label_scan(probs, top, offsets, members, assign, h, v, c, use_scorer, blend
                     s += probs[r, qi, assign[r, lab]]
                 s /= reps
                 if use_scorer:
-                    z = c[lab]
-                    for j in range(d):
-                        z += h[qi, j] * v[lab, j]
+                    z = c[lab] + _dot(hq, v[lab])
                     s = (1 - blend) / (1 + np.exp(-z)) + blend * s
-                cd[keep] = lab
-                cs[keep] = s
                 keep += 1
+                size = _push(hs, hi, size, k, s, lab)
             out_ncand[qi] = keep
-            order = np.argsort(-cs[:keep], kind="mergesort")
-            for t in range(min(k, keep)):
-                out_ids[qi, t] = cd[order[t]]
-                out_scores[qi, t] = cs[order[t]]
+            # pop the heap (smallest first) into the row from the back
+            for t in range(size - 1, -1, -1):
+                out_ids[qi, t] = hi[0]
+                out_scores[qi, t] = hs[0]
+                last = size - 1
+                hs[0] = hs[last]
+                hi[0] = hi[last]
+                size = last
+                j = 0
+                while True:
+                    a = 2 * j + 1
+                    if a >= size:
+                        break
+                    b = a + 1
+                    cc = b if b < size and hs[b] < hs[a] else a
+                    if hs[j] <= hs[cc]:
+                        break
+                    hs[cc], hs[j] = hs[j], hs[cc]
+                    hi[cc], hi[j] = hi[j], hi[cc]
+                    j = cc

@@ -32,21 +32,22 @@ class LabelConfig:
     with a validation split of the training data; see BENCHMARKS.md)."""
 
     n_reps: int = 4              # R repetitions
-    n_buckets: int | None = None  # B; default: about 8 labels per bucket, 16..32768, a power of two
+    n_buckets: int | None = None  # B; default: about 8 labels per bucket, 16..8192, a power of two
     hidden: int = 256            # hidden units per router
-    epochs: int = 30
+    epochs: int = 20
     repartition: bool = True     # IRLI's power-of-K re-partitioning between rounds
     repartition_every: int = 10  # epochs per round
     k_choices: int = 2           # K in power-of-K choices
     max_load: float | None = 2.0  # no bucket above max_load * L / B labels
     loss: str = "sigmoid"        # router loss: "sigmoid" (authors' code) or "softmax"
-    lr: float = 1e-3
+    lr: float = 1e-2
     batch_size: int = 256
     dropout: float = 0.5         # on the routers' hidden layer, while training
     scorer: bool = True          # learn a per-label scorer on the routers' hidden layer
     full_scorer_labels: int = 8192  # above this many labels, the scorer trains on sampled negatives
+    sparse_above: int = 20_000_000  # feature and label weights above this many: sparse (lazy) Adam
     blend: float = 0.0           # final score: (1 - blend) * scorer + blend * mean bucket probability
-    probes: int | None = None    # buckets opened per repetition; default: B / 8, at least 2
+    probes: int | None = None    # buckets opened per repetition; default: about sqrt(B) / 3, at least 2
     min_votes: int = 1           # keep candidates found in at least this many repetitions
     val_fraction: float = 0.05   # training points held out to pick the best epoch (by P@1)
     normalize: bool = True       # scale each feature row to unit L2 norm
@@ -55,7 +56,7 @@ class LabelConfig:
 
     def validate(self, n_labels: int | None = None) -> "LabelConfig":
         for name in ("n_reps", "hidden", "epochs", "repartition_every", "k_choices", "batch_size",
-                     "min_votes", "full_scorer_labels"):
+                     "min_votes", "full_scorer_labels", "sparse_above"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
@@ -87,9 +88,16 @@ class LabelConfig:
 
 
 def default_label_buckets(n_labels: int) -> int:
-    """About 8 labels per bucket, a power of two in [16, 32768], at most L."""
+    """About 8 labels per bucket, a power of two in [16, 8192] (the cap keeps
+    a CPU router's output layer cheap), at most L."""
     b = 1 << max(4, int(round(np.log2(max(n_labels, 1) / 8))))
-    return int(min(b, 32768, max(n_labels, 1)))
+    return int(min(b, 8192, max(n_labels, 1)))
+
+
+def default_label_probes(n_buckets: int) -> int:
+    """Buckets opened per repetition: about sqrt(B) / 3, at least 2 (2 of 16,
+    4 of 128, 11 of 1024, 43 of 16384), so candidates grow as sqrt(L)."""
+    return int(max(2, round(np.sqrt(n_buckets) / 3)))
 
 
 class LabelIndex:
@@ -120,7 +128,7 @@ class LabelIndex:
             raise InvalidInputError("Y has no labels at all; nothing to learn")
         cfg = LabelConfig(**asdict(self.config)).validate(y.shape[1])
         cfg.n_buckets = cfg.n_buckets or default_label_buckets(y.shape[1])
-        cfg.probes = min(cfg.probes or max(2, cfg.n_buckets // 8), cfg.n_buckets)
+        cfg.probes = min(cfg.probes or default_label_probes(cfg.n_buckets), cfg.n_buckets)
         self.model_, self.history_ = learn_labels(x, y, cfg, callback=callback)
         self.fitted_config_ = cfg
         self.label_counts_ = np.bincount(y.indices, minlength=y.shape[1]).astype(np.int64)
