@@ -173,6 +173,8 @@ def run_system(system: str, train: Path, data: Path, peer_python: str, workdir: 
     out = workdir / system.replace(":", "_")
     env = {**os.environ, **ONE_THREAD}
     cmd = [py, str(Path(__file__).resolve()), "--worker", system, str(train), str(data), str(out)]
+    if not Path(py).is_file():
+        return {"system": system, "error": f"no interpreter at {py} (run `make xml-peers`)"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
