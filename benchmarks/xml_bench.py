@@ -220,15 +220,9 @@ def machine() -> dict:
 
     import irli
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "irli": irli.__version__,
+    from irli.demo import cpu_name
+
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(), "irli": irli.__version__,
             "numpy": np.__version__, "scipy": scipy.__version__, "torch": torch.__version__,
             "threads": 1, "date": time.strftime("%Y-%m-%d %H:%M")}
 

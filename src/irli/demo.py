@@ -21,20 +21,23 @@ from .evaluation import format_table, sweep
 from .index import Index
 
 
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_line() -> str:
     import faiss
     import numba
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores; python {platform.python_version()}, numpy {np.__version__}, "
+    return (f"{cpu_name()}, {os.cpu_count()} cores; python {platform.python_version()}, numpy {np.__version__}, "
             f"faiss {faiss.__version__}, torch {torch.__version__}, numba {numba.__version__}")
 
 

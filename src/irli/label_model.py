@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from .search import _dot, _push, _top_m
+from .search import _dot, _push, _sift_down, _top_m
 
 
 @dataclass
@@ -194,15 +194,4 @@ def _label_scan(probs, top, offsets, members, assign, h, v, c, use_scorer, blend
                 hs[0] = hs[last]
                 hi[0] = hi[last]
                 size = last
-                j = 0
-                while True:
-                    a = 2 * j + 1
-                    if a >= size:
-                        break
-                    b = a + 1
-                    cc = b if b < size and hs[b] < hs[a] else a
-                    if hs[j] <= hs[cc]:
-                        break
-                    hs[cc], hs[j] = hs[j], hs[cc]
-                    hi[cc], hi[j] = hi[j], hi[cc]
-                    j = cc
+                _sift_down(hs, hi, size)

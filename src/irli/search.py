@@ -66,6 +66,13 @@ def _push(hs, hi, size, k, s, i):
         return size
     hs[0] = s
     hi[0] = i
+    _sift_down(hs, hi, size)
+    return size
+
+
+@numba.njit(inline="always")
+def _sift_down(hs, hi, size):
+    """Restore the min-heap of `size` entries after its root changed."""
     j = 0
     while True:
         a = 2 * j + 1
@@ -78,7 +85,6 @@ def _push(hs, hi, size, k, s, i):
         hs[c], hs[j] = hs[j], hs[c]
         hi[c], hi[j] = hi[j], hi[c]
         j = c
-    return size
 
 
 # no-NaN lets the max reductions vectorise; infinities stay (the sentinels use them)
