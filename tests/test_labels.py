@@ -245,3 +245,11 @@ def test_cli_build_eval_info(tmp_path, planted, capsys):
     (tmp_path / "bad.txt").write_text("1 3 4\n9 0:1\n")
     assert main(["build", str(tmp_path / "bad.txt"), "-o", str(tmp_path / "x"), "-q"]) == 1
     assert "label id 9 out of range" in capsys.readouterr().err
+
+
+def test_sparse_optimiser_and_sampled_scorer_path(planted):
+    """The path big models take (sparse Adam, sampled scorer negatives) also learns."""
+    (x, y), (xt, yt) = planted
+    index = LabelIndex(**{**FAST, "sparse_above": 1, "full_scorer_labels": 10}).fit(x, y)
+    ids, _ = index.predict(xt, k=1)
+    assert precision_at_k(ids, yt, 1) >= 0.6

@@ -53,10 +53,10 @@ class _Net:
             p["v"] = torch.zeros(n_labels, reps * h, device=device)
             p["c"] = torch.zeros(n_labels, 1, device=device)  # (L, 1): rows take sparse gradients
         self.p = {k: torch.nn.Parameter(v.float()) for k, v in p.items()}
-        # rows of w1 (features) and of v, c (labels) get sparse gradients: a
-        # step touches only the features and labels of its batch
-        # (lazy, sparse Adam); small models keep plain Adam, which measured
-        # better on bibtex and delicious
+        # In big models, w1 (features) and v, c (labels) take sparse gradients
+        # and lazy SparseAdam steps that touch only the batch's features and
+        # labels; small models keep plain Adam, which measured better on
+        # bibtex and delicious.
         big = n_feat * reps * h + n_labels * reps * h > cfg.sparse_above
         self.sparse = [k for k in ("w1", "v", "c") if k in self.p] if big else []
         self.opts = [torch.optim.Adam([v for k, v in self.p.items() if k not in self.sparse], lr=cfg.lr)]
