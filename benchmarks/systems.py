@@ -117,9 +117,13 @@ class FaissIVFFlat(System):
     name = "faiss-ivfflat"
 
     def build(self, x, metric, n_buckets):
+        self._build(x, metric, f"IVF{n_buckets},Flat")
+
+    def _build(self, x, metric, spec):
+        """Build the FAISS index `spec` (spherical k-means unless l2)."""
         import faiss
 
-        self.index = faiss.index_factory(x.shape[1], f"IVF{n_buckets},Flat", _faiss_metric(metric))
+        self.index = faiss.index_factory(x.shape[1], spec, _faiss_metric(metric))
         if metric != "l2":
             faiss.extract_index_ivf(self.index).cp.spherical = True
         self.index.train(x)
@@ -157,13 +161,7 @@ class FaissIVFPQFastScan(FaissIVFFlat):
         m = d if d % 2 == 0 else d - 1
         while d % m:
             m -= 1
-        self.index = faiss.index_factory(d, f"IVF{n_buckets},PQ{m}x4fs,RFlat", _faiss_metric(metric))
-        if metric != "l2":
-            faiss.extract_index_ivf(self.index).cp.spherical = True
-        self.index.train(x)
-        self.index.add(x)
-        self.ivf = faiss.extract_index_ivf(self.index)
-        self.sizes = np.array([self.ivf.invlists.list_size(i) for i in range(self.ivf.nlist)])
+        self._build(x, metric, f"IVF{n_buckets},PQ{m}x4fs,RFlat")
 
     def settings(self):
         return [{"nprobe": p, "k_factor": f} for p in PROBES if p <= self.ivf.nlist for f in (4, 10, 20)]
