@@ -155,8 +155,6 @@ class FaissIVFPQFastScan(FaissIVFFlat):
     name = "faiss-ivfpqfs"
 
     def build(self, x, metric, n_buckets):
-        import faiss
-
         d = x.shape[1]
         m = d if d % 2 == 0 else d - 1
         while d % m:
