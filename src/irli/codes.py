@@ -5,6 +5,11 @@ The codes are residuals from each bucket's centre (PQ with 16 centroids per
 sub-quantiser, `pq_m` sub-quantisers, d / 2 bytes per item when pq_m = d).
 A scan of the probed buckets returns each query's best `kk` item positions by
 approximate score; search.refine re-scores them exactly.
+
+The codes live in a plain FAISS IndexIVFPQ (`base`), which takes items in
+buckets that irli chooses and drops removed ones; the fast-scan index that
+searches is re-packed from it after every change (about 12 ms per 400,000
+items).
 """
 
 from __future__ import annotations
@@ -21,13 +26,44 @@ def default_pq_m(d: int) -> int:
 
 
 class PQ4Codes:
-    """4-bit PQ fast-scan codes of one repetition's buckets (a FAISS
-    IndexIVFPQFastScan whose lists hold item positions as ids)."""
+    """4-bit PQ codes of one repetition's buckets: `base`, a FAISS IndexIVFPQ
+    whose lists hold item positions as ids (None for codes saved before
+    irli could update them), and `index`, its fast-scan twin for searching."""
 
-    def __init__(self, index: faiss.IndexIVFPQFastScan, centres: np.ndarray, metric: str) -> None:
+    def __init__(self, index: faiss.IndexIVFPQFastScan, centres: np.ndarray, metric: str,
+                 base: faiss.IndexIVFPQ | None = None) -> None:
         self.index = index
+        self.base = base
         self.centres = np.ascontiguousarray(centres, dtype=np.float32)
         self.l2 = metric == "l2"
+
+    @classmethod
+    def _from_base(cls, base: faiss.IndexIVFPQ, centres: np.ndarray, metric: str) -> "PQ4Codes":
+        return cls(faiss.IndexIVFPQFastScan(base), centres, metric, base)
+
+    @property
+    def updatable(self) -> bool:
+        return self.base is not None
+
+    def add(self, x: np.ndarray, assign: np.ndarray, first: int) -> None:
+        """Encode new items `x` (float32 (n, d)) at positions first .. first +
+        n - 1 into the buckets `assign` (int (c, n): c copies)."""
+        _add(self.base, x, assign, first)
+        self.index = faiss.IndexIVFPQFastScan(self.base)
+
+    def remove(self, positions: np.ndarray) -> None:
+        """Drop the codes of the items at `positions` (int64)."""
+        sel = faiss.IDSelectorBatch(np.ascontiguousarray(positions, dtype=np.int64))
+        self.base.remove_ids(sel)
+        self.index = faiss.IndexIVFPQFastScan(self.base)
+
+    def rebuilt(self, x: np.ndarray, assign: np.ndarray) -> "PQ4Codes":
+        """New codes for all items `x` (float32 (N, d)) in `assign` (int (c,
+        N)) with this PQ (no retraining), e.g. after positions changed."""
+        base = faiss.deserialize_index(faiss.serialize_index(self.base))
+        base.reset()
+        _add(base, x, assign, 0)
+        return PQ4Codes._from_base(base, self.centres, "l2" if self.l2 else "ip")
 
     @classmethod
     def build(cls, x: np.ndarray, assign: np.ndarray, centres: np.ndarray, metric: str,
@@ -46,16 +82,11 @@ class PQ4Codes:
         base.pq.cp.seed = seed
         rows = np.random.default_rng([seed, 0x9C4]).choice(n, size=min(n, train_size), replace=False)
         base.train(np.ascontiguousarray(x[np.sort(rows)], dtype=np.float32))
-        for copy in np.asarray(assign).reshape(-1, n):
-            for s in range(0, n, 1 << 18):  # FAISS reads raw pointers: keep every array alive
-                xs = np.ascontiguousarray(x[s : s + (1 << 18)], dtype=np.float32)
-                ids = np.arange(s, s + xs.shape[0], dtype=np.int64)
-                lists = np.ascontiguousarray(copy[s : s + xs.shape[0]], dtype=np.int64)
-                base.add_core(xs.shape[0], faiss.swig_ptr(xs), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
-        fast = faiss.IndexIVFPQFastScan(base)
-        # the copy shares `quantizer` with `base`; serialising and reading it back
+        # `base` points at the local `quantizer`; serialising and reading it back
         # gives an index that owns everything it points to
-        return cls(faiss.deserialize_index(faiss.serialize_index(fast)), centres, metric)
+        base = faiss.deserialize_index(faiss.serialize_index(base))
+        _add(base, x, assign, 0)
+        return cls._from_base(base, centres, metric)
 
     def search(self, q: np.ndarray, probed: np.ndarray, kk: int) -> np.ndarray:
         """Best `kk` item positions (int64 (n, kk), -1 padded; may repeat an
@@ -73,8 +104,9 @@ class PQ4Codes:
         return ids
 
     def to_array(self) -> np.ndarray:
-        """The FAISS index serialised (FAISS's own format, not pickle): uint8 (bytes,)."""
-        return faiss.serialize_index(self.index)
+        """The FAISS index serialised (FAISS's own format, not pickle): uint8
+        (bytes,); the updatable IndexIVFPQ where there is one."""
+        return faiss.serialize_index(self.base if self.base is not None else self.index)
 
     @classmethod
     def from_array(cls, blob: np.ndarray, centres: np.ndarray, metric: str) -> "PQ4Codes":
@@ -84,6 +116,20 @@ class PQ4Codes:
             index = faiss.deserialize_index(np.ascontiguousarray(blob, dtype=np.uint8))
         except RuntimeError as e:
             raise IndexFormatError(f"unreadable PQ codes ({' '.join(str(e).split())[:120]})") from None
-        if not isinstance(index, faiss.IndexIVFPQFastScan) or index.nlist != centres.shape[0]:
+        if not isinstance(index, (faiss.IndexIVFPQ, faiss.IndexIVFPQFastScan)) or index.nlist != centres.shape[0]:
             raise IndexFormatError("PQ codes do not match the index (wrong type or bucket count)")
-        return cls(index, centres, metric)
+        if isinstance(index, faiss.IndexIVFPQFastScan):  # saved by irli <= 0.1.0 before updates
+            return cls(index, centres, metric)
+        return cls._from_base(index, centres, metric)
+
+
+def _add(base: faiss.IndexIVFPQ, x: np.ndarray, assign: np.ndarray, first: int) -> None:
+    """Encode `x` (float32 (n, d)) into `base` at ids first .. first + n - 1,
+    once per row of `assign` (int (c, n))."""
+    n = x.shape[0]
+    for copy in np.asarray(assign).reshape(-1, n):
+        for s in range(0, n, 1 << 18):  # FAISS reads raw pointers: keep every array alive
+            xs = np.ascontiguousarray(x[s : s + (1 << 18)], dtype=np.float32)
+            ids = np.arange(first + s, first + s + xs.shape[0], dtype=np.int64)
+            lists = np.ascontiguousarray(copy[s : s + xs.shape[0]], dtype=np.int64)
+            base.add_core(xs.shape[0], faiss.swig_ptr(xs), faiss.swig_ptr(ids), faiss.swig_ptr(lists))

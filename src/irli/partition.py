@@ -100,8 +100,7 @@ def assign_nearest(x: np.ndarray, centroids: np.ndarray, spherical: bool) -> np.
 
 
 @numba.njit(cache=True)
-def _least_loaded(choices, k, order, n_buckets, cap):
-    counts = np.zeros(n_buckets, dtype=np.int64)
+def _least_loaded(choices, k, order, counts, cap):
     out = np.empty(choices.shape[0], dtype=np.int32)
     for i in order:
         best = choices[i, 0]
@@ -128,8 +127,8 @@ def fallback_width(k: int, n_buckets: int) -> int:
     return min(n_buckets, k + 8)
 
 
-def power_of_k(choices: np.ndarray, k: int, n_buckets: int, max_load: float | None, seed: int
-               ) -> np.ndarray:
+def power_of_k(choices: np.ndarray, k: int, n_buckets: int, max_load: float | None, seed: int,
+               loads: np.ndarray | None = None) -> np.ndarray:
     """Place each item in the least loaded of its top-K buckets.
 
     `choices` int (n, >= K) ranks buckets for each item, best first; the first
@@ -137,12 +136,16 @@ def power_of_k(choices: np.ndarray, k: int, n_buckets: int, max_load: float | No
     counts; ties go to the better-ranked bucket. With `max_load`, no bucket
     grows past ceil(max_load * n / B): an item whose K choices are all full
     takes the next bucket in its ranking with room, else the least loaded
-    bucket overall. Returns int32 (n,).
+    bucket overall. `loads` int (B,) are the items already in each bucket
+    (placing new items into a partition that exists; the cap then counts
+    them too). Returns int32 (n,).
     """
     n = choices.shape[0]
-    cap = n + 1 if max_load is None else int(np.ceil(max_load * n / n_buckets))
+    counts = np.zeros(n_buckets, dtype=np.int64) if loads is None else np.array(loads, dtype=np.int64)
+    total = n + int(counts.sum())
+    cap = total + 1 if max_load is None else int(np.ceil(max_load * total / n_buckets))
     order = np.random.default_rng([seed, 0x90C]).permutation(n)
-    return _least_loaded(np.ascontiguousarray(choices, dtype=np.int32), k, order, n_buckets, cap)
+    return _least_loaded(np.ascontiguousarray(choices, dtype=np.int32), k, order, counts, cap)
 
 
 def soar_spill(x: np.ndarray, centroids: np.ndarray, primary: np.ndarray, extra: int,
@@ -222,3 +225,28 @@ class InvertedLists:
     def sizes(self) -> np.ndarray:
         """Items per bucket, int64 (R, B)."""
         return np.diff(self.offsets, axis=1)
+
+    def extend(self, assign: np.ndarray, first: int) -> "InvertedLists":
+        """These lists plus n new items at positions first .. first + n - 1
+        with buckets `assign` int (R, c, n): a new InvertedLists, O(entries)
+        per repetition (no sort of the old entries). New positions must be
+        larger than every old one, so each bucket stays in increasing order."""
+        r, c, n = assign.shape
+        b = self.n_buckets
+        total = self.lists.shape[1] + c * n
+        dtype = np.int32 if first + n < 2**31 else np.int64
+        offsets = np.empty_like(self.offsets)
+        lists = np.empty((r, total), dtype=dtype)
+        items = np.tile(np.arange(first, first + n, dtype=dtype), c)
+        for i in range(r):
+            flat = assign[i].reshape(-1)
+            add = np.bincount(flat, minlength=b)
+            before = np.concatenate([[0], np.cumsum(add)[:-1]])  # new entries in earlier buckets
+            offsets[i] = self.offsets[i] + np.concatenate([[0], np.cumsum(add)])
+            old_sizes = np.diff(self.offsets[i])
+            lists[i, np.arange(self.lists.shape[1]) + np.repeat(before, old_sizes)] = self.lists[i]
+            order = np.lexsort((items, flat))
+            fb = flat[order]
+            rank = np.arange(c * n) - before[fb]  # place within the bucket's new run
+            lists[i, self.offsets[i, 1:][fb] + before[fb] + rank] = items[order]
+        return InvertedLists(offsets, lists)

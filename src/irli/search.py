@@ -161,8 +161,8 @@ def _score(q, qn, x, sqn, i, l2):
 
 
 @numba.njit(cache=True, fastmath=True, parallel=True)
-def _scan(q, x, sqn, offsets, lists, probed, probs, k, min_votes, top_c, l2, dedup,
-          marks, counts, heap_s, heap_i, buf_i, buf_p, buf_v, out_pos, out_score, out_ncand):
+def _scan(q, x, sqn, offsets, lists, probed, probs, k, min_votes, top_c, l2, dedup, allowed, aptr, apos,
+          amarks, marks, counts, heap_s, heap_i, buf_i, buf_p, buf_v, out_pos, out_score, out_ncand):
     # All scratch space comes in from the caller, one row per chunk: arrays
     # allocated inside a prange may be hoisted out of it and shared between
     # threads. Keeping the body inline in the prange also compiles it about
@@ -171,11 +171,14 @@ def _scan(q, x, sqn, offsets, lists, probed, probs, k, min_votes, top_c, l2, ded
     n_chunks = heap_s.shape[0]
     reps = probed.shape[0]
     m = probed.shape[2]
+    has_keep = allowed.shape[0] > 0
+    has_allow = aptr.shape[0] > 0
     chunk = (nq + n_chunks - 1) // n_chunks
     for c in numba.prange(n_chunks):
         lo = c * chunk
         hi = min(nq, lo + chunk)
         mark = marks[c]
+        am = amarks[c]
         cnt = counts[c]
         hs = heap_s[c]
         hid = heap_i[c]
@@ -187,12 +190,21 @@ def _scan(q, x, sqn, offsets, lists, probed, probs, k, min_votes, top_c, l2, ded
             qn = _dot(qv, qv) if l2 else np.float32(0.0)
             size = 0
             scored = 0
+            if has_allow:  # this query's allow-list, marked by query number
+                for t in range(aptr[qi], aptr[qi + 1]):
+                    am[apos[t]] = qi
             if top_c == 0:
                 for r in range(reps):
                     for j in range(m):
                         b = probed[r, qi, j]
                         for t in range(offsets[r, b], offsets[r, b + 1]):
                             i = lists[r, t]
+                            if has_keep:
+                                if allowed[i] == 0:
+                                    continue
+                            if has_allow:
+                                if am[i] != qi:
+                                    continue
                             if dedup:
                                 if mark[i] != qi:
                                     mark[i] = qi
@@ -211,6 +223,12 @@ def _scan(q, x, sqn, offsets, lists, probed, probs, k, min_votes, top_c, l2, ded
                         p = probs[r, qi, j]
                         for t in range(offsets[r, b], offsets[r, b + 1]):
                             i = lists[r, t]
+                            if has_keep:
+                                if allowed[i] == 0:
+                                    continue
+                            if has_allow:
+                                if am[i] != qi:
+                                    continue
                             if mark[i] != qi:
                                 mark[i] = qi
                                 cnt[i] = nc
@@ -243,7 +261,8 @@ def _scan(q, x, sqn, offsets, lists, probed, probs, k, min_votes, top_c, l2, ded
 def scan(
     q: np.ndarray, x: np.ndarray, sqnorms: np.ndarray, offsets: np.ndarray, lists: np.ndarray,
     probed: np.ndarray, probs: np.ndarray, k: int, min_votes: int = 1, top_c: int = 0,
-    l2: bool = False, copies: int = 1,
+    l2: bool = False, copies: int = 1, keep: np.ndarray | None = None,
+    allow: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact top-k among the items of the probed buckets.
 
@@ -251,7 +270,9 @@ def scan(
     float32 (N,) squared norms (used for l2 only); offsets int64 (R, B+1);
     lists int (R, N); probed int32 (R, n, m) from `route`, with probs (R, n, m)
     when `top_c` > 0 (0 means no cut); `copies` > 1 when items are spilled
-    to more than one bucket per repetition. Returns (positions int64 (n, k), -1
+    to more than one bucket per repetition. Only positions with `keep` (uint8
+    (N,)) non-zero count, and with `allow` = (ptr int64 (n+1,), pos int64)
+    only the positions pos[ptr[i]:ptr[i+1]] for query i. Returns (positions int64 (n, k), -1
     where fewer than k; scores float32 (n, k), higher is better (for l2 the
     negative squared distance), -inf where padded; candidates int64 (n,),
     items scored exactly per query). Runs on numba's threads.
@@ -266,8 +287,12 @@ def scan(
     cap = 0
     if top_c > 0:  # room for every gathered candidate of the largest query
         cap = int(scanned(offsets, probed).max())
-    _scan(q, x, sqnorms, offsets, lists, probed, probs, k, min_votes, top_c, l2, dedup,
-          np.full((chunks, width), -1, dtype=np.int32), np.zeros((chunks, width), dtype=np.int32),
+    none = np.zeros(0, dtype=np.int64)
+    keep = np.zeros(0, dtype=np.uint8) if keep is None else keep
+    aptr, apos = (none, none) if allow is None else allow
+    amarks = np.full((chunks, x.shape[0] if allow is not None else 0), -1, dtype=np.int32)
+    _scan(q, x, sqnorms, offsets, lists, probed, probs, k, min_votes, top_c, l2, dedup, keep, aptr, apos,
+          amarks, np.full((chunks, width), -1, dtype=np.int32), np.zeros((chunks, width), dtype=np.int32),
           np.empty((chunks, k), dtype=np.float32), np.empty((chunks, k), dtype=np.int64),
           np.empty((chunks, cap), dtype=np.int64), np.empty((chunks, cap), dtype=np.float32),
           np.empty((chunks, cap), dtype=np.int32), out_pos, out_score, out_ncand)
@@ -316,6 +341,44 @@ def rerank(q: np.ndarray, x: np.ndarray, sqnorms: np.ndarray, cand: np.ndarray, 
     chunks = max(1, min(n, numba.get_num_threads()))
     _rerank(q, x, sqnorms, np.ascontiguousarray(cand, dtype=np.int64), k, l2,
             np.full((chunks, x.shape[0]), -1, dtype=np.int32), np.empty((chunks, k), dtype=np.float32),
+            np.empty((chunks, k), dtype=np.int64), out_pos, out_score, out_ncand)
+    return out_pos, out_score, out_ncand
+
+
+@numba.njit(cache=True, fastmath=True, parallel=True)
+def _subset(q, x, sqn, aptr, apos, k, l2, heap_s, heap_i, out_pos, out_score, out_ncand):
+    # same rules as _scan: scratch from the caller, body inline in the prange
+    nq = q.shape[0]
+    n_chunks = heap_s.shape[0]
+    chunk = (nq + n_chunks - 1) // n_chunks
+    for c in numba.prange(n_chunks):
+        hs = heap_s[c]
+        hid = heap_i[c]
+        for qi in range(c * chunk, min(nq, (c + 1) * chunk)):
+            qv = q[qi]
+            qn = _dot(qv, qv) if l2 else np.float32(0.0)
+            size = 0
+            for t in range(aptr[qi], aptr[qi + 1]):
+                i = apos[t]
+                size = _push(hs, hid, size, k, _score(qv, qn, x, sqn, i, l2), i)
+            out_ncand[qi] = aptr[qi + 1] - aptr[qi]
+            order = np.argsort(-hs[:size], kind="mergesort")
+            for s in range(size):
+                out_pos[qi, s] = hid[order[s]]
+                out_score[qi, s] = hs[order[s]]
+
+
+def subset(q: np.ndarray, x: np.ndarray, sqnorms: np.ndarray, ptr: np.ndarray, pos: np.ndarray, k: int,
+           l2: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact top-k of query i among the positions pos[ptr[i]:ptr[i+1]] (int64,
+    no repeats): a brute-force search over each query's own allow-list.
+    Returns what `scan` returns."""
+    n = q.shape[0]
+    out_pos = np.full((n, k), -1, dtype=np.int64)
+    out_score = np.full((n, k), -np.inf, dtype=np.float32)
+    out_ncand = np.zeros(n, dtype=np.int64)
+    chunks = max(1, min(n, numba.get_num_threads()))
+    _subset(q, x, sqnorms, ptr, pos, k, l2, np.empty((chunks, k), dtype=np.float32),
             np.empty((chunks, k), dtype=np.int64), out_pos, out_score, out_ncand)
     return out_pos, out_score, out_ncand
 

@@ -6,6 +6,7 @@ Layout of a directory:
   ids.npy              int64 (N,) the user id of each stored position
   offsets.npy          int64 (R, B+1) and lists.npy int32 (R, N): inverted lists
   sqnorms.npy          float32 (N,) squared norms (l2 indexes only)
+  live.npy             bool (N,) False where an item was removed (only if any was)
   routers.safetensors  router weights, keys "<rep>.<name>"
 
 Nothing is pickled. A save writes a hidden temporary sibling directory, fsyncs
@@ -30,7 +31,9 @@ import numpy as np
 from .errors import IndexFormatError
 
 FORMAT = "irli-index"
-FORMAT_VERSION = 1
+# 2: indexes that had items removed hold live.npy (bool (N,)); a reader of
+# version 1 would bring the removed items back, so it must refuse
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 ROUTERS = "routers.safetensors"
 
