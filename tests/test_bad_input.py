@@ -101,7 +101,8 @@ def test_fewer_items_than_buckets(data):
         irli.Index("ivf", n_buckets=64).fit(data[0][:20])
 
 
-@pytest.mark.parametrize("call", ["search", "save", "route", "assignments", "dim"])
+@pytest.mark.parametrize("call", ["search", "save", "route", "assignments", "dim", "add", "remove",
+                                  "compact", "drift", "refresh", "ids"])
 def test_unfitted_index(data, tmp_path, call):
     index = irli.Index("ivf")
     with pytest.raises(NotFittedError, match="not fitted"):
@@ -113,8 +114,12 @@ def test_unfitted_index(data, tmp_path, call):
             index.route(data[1][:2])
         elif call == "assignments":
             index.assignments()
+        elif call in ("add", "remove"):
+            getattr(index, call)(data[0][:2] if call == "add" else [1])
+        elif call in ("compact", "drift", "refresh"):
+            getattr(index, call)()
         else:
-            index.dim
+            getattr(index, call)
     assert not (tmp_path / "x").exists()
 
 
