@@ -38,7 +38,7 @@ class PQ4Codes:
         self.l2 = metric == "l2"
 
     @classmethod
-    def _from_base(cls, base: faiss.IndexIVFPQ, centres: np.ndarray, metric: str) -> "PQ4Codes":
+    def from_base(cls, base: faiss.IndexIVFPQ, centres: np.ndarray, metric: str) -> "PQ4Codes":
         return cls(faiss.IndexIVFPQFastScan(base), centres, metric, base)
 
     @property
@@ -48,7 +48,7 @@ class PQ4Codes:
     def add(self, x: np.ndarray, assign: np.ndarray, first: int) -> None:
         """Encode new items `x` (float32 (n, d)) at positions first .. first +
         n - 1 into the buckets `assign` (int (c, n): c copies)."""
-        _add(self.base, x, assign, first)
+        encode_into(self.base, x, assign, first)
         self.index = faiss.IndexIVFPQFastScan(self.base)
 
     def remove(self, positions: np.ndarray) -> None:
@@ -57,13 +57,18 @@ class PQ4Codes:
         self.base.remove_ids(sel)
         self.index = faiss.IndexIVFPQFastScan(self.base)
 
+    def empty_base(self) -> faiss.IndexIVFPQ:
+        """A copy of `base` with this PQ and no items (to encode into)."""
+        base = faiss.deserialize_index(faiss.serialize_index(self.base))
+        base.reset()
+        return base
+
     def rebuilt(self, x: np.ndarray, assign: np.ndarray) -> "PQ4Codes":
         """New codes for all items `x` (float32 (N, d)) in `assign` (int (c,
         N)) with this PQ (no retraining), e.g. after positions changed."""
-        base = faiss.deserialize_index(faiss.serialize_index(self.base))
-        base.reset()
-        _add(base, x, assign, 0)
-        return PQ4Codes._from_base(base, self.centres, "l2" if self.l2 else "ip")
+        base = self.empty_base()
+        encode_into(base, x, assign, 0)
+        return PQ4Codes.from_base(base, self.centres, "l2" if self.l2 else "ip")
 
     @classmethod
     def build(cls, x: np.ndarray, assign: np.ndarray, centres: np.ndarray, metric: str,
@@ -85,8 +90,8 @@ class PQ4Codes:
         # `base` points at the local `quantizer`; serialising and reading it back
         # gives an index that owns everything it points to
         base = faiss.deserialize_index(faiss.serialize_index(base))
-        _add(base, x, assign, 0)
-        return cls._from_base(base, centres, metric)
+        encode_into(base, x, assign, 0)
+        return cls.from_base(base, centres, metric)
 
     def search(self, q: np.ndarray, probed: np.ndarray, kk: int) -> np.ndarray:
         """Best `kk` item positions (int64 (n, kk), -1 padded; may repeat an
@@ -120,10 +125,10 @@ class PQ4Codes:
             raise IndexFormatError("PQ codes do not match the index (wrong type or bucket count)")
         if isinstance(index, faiss.IndexIVFPQFastScan):  # saved by irli <= 0.1.0 before updates
             return cls(index, centres, metric)
-        return cls._from_base(index, centres, metric)
+        return cls.from_base(index, centres, metric)
 
 
-def _add(base: faiss.IndexIVFPQ, x: np.ndarray, assign: np.ndarray, first: int) -> None:
+def encode_into(base: faiss.IndexIVFPQ, x: np.ndarray, assign: np.ndarray, first: int) -> None:
     """Encode `x` (float32 (n, d)) into `base` at ids first .. first + n - 1,
     once per row of `assign` (int (c, n))."""
     n = x.shape[0]

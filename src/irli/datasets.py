@@ -93,8 +93,12 @@ def read_xvecs(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
     if (dims != d).any():
         bad = int(np.nonzero(dims != d)[0][0])
         raise InvalidInputError(f"{p}: row {bad} has dimension {dims[bad]}, expected {d}")
-    return raw[:, 4:].view(dtype) if dtype.itemsize == 1 else \
-        np.ascontiguousarray(raw[:, 4:]).view(dtype)
+    if dtype.itemsize == 1:
+        return raw[:, 4:]
+    if not mmap:
+        return np.ascontiguousarray(raw[:, 4:]).view(dtype)
+    # a strided view of the mapped file (rows start 4-byte aligned): nothing is read yet
+    return np.ndarray((n, d), dtype=dtype, buffer=raw, offset=4, strides=(row, dtype.itemsize))
 
 
 def write_xvecs(path: str | os.PathLike, x: np.ndarray) -> None:

@@ -493,6 +493,11 @@ class Index:
     # -- persistence ---------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write the index to the directory `path`, atomically (see storage)."""
+        return self._write(path)
+
+    def _write(self, path: str | os.PathLike, staged: dict[str, Path] | None = None) -> Path:
+        """`save`, with arrays already on disk in `staged` (name -> .npy file
+        on the same file system, moved in; see irli.build)."""
         self._check_fitted()
         arrays = {"vectors": self.vectors_, "ids": self.ids_, "offsets": self.lists_.offsets,
                   "lists": self.lists_.lists, "assign": self.assign_, "centres": self.centres_}
@@ -502,6 +507,8 @@ class Index:
             arrays["sqnorms"] = self.sqnorms_
         if self.n_removed:
             arrays["live"] = self.live_
+        for name in staged or {}:
+            arrays.pop(name)
         routers = {f"{r}.{k}": v for r, rt in enumerate(self.routers_) for k, v in rt.state().items()}
         manifest = {
             "irli_version": __version__, "preset": self.preset, "config": self.config.to_dict(),
@@ -511,7 +518,7 @@ class Index:
             "saved_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "history": self.history_,
         }
-        return write_index(path, arrays, routers, manifest)
+        return write_index(path, arrays, routers, manifest, staged=staged)
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> "Index":

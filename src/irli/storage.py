@@ -55,10 +55,13 @@ def _fsync(path: Path) -> None:
 
 
 def write_index(path: str | os.PathLike, arrays: dict[str, np.ndarray],
-                routers: dict[str, np.ndarray], manifest: dict[str, Any]) -> Path:
+                routers: dict[str, np.ndarray], manifest: dict[str, Any],
+                staged: dict[str, Path] | None = None) -> Path:
     """Write an index directory at `path` atomically.
 
     `arrays` maps names ("vectors", ...) to arrays saved as <name>.npy;
+    `staged` maps names to .npy files already written (by a streaming build,
+    on the same file system as `path`), moved in as <name>.npy;
     `routers` maps "<rep>.<param>" to float32 arrays; `manifest` is completed
     with the format, file sizes and checksums. Refuses to replace anything at
     `path` that is not an irli index directory.
@@ -80,6 +83,12 @@ def write_index(path: str | os.PathLike, arrays: dict[str, np.ndarray],
             f = tmp / f"{name}.npy"
             np.save(f, arr, allow_pickle=False)
             files[f.name] = {"shape": list(arr.shape), "dtype": str(arr.dtype)}
+        for name, src in (staged or {}).items():
+            f = tmp / f"{name}.npy"
+            os.rename(src, f)
+            head = np.load(f, mmap_mode="r", allow_pickle=False)
+            files[f.name] = {"shape": list(head.shape), "dtype": str(head.dtype)}
+            del head
         save_file({k: np.ascontiguousarray(v) for k, v in routers.items()}, str(tmp / ROUTERS))
         files[ROUTERS] = {}
         for fname, meta in files.items():
