@@ -22,10 +22,11 @@ from .errors import (  # noqa: E402
     ConfigError, IndexFormatError, InvalidInputError, IrliError, NotFittedError,
 )
 from .index import Index, SearchResult, load  # noqa: E402
+from .build import build  # noqa: E402
 from .labels import LabelConfig, LabelIndex  # noqa: E402
 from .progress import Progress  # noqa: E402
 
 __all__ = [
-    "Index", "SearchResult", "load", "LabelIndex", "LabelConfig", "IndexConfig", "PRESETS", "Progress",
+    "Index", "SearchResult", "load", "build", "LabelIndex", "LabelConfig", "IndexConfig", "PRESETS", "Progress",
     "IrliError", "ConfigError", "InvalidInputError", "NotFittedError", "IndexFormatError",
 ]

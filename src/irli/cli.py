@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .config import PRESETS
+from .errors import InvalidInputError
 
 
 # -- progress bars -------------------------------------------------------------
@@ -118,16 +119,31 @@ def cmd_build(a) -> int:
 
     if _task(a) == "xml":
         return _build_labels(a)
-    x = _read(a.vectors, a.key)
-    tq = _read(a.train_queries, "train") if a.train_queries else None
+    executor = None
+    if a.ray_address:  # only now is anything Ray-related imported
+        from .distributed import RayExecutor
+
+        executor = RayExecutor(address=a.ray_address, workers=a.workers)
     bars = Bars(not a.quiet)
     t = time.perf_counter()
     try:
-        index = Index(a.preset, metric=a.metric, **_overrides(a.set)).fit(x, train_queries=tq, callback=bars)
+        if a.sample:  # out of core: stream the file into the index directory
+            from .build import build
+
+            if a.train_queries or executor:
+                raise InvalidInputError("--sample (out-of-core) builds take neither --train-queries nor --ray-address yet")
+            index = build(a.vectors, a.output, preset=a.preset, metric=a.metric, sample=a.sample,
+                          callback=bars, **_overrides(a.set))
+        else:
+            x = _read(a.vectors, a.key)
+            tq = _read(a.train_queries, "train") if a.train_queries else None
+            index = Index(a.preset, metric=a.metric, **_overrides(a.set)).fit(
+                x, train_queries=tq, callback=bars, executor=executor)
     finally:
         bars.close()
     built = time.perf_counter() - t
-    index.save(a.output)
+    if not a.sample:
+        index.save(a.output)
     print(f"built {index!r} in {built:.1f} s -> {a.output}")
     return 0
 
@@ -187,7 +203,16 @@ def cmd_search(a) -> int:
             print(f"{i}\t" + " ".join(f"{j}:{s:.4f}" for j, s in zip(ids[i], scores[i]) if j >= 0))
         return 0
     q = _read(a.queries, a.key)
-    res = index.search(q, k=a.k, probes=a.probes, min_votes=a.min_votes, top_c=a.top_c)
+    if a.ray_address:  # shards of the index in Ray actors
+        from .distributed import RayExecutor, ShardedIndex
+
+        if a.min_votes or a.top_c:
+            raise InvalidInputError("--min-votes and --top-c are not supported with --ray-address")
+        sharded = ShardedIndex(index, shards=a.shards, executor=RayExecutor(address=a.ray_address))
+        res = sharded.search(q, k=a.k, probes=a.probes)
+        sharded.close()
+    else:
+        res = index.search(q, k=a.k, probes=a.probes, min_votes=a.min_votes, top_c=a.top_c)
     if a.out:
         prefix = Path(a.out)
         np.save(f"{prefix}.ids.npy", res.ids)
@@ -303,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ann: nearest-neighbour index of vectors; xml: label index from an Extreme "
                    "Classification Repository file (auto: detected from the file's header)")
     b.add_argument("--labels", help="xml split format: the labels file (VECTORS is then the features file)")
+    b.add_argument("--sample", type=int, default=None,
+                   help="out-of-core build: learn from this many sampled items and stream the file "
+                   "into the index in bounded memory")
+    b.add_argument("--ray-address", default=None,
+                   help="train the repetitions as Ray tasks on this cluster ('auto': the one `ray start` made)")
+    b.add_argument("--workers", type=int, default=None, help="parallel Ray tasks (default: the cluster's CPUs)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_build)
 
@@ -318,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="prefix of the .npy files to write")
     s.add_argument("--key", default="test", help="dataset to read from an .hdf5 file")
     s.add_argument("--labels", help="label index, split format: the labels file of QUERIES")
+    s.add_argument("--ray-address", default=None,
+                   help="search shards of the index in Ray actors on this cluster ('auto': an existing one)")
+    s.add_argument("--shards", type=int, default=2, help="shards (Ray actors) with --ray-address")
     s.set_defaults(func=cmd_search)
 
     e = sub.add_parser("eval", help="recall@k, candidates and QPS over a sweep of probes",

@@ -230,6 +230,14 @@ def synthetic(
     The same arguments always give the same arrays."""
     if n <= 0 or d <= 0 or n_queries < 0 or latent <= 0 or clusters <= 0:
         raise InvalidInputError("synthetic needs n, d, latent, clusters > 0 and n_queries >= 0")
+    draw = _mixture(d, latent, clusters, seed, noise)
+    items = draw(n, np.random.default_rng([seed, 1]))
+    queries = draw(n_queries, np.random.default_rng([seed, 2])) if n_queries else np.empty((0, d), np.float32)
+    return items, queries
+
+
+def _mixture(d: int, latent: int, clusters: int, seed: int, noise: float):
+    """draw(m, rng) -> float32 (m, d) samples of synthetic()'s distribution."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(clusters, latent)) * 2.0
     weights = rng.dirichlet(np.full(clusters, 2.0))
@@ -239,9 +247,24 @@ def synthetic(
         z = centres[r.choice(clusters, size=m, p=weights)] + r.normal(size=(m, latent)) * noise
         return (np.tanh(z @ proj) + r.normal(size=(m, d)) * 0.05).astype(np.float32)
 
-    items = draw(n, np.random.default_rng([seed, 1]))
-    queries = draw(n_queries, np.random.default_rng([seed, 2])) if n_queries else np.empty((0, d), np.float32)
-    return items, queries
+    return draw
+
+
+def synthetic_file(path: str | os.PathLike, n: int, d: int = 32, n_queries: int = 0, latent: int = 8,
+                   clusters: int = 64, seed: int = 0, noise: float = 0.6, chunk: int = 1 << 20) -> np.ndarray:
+    """Write n items of synthetic()'s distribution to the .npy file `path`,
+    `chunk` rows at a time (memory stays at one chunk, so collections larger
+    than memory can be made); returns the queries, float32 (n_queries, d).
+    Deterministic, though not the same rows as synthetic() gives."""
+    if n <= 0 or d <= 0 or n_queries < 0 or latent <= 0 or clusters <= 0:
+        raise InvalidInputError("synthetic_file needs n, d, latent, clusters > 0 and n_queries >= 0")
+    draw = _mixture(d, latent, clusters, seed, noise)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+    for i, s in enumerate(range(0, n, chunk)):
+        out[s : s + chunk] = draw(min(chunk, n - s), np.random.default_rng([seed, 1, i]))
+        out.flush()
+    del out
+    return draw(n_queries, np.random.default_rng([seed, 2])) if n_queries else np.empty((0, d), np.float32)
 
 
 def ground_truth(items: np.ndarray, queries: np.ndarray, k: int = 100, metric: str = "cosine",

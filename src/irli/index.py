@@ -79,7 +79,8 @@ class Index:
         return self
 
     # -- fitting ------------------------------------------------------------------
-    def fit(self, vectors, ids=None, train_queries=None, callback: Callback = None) -> "Index":
+    def fit(self, vectors, ids=None, train_queries=None, callback: Callback = None,
+            executor=None) -> "Index":
         """Learn partitions and routers for `vectors` (n, d) and store them.
 
         `ids`: int64 (n,) user ids, unique and >= 0 (default 0 .. n-1); search
@@ -87,7 +88,9 @@ class Index:
         sampled from `vectors` (their targets are their exact neighbours
         other than themselves); pass `train_queries` (m, d) to learn from a
         query log instead. `callback` receives `irli.progress.Progress`
-        reports. Replaces anything stored before; returns self.
+        reports. `executor` (irli.distributed.RayExecutor) trains groups of
+        repetitions as parallel Ray tasks. Replaces anything stored before;
+        returns self.
         """
         cfg = self.config
         t0 = time.perf_counter()
@@ -112,7 +115,7 @@ class Index:
             tq = normalize_rows(tq) if tq is not None else None
         if cfg.scan == "pq4" and d % (cfg.pq_m or default_pq_m(d)):
             raise InvalidInputError(f"pq_m={cfg.pq_m} must divide the dimension d={d}")
-        result = learn(x, cfg, b, tq, callback)
+        result = learn(x, cfg, b, tq, callback, executor=executor)
         # everything is built into locals and installed at the end, so a fit
         # (or refresh) that fails leaves the index as it was
         perm = np.argsort(result.assign[0, 0], kind="stable")  # group by home bucket of rep 0

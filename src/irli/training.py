@@ -72,10 +72,16 @@ def training_set(x: np.ndarray, cfg: IndexConfig, queries: np.ndarray | None = N
 
 # -- the train <-> re-partition loop -------------------------------------------
 def learn(x: np.ndarray, cfg: IndexConfig, n_buckets: int, train_queries: np.ndarray | None = None,
-          callback: Callback = None) -> LearnResult:
+          callback: Callback = None, first_rep: int = 0, executor=None) -> LearnResult:
     """Partition `x` (float32 (N, d), normalised for cosine) into R x B buckets,
-    fit the routers and spill, following `cfg`. Returns a LearnResult."""
-    res = _learn_homes(x, cfg, n_buckets, train_queries, callback)
+    fit the routers and spill, following `cfg`. Returns a LearnResult.
+
+    Repetitions are independent: `first_rep` numbers them from there (their
+    seeds follow), and an `executor` (irli.distributed.RayExecutor) trains
+    groups of them in parallel tasks and joins the results."""
+    if executor is not None:
+        return executor.learn(x, cfg, n_buckets, train_queries)
+    res = _learn_homes(x, cfg, n_buckets, train_queries, callback, first_rep)
     centres = []
     for r, router in enumerate(res.routers):
         if isinstance(router, CentroidRouter):
@@ -94,7 +100,15 @@ def learn(x: np.ndarray, cfg: IndexConfig, n_buckets: int, train_queries: np.nda
     return res
 
 
-def _learn_homes(x, cfg, n_buckets, train_queries, callback) -> LearnResult:
+def join(parts: list[LearnResult]) -> LearnResult:
+    """The LearnResults of consecutive groups of repetitions as one."""
+    return LearnResult(assign=np.concatenate([p.assign for p in parts]),
+                       routers=[r for p in parts for r in p.routers],
+                       centres=np.concatenate([p.centres for p in parts]),
+                       history=[{"group": g, "rounds": p.history} for g, p in enumerate(parts)])
+
+
+def _learn_homes(x, cfg, n_buckets, train_queries, callback, first_rep=0) -> LearnResult:
     """The home bucket of every item (R, N) and the routers."""
     reps = cfg.n_reps
     assign = np.empty((reps, x.shape[0]), dtype=np.int32)
@@ -102,20 +116,20 @@ def _learn_homes(x, cfg, n_buckets, train_queries, callback) -> LearnResult:
     for r in range(reps):
         if cfg.start == "kmeans":
             c = kmeans(x, n_buckets, cfg.spherical, cfg.kmeans_iters, cfg.kmeans_sample,
-                       seed=cfg.seed + r, callback=callback)
+                       seed=cfg.seed + first_rep + r, callback=callback)
             assign[r] = assign_nearest(x, c, cfg.spherical)
             centroids.append(c)
         else:
-            assign[r] = hash_assign(x.shape[0], n_buckets, seed=cfg.seed + r)
+            assign[r] = hash_assign(x.shape[0], n_buckets, seed=cfg.seed + first_rep + r)
     if cfg.router == "centroid":
-        return _learn_centroids(x, cfg, n_buckets, assign, callback)
+        return _learn_centroids(x, cfg, n_buckets, assign, callback, first_rep)
 
     history: list[dict] = []
     if not cfg.learns:  # a linear router read off k-means centroids, untrained
         return LearnResult(assign, [_linear_from_centroids(c, cfg) for c in centroids], history=history)
 
     tset = training_set(x, cfg, train_queries, callback)
-    trainer = _Trainer(x.shape[1], n_buckets, cfg, centroids or None, sample=tset.queries)
+    trainer = _Trainer(x.shape[1], n_buckets, cfg, centroids or None, sample=tset.queries, first_rep=first_rep)
     every = cfg.repartition_every if cfg.repartition else cfg.epochs
     rounds = math.ceil(cfg.epochs / every)
     done = 0
@@ -125,7 +139,7 @@ def _learn_homes(x, cfg, n_buckets, train_queries, callback) -> LearnResult:
         done += epochs
         entry = {"round": rnd, **info}
         if cfg.repartition and rnd < rounds - 1:
-            new = trainer.repartition(x, seed=cfg.seed + 1000 * (rnd + 1))
+            new = trainer.repartition(x, seed=cfg.seed + 1000 * (rnd + 1) + first_rep)
             moved = (new != assign).mean(axis=1)
             assign = new
             entry["moved"] = [float(v) for v in moved]
@@ -144,7 +158,7 @@ def _linear_from_centroids(c: np.ndarray, cfg: IndexConfig) -> LinearRouter:
     return LinearRouter(weight=c, bias=None)
 
 
-def _learn_centroids(x, cfg, n_buckets, assign, callback) -> LearnResult:
+def _learn_centroids(x, cfg, n_buckets, assign, callback, first_rep=0) -> LearnResult:
     """Centroid routers: the centroids are bucket means; with `repartition`,
     each round moves items to the least loaded of their K nearest centroids
     (a balanced k-means) and recomputes the means."""
@@ -158,7 +172,7 @@ def _learn_centroids(x, cfg, n_buckets, assign, callback) -> LearnResult:
             choices = nearest_centroids(x, cents[r], cfg.spherical,
                                         fallback_width(cfg.k_choices, n_buckets))
             new = power_of_k(choices, cfg.k_choices, n_buckets, cfg.max_load,
-                             seed=cfg.seed + 1000 * (rnd + 1) + r)
+                             seed=cfg.seed + 1000 * (rnd + 1) + first_rep + r)
             moved.append(float((new != assign[r]).mean()))
             assign[r] = new
             cents[r] = bucket_means(x, new, n_buckets, cfg.spherical, old=cents[r])
@@ -187,14 +201,14 @@ class _Trainer:
     """R routers of one kind as stacked torch parameters, with their optimiser."""
 
     def __init__(self, d: int, n_buckets: int, cfg: IndexConfig, centroids: list[np.ndarray] | None,
-                 sample: np.ndarray | None = None):
+                 sample: np.ndarray | None = None, first_rep: int = 0):
         import torch
 
         self.torch = torch
         self.cfg = cfg
         self.n_buckets = n_buckets
         self.device = _device(cfg)
-        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed + first_rep)
         reps = cfg.n_reps
         p: dict[str, torch.Tensor] = {}
         if cfg.router == "linear":

@@ -1,0 +1,132 @@
+"""Scale-out on Ray: training, sharded search and their failures, checked
+against the single-process index, plus their failure modes. The Ray tests
+run on a local 2-CPU cluster started once for the session."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import irli
+
+from conftest import FAST
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'irli[ray]')")
+
+from irli.distributed import DistributedError, RayExecutor, ShardedIndex, _merge  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(  # workers import irli and this file
+                 [str(Path(irli.__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)])}})
+    yield RayExecutor(workers=2)
+    ray.shutdown()
+
+
+def test_ray_training_equals_single_process_for_kmeans_repetitions(cluster, data):
+    """Repetitions are independent and seeded by their number: k-means
+    repetitions trained in two tasks give the single-process index."""
+    x, q = data
+    one = irli.Index("ivf", n_buckets=32, n_reps=2).fit(x)
+    two = irli.Index("ivf", n_buckets=32, n_reps=2).fit(x, executor=cluster)
+    np.testing.assert_array_equal(one.assignments(), two.assignments())
+    np.testing.assert_array_equal(one.search(q, k=10).ids, two.search(q, k=10).ids)
+
+
+def test_ray_training_of_learned_routers(cluster, data):
+    """One task holding every repetition is the single-process computation;
+    two tasks draw each group's initial weights from its own seed, so the
+    routers differ, by a bounded amount of recall."""
+    from irli.exact import exact_knn
+
+    x, q = data
+    truth = exact_knn(x, q, 10, "cosine")[0]
+    cfg = {**FAST["irli"], "n_reps": 2}
+    single = irli.Index("irli", **cfg).fit(x)
+    one_task = irli.Index("irli", **cfg).fit(x, executor=RayExecutor(workers=1))
+    np.testing.assert_array_equal(single.assignments(), one_task.assignments())
+    two_tasks = irli.Index("irli", **cfg).fit(x, executor=cluster)
+
+    def recall(index):
+        ids = index.search(q, k=10, probes=4).ids
+        return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth)])
+
+    assert abs(recall(two_tasks) - recall(single)) <= 0.05
+    assert len(two_tasks.history_["rounds"]) == 2  # one log per group
+
+
+@pytest.mark.parametrize("preset", ["ivf", "irli"])
+def test_sharded_search_equals_single_process(cluster, data, preset):
+    x, q = data
+    index = irli.Index(preset, **FAST[preset]).fit(x)
+    index.remove(np.arange(0, len(x), 9))
+    sharded = ShardedIndex(index, shards=2, executor=cluster)
+    try:
+        for probes in (1, 4):
+            want = index.search(q, k=10, probes=probes)
+            got = sharded.search(q, k=10, probes=probes)
+            np.testing.assert_array_equal(got.ids, want.ids)
+            np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-6)
+    finally:
+        sharded.close()
+
+
+def test_sharded_search_fans_out_only_to_probed_shards(cluster, data):
+    x, q = data
+    index = irli.Index("ivf", n_buckets=32).fit(x)
+    sharded = ShardedIndex(index, shards=4, executor=cluster)
+    try:
+        probed = index.route(q[:1], probes=1)[0, 0, 0]
+        for s, actor in enumerate(sharded.actors):  # only the owner of the one bucket is asked
+            if s != probed % 4:
+                ray.kill(actor, no_restart=True)
+        np.testing.assert_array_equal(sharded.search(q[:1], k=5, probes=1).ids,
+                                      index.search(q[:1], k=5, probes=1).ids)
+    finally:
+        sharded.close()
+
+
+def test_a_crashed_shard_restarts_or_is_reported(cluster, data):
+    x, q = data
+    index = irli.Index("ivf", n_buckets=32).fit(x)
+    sharded = ShardedIndex(index, shards=2, executor=cluster)
+    want = index.search(q, k=5, probes=4).ids
+    ray.kill(sharded.actors[0], no_restart=False)  # dies; Ray restarts it from its arguments
+    np.testing.assert_array_equal(sharded.search(q, k=5, probes=4).ids, want)
+    ray.kill(sharded.actors[1], no_restart=True)  # dies for good
+    with pytest.raises(DistributedError, match="shard 1 of 2"):
+        sharded.search(q, k=5, probes=4)
+    sharded.close()
+
+
+def _dies_once(item, marker):
+    """A task whose worker process dies the first time it runs."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return item * 2
+
+
+def _raises(item):
+    raise ValueError(f"bad item {item}")
+
+
+def test_a_dead_worker_is_retried_or_reported(cluster, tmp_path):
+    assert cluster.map(_dies_once, [1, 2], marker=str(tmp_path / "m")) == [2, 4]
+    strict = RayExecutor(workers=2, max_retries=0)
+    with pytest.raises(DistributedError, match="Ray task 0 of 1"):
+        strict.map(_dies_once, [1], marker=str(tmp_path / "n"))
+    with pytest.raises(DistributedError, match="ValueError: bad item 3"):
+        cluster.map(_raises, [3])
+
+
+def test_merge_deduplicates_and_orders():
+    pos = np.array([[3, 5, -1, 5, 7, 3], [1, 1, 1, -1, -1, -1]])
+    scores = np.array([[0.1, 0.9, -np.inf, 0.95, 0.5, 0.2], [0.3, 0.3, 0.2, -np.inf, -np.inf, -np.inf]],
+                      dtype=np.float32)
+    p, s = _merge(pos, scores, 3)
+    assert p.tolist() == [[5, 7, 3], [1, -1, -1]]
+    np.testing.assert_allclose(s[0], [0.95, 0.5, 0.2])
