@@ -160,11 +160,13 @@ def main(argv=None) -> int:
     ap.add_argument("--items", type=int, default=None, help="use only the first N items (a quick check)")
     ap.add_argument("--queries", type=int, default=None, help="use only the first N queries")
     ap.add_argument("--filtered-only", action="store_true", help="only the filtered-search table (fits `fast`)")
+    ap.add_argument("--add-only", action="store_true", help="only time fit-on-70% then add-30% per preset")
+    ap.add_argument("--threads", type=int, default=1, help="threads for numba, BLAS and FAISS")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     log = lambda s: print(s, flush=True)  # noqa: E731
-    pinned(1)
+    pinned(a.threads)
     x, q, _, _ = glove_split()
     x, q = x[: a.items], q[: a.queries]
     truth, _ = exact_knn(x, q, K, "ip")
@@ -173,7 +175,16 @@ def main(argv=None) -> int:
     cut = int(0.7 * x.shape[0])
     first, rest = np.sort(perm[:cut]), np.sort(perm[cut:])
     result = {"machine": machine(), "n_items": int(x.shape[0]), "n_queries": int(q.shape[0]), "k": K,
-              "threads": 1, "living": [], "remove": [], "filtered": []}
+              "threads": a.threads, "living": [], "remove": [], "filtered": []}
+    if a.add_only:
+        rows = []
+        for preset in a.presets.split(","):
+            grown = irli.Index(preset).fit(x[first], ids=first)
+            _, secs = clock(lambda: grown.add(x[rest], ids=rest))
+            rows.append({"preset": preset, "threads": a.threads, "add_per_100k_s": secs * 100_000 / rest.size})
+            log(f"add: {rows[-1]}")
+        (out / f"add-{a.threads}threads.json").write_text(json.dumps(rows, indent=2))
+        return 0
     if a.filtered_only:
         full = irli.Index("fast").fit(x)
         result["filtered"] = filtered(full, x, q, np.random.default_rng(2), log)

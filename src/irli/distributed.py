@@ -113,13 +113,19 @@ def _package_paths() -> list[str]:
 
 def _learn_group(item: tuple[int, int], x, cfg, n_buckets, train_queries, threads):
     """Ray task: repetitions first .. first + count - 1 of `cfg`."""
+    import faiss
+    import numba
     import torch
+    from threadpoolctl import threadpool_limits
 
     from .training import learn
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # a task uses the CPUs it asked for, not the node's
+    faiss.omp_set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     first, count = item
-    return learn(x, cfg.replace(n_reps=count), n_buckets, train_queries, first_rep=first)
+    with threadpool_limits(threads):
+        return learn(x, cfg.replace(n_reps=count), n_buckets, train_queries, first_rep=first)
 
 
 # -- sharded search ------------------------------------------------------------------
