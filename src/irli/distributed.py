@@ -96,12 +96,15 @@ class RayExecutor:
     def learn(self, x: np.ndarray, cfg, n_buckets: int, train_queries: np.ndarray | None):
         """`training.learn` with the repetitions split into `workers` groups,
         one Ray task each; joined in repetition order."""
-        from .training import join
+        from .training import join, training_set
 
         groups = [g for g in np.array_split(np.arange(cfg.n_reps), min(self.n_workers(), cfg.n_reps)) if g.size]
         items = [(int(g[0]), int(g.size)) for g in groups]
+        # the training queries' exact neighbours serve every repetition: computed
+        # once here rather than once per task
+        tset = training_set(x, cfg, train_queries) if cfg.learns else None
         parts = self.map(_learn_group, items, x=x, cfg=cfg, n_buckets=n_buckets,
-                         train_queries=train_queries, threads=max(1, int(self.cpus_per_task)))
+                         train_queries=train_queries, tset=tset, threads=max(1, int(self.cpus_per_task)))
         return join(parts)
 
 
@@ -111,7 +114,7 @@ def _package_paths() -> list[str]:
     return [here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
 
 
-def _learn_group(item: tuple[int, int], x, cfg, n_buckets, train_queries, threads):
+def _learn_group(item: tuple[int, int], x, cfg, n_buckets, train_queries, tset, threads):
     """Ray task: repetitions first .. first + count - 1 of `cfg`."""
     import faiss
     import numba
@@ -125,7 +128,7 @@ def _learn_group(item: tuple[int, int], x, cfg, n_buckets, train_queries, thread
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     first, count = item
     with threadpool_limits(threads):
-        return learn(x, cfg.replace(n_reps=count), n_buckets, train_queries, first_rep=first)
+        return learn(x, cfg.replace(n_reps=count), n_buckets, train_queries, first_rep=first, tset=tset)
 
 
 # -- sharded search ------------------------------------------------------------------

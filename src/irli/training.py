@@ -72,16 +72,18 @@ def training_set(x: np.ndarray, cfg: IndexConfig, queries: np.ndarray | None = N
 
 # -- the train <-> re-partition loop -------------------------------------------
 def learn(x: np.ndarray, cfg: IndexConfig, n_buckets: int, train_queries: np.ndarray | None = None,
-          callback: Callback = None, first_rep: int = 0, executor=None) -> LearnResult:
+          callback: Callback = None, first_rep: int = 0, executor=None,
+          tset: TrainingSet | None = None) -> LearnResult:
     """Partition `x` (float32 (N, d), normalised for cosine) into R x B buckets,
     fit the routers and spill, following `cfg`. Returns a LearnResult.
 
     Repetitions are independent: `first_rep` numbers them from there (their
     seeds follow), and an `executor` (irli.distributed.RayExecutor) trains
-    groups of them in parallel tasks and joins the results."""
+    groups of them in parallel tasks and joins the results. `tset`: the
+    training set, when already computed (it is shared by all repetitions)."""
     if executor is not None:
         return executor.learn(x, cfg, n_buckets, train_queries)
-    res = _learn_homes(x, cfg, n_buckets, train_queries, callback, first_rep)
+    res = _learn_homes(x, cfg, n_buckets, train_queries, callback, first_rep, tset)
     centres = []
     for r, router in enumerate(res.routers):
         if isinstance(router, CentroidRouter):
@@ -108,7 +110,7 @@ def join(parts: list[LearnResult]) -> LearnResult:
                        history=[{"group": g, "rounds": p.history} for g, p in enumerate(parts)])
 
 
-def _learn_homes(x, cfg, n_buckets, train_queries, callback, first_rep=0) -> LearnResult:
+def _learn_homes(x, cfg, n_buckets, train_queries, callback, first_rep=0, tset=None) -> LearnResult:
     """The home bucket of every item (R, N) and the routers."""
     reps = cfg.n_reps
     assign = np.empty((reps, x.shape[0]), dtype=np.int32)
@@ -128,7 +130,8 @@ def _learn_homes(x, cfg, n_buckets, train_queries, callback, first_rep=0) -> Lea
     if not cfg.learns:  # a linear router read off k-means centroids, untrained
         return LearnResult(assign, [_linear_from_centroids(c, cfg) for c in centroids], history=history)
 
-    tset = training_set(x, cfg, train_queries, callback)
+    if tset is None:
+        tset = training_set(x, cfg, train_queries, callback)
     trainer = _Trainer(x.shape[1], n_buckets, cfg, centroids or None, sample=tset.queries, first_rep=first_rep)
     every = cfg.repartition_every if cfg.repartition else cfg.epochs
     rounds = math.ceil(cfg.epochs / every)
