@@ -130,3 +130,62 @@ def test_merge_deduplicates_and_orders():
     p, s = _merge(pos, scores, 3)
     assert p.tolist() == [[5, 7, 3], [1, -1, -1]]
     np.testing.assert_allclose(s[0], [0.95, 0.5, 0.2])
+
+
+def test_cli_ray_address(cluster, data, tmp_path, capsys):
+    """--ray-address trains on the cluster and searches its shards; in this
+    process Ray is already initialised, as `ray start` + "auto" would be."""
+    from irli.cli import main
+
+    x, q = data
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "q.npy", q)
+    args = ["build", str(tmp_path / "x.npy"), "-o", str(tmp_path / "idx"), "--preset", "ivf",
+            "--set", "n_buckets=32", "--set", "n_reps=2", "-q"]
+    assert main(args + ["--ray-address", "auto", "--workers", "2"]) == 0
+    local = irli.Index("ivf", n_buckets=32, n_reps=2).fit(x)
+    built = irli.load(tmp_path / "idx")
+    np.testing.assert_array_equal(built.assignments(), local.assignments())
+    assert main(["search", str(tmp_path / "idx"), str(tmp_path / "q.npy"), "-k", "5", "--probes", "4",
+                 "--ray-address", "auto", "--shards", "2", "--out", str(tmp_path / "r")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "r.ids.npy"), local.search(q, k=5, probes=4).ids)
+
+
+def test_no_ray_import_without_an_address(data, tmp_path):
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "x.npy", data[0][:500])
+    code = ("import sys; from irli.cli import main; "
+            f"main(['build', {str(tmp_path / 'x.npy')!r}, '-o', {str(tmp_path / 'i')!r}, '--preset', 'ivf', "
+            "'--set', 'n_buckets=8', '-q']); print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_ray_build_equals_the_streamed_build(cluster, data, tmp_path, metric):
+    """The streamed pass over row ranges in two Ray tasks gives the index
+    one process builds: same placements, codes, vectors and results."""
+    from irli.build import build
+
+    x, q = data
+    np.save(tmp_path / "x.npy", x)
+    kw = dict(preset="fast", metric=metric, sample=1500, batch=500, n_buckets=32)
+    one = build(tmp_path / "x.npy", tmp_path / "one", **kw)
+    two = build(tmp_path / "x.npy", tmp_path / "two", executor=cluster, **kw)
+    np.testing.assert_array_equal(one.assignments(spilled=True), two.assignments(spilled=True))
+    np.testing.assert_array_equal(np.asarray(one.vectors_), np.asarray(two.vectors_))
+    np.testing.assert_array_equal(one.search(q, k=10).ids, two.search(q, k=10).ids)
+
+
+def test_a_failed_ray_build_leaves_nothing(cluster, data, tmp_path):
+    from irli.build import build
+
+    x = data[0].copy()
+    x[2900, 1] = np.inf
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(DistributedError, match="inf"):
+        build(tmp_path / "x.npy", tmp_path / "idx", preset="ivf", sample=1000, batch=500, n_buckets=16,
+              executor=cluster)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]

@@ -71,12 +71,18 @@ def _source(vectors) -> np.ndarray:
 
 def build(vectors, path: str | os.PathLike, preset: str = "fast", metric: str = "cosine", ids=None,
           sample: int = 1_000_000, batch: int = 1 << 18, callback: Callback = None,
-          **overrides) -> Index:
+          executor=None, **overrides) -> Index:
     """Index `vectors` (a path to .npy/.fvecs/.hdf5, or an (N, d) array, typically
     memory-mapped) into the directory `path` without loading them; returns
     the index, memory-mapped. `ids`: int64 (N,) user ids (default 0..N-1).
     `sample`: items that partitions and routers learn from; `batch`: rows
-    per streamed step. Other keywords override the preset (IndexConfig)."""
+    per streamed step. `executor` (irli.distributed.RayExecutor): the
+    streamed pass runs as parallel Ray tasks over row ranges of the file
+    (each task writes its rows of the vectors file, which must be on a file
+    system the tasks share; codes and assignments merge in row order). With
+    re-partitioning presets each range counts loads from zero, so the load
+    cap holds per range and thus overall. Other keywords override the preset
+    (IndexConfig)."""
     t0 = time.perf_counter()
     x = _source(vectors)
     n, d = x.shape
@@ -99,30 +105,25 @@ def build(vectors, path: str | os.PathLike, preset: str = "fast", metric: str = 
     dest.parent.mkdir(parents=True, exist_ok=True)
     staged = dest.parent / f".{dest.name}.vectors-{uuid.uuid4().hex[:12]}.npy"
     try:
-        out = np.lib.format.open_memmap(staged, mode="w+", dtype=np.float32, shape=(n, d))
-        reps, copies = cfg.n_reps, cfg.copies
-        assign = np.empty((reps, copies, n), dtype=np.int32)
-        loads = np.zeros((reps, b), dtype=np.int64)
-        bases = [c.empty_base() for c in learned.codes_]
-        sqnorms = np.empty(n, dtype=np.float32) if cfg.metric == "l2" else None
-        for s in range(0, n, batch):
-            xb = as_matrix(np.ascontiguousarray(x[s : s + batch]), "vectors")
-            release(x)
-            if cfg.metric == "cosine":
-                xb = normalize_rows(xb)
-            where = place(xb, learned.routers_, cfg, loads, learned.centres_, seed=cfg.seed + s)
-            assign[:, :, s : s + xb.shape[0]] = where
-            for r in range(reps):
-                loads[r] += np.bincount(where[r, 0], minlength=b)
-            for r, base in enumerate(bases):
-                encode_into(base, xb, where[r], s)
-            out[s : s + xb.shape[0]] = xb
-            if sqnorms is not None:
-                sqnorms[s : s + xb.shape[0]] = np.einsum("ij,ij->i", xb, xb)
-            out.flush()
-            release(out)
-            report(callback, "assign", min(s + batch, n), n)
-        del out
+        np.lib.format.open_memmap(staged, mode="w+", dtype=np.float32, shape=(n, d)).flush()  # header, size
+        if executor is None:
+            bases = [c.empty_base() for c in learned.codes_]
+            assign, sqnorms = _stream(x, 0, n, staged, cfg, learned.routers_, learned.centres_, bases, batch,
+                                      callback)
+        else:  # row ranges (whole batches) as parallel Ray tasks; codes merged in range order
+            if not isinstance(vectors, (str, os.PathLike)):
+                raise InvalidInputError("a build on Ray reads the vectors from a file: pass its path")
+            spans = [(s, min(n, s + step)) for step in [batch * max(1, -(-n // batch) // executor.n_workers())]
+                     for s in range(0, n, step)]
+            parts = executor.map(_stream_task, spans, path=str(vectors), staged=str(staged), cfg=cfg,
+                                 routers=learned.routers_, centres=learned.centres_,
+                                 blobs=[faiss_blob(c.empty_base()) for c in learned.codes_], batch=batch)
+            assign = np.concatenate([p[0] for p in parts], axis=2)
+            sqnorms = np.concatenate([p[1] for p in parts]) if cfg.metric == "l2" else None
+            bases = [c.empty_base() for c in learned.codes_]
+            for p in parts:
+                for base, blob in zip(bases, p[2]):
+                    base.merge_from(faiss_index(blob), 0)
         report(callback, "lists", 0, 1)
         lists = InvertedLists.from_assignments(assign, b)
         report(callback, "lists", 1, 1)
@@ -141,3 +142,59 @@ def build(vectors, path: str | os.PathLike, preset: str = "fast", metric: str = 
             staged.unlink()
     del index, vec
     return Index.load(dest, mmap=True, verify=False)
+
+
+def _stream(x, start: int, stop: int, staged, cfg: IndexConfig, routers, centres, bases, batch: int,
+            callback: Callback = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Place, encode and store rows start .. stop - 1 of `x`, `batch` at a
+    time: writes their vectors into the .npy file `staged` (opened in place),
+    encodes their codes into `bases` (FAISS IndexIVFPQ, one per repetition).
+    Returns (assignments int32 (R, c, stop - start), squared norms float32 or
+    None)."""
+    b = centres.shape[1]
+    out = np.load(staged, mmap_mode="r+")
+    assign = np.empty((cfg.n_reps, cfg.copies, stop - start), dtype=np.int32)
+    loads = np.zeros((cfg.n_reps, b), dtype=np.int64)
+    sqnorms = np.empty(stop - start, dtype=np.float32) if cfg.metric == "l2" else None
+    for s in range(start, stop, batch):
+        e = min(stop, s + batch)
+        xb = as_matrix(np.ascontiguousarray(x[s:e]), "vectors")
+        release(x)
+        if cfg.metric == "cosine":
+            xb = normalize_rows(xb)
+        where = place(xb, routers, cfg, loads, centres, seed=cfg.seed + s)
+        assign[:, :, s - start : e - start] = where
+        for r in range(cfg.n_reps):
+            loads[r] += np.bincount(where[r, 0], minlength=b)
+        for r, base in enumerate(bases):
+            encode_into(base, xb, where[r], s)
+        out[s:e] = xb
+        if sqnorms is not None:
+            sqnorms[s - start : e - start] = np.einsum("ij,ij->i", xb, xb)
+        out.flush()
+        release(out)
+        report(callback, "assign", e, stop)
+    del out
+    return assign, sqnorms
+
+
+def _stream_task(span, path, staged, cfg, routers, centres, blobs, batch):
+    """Ray task: `_stream` over one row range of the file at `path`."""
+    from .datasets import read_vectors
+
+    bases = [faiss_index(blob) for blob in blobs]
+    assign, sqnorms = _stream(read_vectors(path, mmap=True), span[0], span[1], staged, cfg, routers, centres,
+                              bases, batch)
+    return assign, sqnorms, [faiss_blob(base) for base in bases]
+
+
+def faiss_blob(index) -> np.ndarray:
+    import faiss
+
+    return faiss.serialize_index(index)
+
+
+def faiss_index(blob: np.ndarray):
+    import faiss
+
+    return faiss.deserialize_index(np.ascontiguousarray(blob, dtype=np.uint8))

@@ -130,10 +130,10 @@ def cmd_build(a) -> int:
         if a.sample:  # out of core: stream the file into the index directory
             from .build import build
 
-            if a.train_queries or executor:
-                raise InvalidInputError("--sample (out-of-core) builds take neither --train-queries nor --ray-address yet")
+            if a.train_queries:
+                raise InvalidInputError("--sample (out-of-core) builds learn from the items; drop --train-queries")
             index = build(a.vectors, a.output, preset=a.preset, metric=a.metric, sample=a.sample,
-                          callback=bars, **_overrides(a.set))
+                          callback=bars, executor=executor, **_overrides(a.set))
         else:
             x = _read(a.vectors, a.key)
             tq = _read(a.train_queries, "train") if a.train_queries else None
