@@ -152,6 +152,23 @@ def _top_m(s: np.ndarray, out_idx: np.ndarray, out_val: np.ndarray) -> None:
                   out_idx, out_val)
 
 
+@numba.njit(inline="always")
+def _emit(hs, hid, size, out_pos, out_score, qi):
+    """Write a query's heap of `size` (scores hs, positions hid) into row qi
+    of the outputs, best first (ties keep heap order)."""
+    order = np.argsort(-hs[:size], kind="mergesort")
+    for s in range(size):
+        out_pos[qi, s] = hid[order[s]]
+        out_score[qi, s] = hs[order[s]]
+
+
+def _outputs(n: int, k: int):
+    """Result arrays for n queries (positions -1, scores -inf, candidate
+    counts 0) and the number of thread chunks to split them into."""
+    return (np.full((n, k), -1, dtype=np.int64), np.full((n, k), -np.inf, dtype=np.float32),
+            np.zeros(n, dtype=np.int64), max(1, min(n, numba.get_num_threads())))
+
+
 @numba.njit(inline="always", fastmath=True)
 def _score(q, qn, x, sqn, i, l2):
     s = _dot(q, x[i])
@@ -252,10 +269,7 @@ def _scan(q, x, sqn, offsets, lists, probed, probs, k, min_votes, top_c, l2, ded
                     scored += 1
                     size = _push(hs, hid, size, k, _score(qv, qn, x, sqn, i, l2), i)
             out_ncand[qi] = scored
-            order = np.argsort(-hs[:size], kind="mergesort")
-            for s in range(size):
-                out_pos[qi, s] = hid[order[s]]
-                out_score[qi, s] = hs[order[s]]
+            _emit(hs, hid, size, out_pos, out_score, qi)
 
 
 def scan(
@@ -278,10 +292,7 @@ def scan(
     items scored exactly per query). Runs on numba's threads.
     """
     n = q.shape[0]
-    out_pos = np.full((n, k), -1, dtype=np.int64)
-    out_score = np.full((n, k), -np.inf, dtype=np.float32)
-    out_ncand = np.zeros(n, dtype=np.int64)
-    chunks = max(1, min(n, numba.get_num_threads()))
+    out_pos, out_score, out_ncand, chunks = _outputs(n, k)
     dedup = probed.shape[0] > 1 or top_c > 0 or copies > 1
     width = x.shape[0] if dedup else 0
     cap = 0
@@ -324,10 +335,7 @@ def _rerank(q, x, sqn, cand, k, l2, marks, heap_s, heap_i, out_pos, out_score, o
                 scored += 1
                 size = _push(hs, hid, size, k, _score(qv, qn, x, sqn, i, l2), i)
             out_ncand[qi] = scored
-            order = np.argsort(-hs[:size], kind="mergesort")
-            for s in range(size):
-                out_pos[qi, s] = hid[order[s]]
-                out_score[qi, s] = hs[order[s]]
+            _emit(hs, hid, size, out_pos, out_score, qi)
 
 
 def rerank(q: np.ndarray, x: np.ndarray, sqnorms: np.ndarray, cand: np.ndarray, k: int,
@@ -335,10 +343,7 @@ def rerank(q: np.ndarray, x: np.ndarray, sqnorms: np.ndarray, cand: np.ndarray, 
     """Exact top-k among candidate positions `cand` (int64 (n, K), -1 ignored,
     repeats scored once). Returns what `scan` returns."""
     n = q.shape[0]
-    out_pos = np.full((n, k), -1, dtype=np.int64)
-    out_score = np.full((n, k), -np.inf, dtype=np.float32)
-    out_ncand = np.zeros(n, dtype=np.int64)
-    chunks = max(1, min(n, numba.get_num_threads()))
+    out_pos, out_score, out_ncand, chunks = _outputs(n, k)
     _rerank(q, x, sqnorms, np.ascontiguousarray(cand, dtype=np.int64), k, l2,
             np.full((chunks, x.shape[0]), -1, dtype=np.int32), np.empty((chunks, k), dtype=np.float32),
             np.empty((chunks, k), dtype=np.int64), out_pos, out_score, out_ncand)
@@ -362,10 +367,7 @@ def _subset(q, x, sqn, aptr, apos, k, l2, heap_s, heap_i, out_pos, out_score, ou
                 i = apos[t]
                 size = _push(hs, hid, size, k, _score(qv, qn, x, sqn, i, l2), i)
             out_ncand[qi] = aptr[qi + 1] - aptr[qi]
-            order = np.argsort(-hs[:size], kind="mergesort")
-            for s in range(size):
-                out_pos[qi, s] = hid[order[s]]
-                out_score[qi, s] = hs[order[s]]
+            _emit(hs, hid, size, out_pos, out_score, qi)
 
 
 def subset(q: np.ndarray, x: np.ndarray, sqnorms: np.ndarray, ptr: np.ndarray, pos: np.ndarray, k: int,
@@ -374,10 +376,7 @@ def subset(q: np.ndarray, x: np.ndarray, sqnorms: np.ndarray, ptr: np.ndarray, p
     no repeats): a brute-force search over each query's own allow-list.
     Returns what `scan` returns."""
     n = q.shape[0]
-    out_pos = np.full((n, k), -1, dtype=np.int64)
-    out_score = np.full((n, k), -np.inf, dtype=np.float32)
-    out_ncand = np.zeros(n, dtype=np.int64)
-    chunks = max(1, min(n, numba.get_num_threads()))
+    out_pos, out_score, out_ncand, chunks = _outputs(n, k)
     _subset(q, x, sqnorms, ptr, pos, k, l2, np.empty((chunks, k), dtype=np.float32),
             np.empty((chunks, k), dtype=np.int64), out_pos, out_score, out_ncand)
     return out_pos, out_score, out_ncand
