@@ -63,7 +63,7 @@ def _source(vectors) -> np.ndarray:
         from .datasets import read_vectors
 
         return read_vectors(vectors, mmap=True)
-    x = np.asarray(vectors) if not isinstance(vectors, np.ndarray) else vectors
+    x = np.asarray(vectors)  # a memory map passes through as a view of its file
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise InvalidInputError(f"vectors must be a non-empty (n, d) matrix, got shape {x.shape}")
     return x

@@ -212,9 +212,11 @@ class ShardedIndex:
                        for part in split_by_bucket(index, shards)]
 
     def search(self, queries, k: int = 10, probes: int | None = None):
-        """Like `Index.search` (routing on the driver, scans on the shards)."""
+        """Like `Index.search` (routing on the driver, scans on the shards).
+        `.candidates` sums the items each shard scored, so an item held by
+        two probed shards counts twice."""
         from .index import SearchResult
-        from .search import route
+        from .search import route, scanned
         from .validation import positive_int
 
         ray = self.executor.ray()
@@ -231,19 +233,20 @@ class ShardedIndex:
                 calls.append((s, rows, actor.search.remote(q[rows], np.ascontiguousarray(probed[:, rows]), k)))
         pos = np.full((nq, len(calls) * k or k), -1, dtype=np.int64)
         scores = np.full(pos.shape, -np.inf, dtype=np.float32)
+        cand = np.zeros(nq, dtype=np.int64)
         for j, (s, rows, ref) in enumerate(calls):
             try:
-                p, sc, _ = ray.get(ref)
+                p, sc, c = ray.get(ref)
             except Exception as e:
                 raise _failure(ray, e, f"shard {s} of {self.n_shards}") from None
             pos[rows, j * k:(j + 1) * k] = p
             scores[rows, j * k:(j + 1) * k] = sc
+            cand[rows] += c
         top_pos, top_scores = _merge(pos, scores, k)
         ids = np.where(top_pos >= 0, self.index.ids_[np.maximum(top_pos, 0)], -1)
         if self.index.config.metric == "l2":
             top_scores = -top_scores
-        zero = np.zeros(nq, dtype=np.int64)
-        return SearchResult(ids, top_scores, zero, zero)
+        return SearchResult(ids, top_scores, cand, scanned(self.index.lists_.offsets, probed))
 
     def close(self) -> None:
         ray = self.executor.ray()

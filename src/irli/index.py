@@ -288,6 +288,8 @@ class Index:
             bucketed = np.flatnonzero(counts > self._exact_below(m))
         for s in range(0, bucketed.shape[0], batch_size):
             rows = bucketed[s : s + batch_size]
+            if allowed is None:  # unfiltered: rows is a range, so slice without copying the queries
+                rows = slice(s, s + batch_size)
             out = self._scan(q[rows], k, m, votes, cut, factor,
                              None if allowed is None else allowed.rows(rows))
             pos[rows], scores[rows], cand[rows], read[rows] = out
@@ -398,7 +400,7 @@ class Index:
         bufs = self.__dict__.setdefault("_buffers", {})
         used = view.shape[axis]
         buf = bufs.get(name)
-        if buf is None or not _is_prefix(view, buf, axis):
+        if buf is None or view.base is not buf:  # views we made are slices of the buffer
             buf = view
         buf = grow(buf, used, new.shape[axis], axis)
         at = [slice(None)] * view.ndim
@@ -589,15 +591,4 @@ def load(path: str | os.PathLike, mmap: bool = True, verify: bool = True):
 
         return LabelIndex.load(path, verify=verify)
     return Index.load(path, mmap=mmap, verify=verify)
-
-
-def _is_prefix(view: np.ndarray, buf: np.ndarray, axis: int) -> bool:
-    """Whether `view` is the leading part of `buf` along `axis`."""
-    if view.base is None and view is not buf:
-        return False
-    at = [slice(None)] * buf.ndim
-    at[axis] = slice(0, view.shape[axis])
-    part = buf[tuple(at)]
-    return (part.shape == view.shape and part.__array_interface__["data"][0] == view.__array_interface__["data"][0]
-            and part.strides == view.strides)
 
