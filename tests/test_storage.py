@@ -26,7 +26,7 @@ def test_directory_layout_and_manifest(saved):
     assert names == ["assign.npy", "centres.npy", "ids.npy", "lists.npy", MANIFEST, "offsets.npy",
                      "routers.safetensors", "vectors.npy"]
     man = json.loads((path / MANIFEST).read_text())
-    assert man["format"] == "irli-index" and man["format_version"] == 2
+    assert man["format"] == "irli-index" and man["format_version"] == 3
     assert man["irli_version"] == irli.__version__ and man["config"]["n_reps"] == index.n_reps
     assert man["n_items"] == len(index) and man["dim"] == index.dim
     for f, meta in man["files"].items():

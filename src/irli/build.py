@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .codes import PQ4Codes, encode_into
+from .codes import PQ4Codes
 from .config import IndexConfig
 from .errors import InvalidInputError
 from .idmap import as_ids, first_duplicate
@@ -106,28 +106,25 @@ def build(vectors, path: str | os.PathLike, preset: str = "fast", metric: str = 
     staged = dest.parent / f".{dest.name}.vectors-{uuid.uuid4().hex[:12]}.npy"
     try:
         np.lib.format.open_memmap(staged, mode="w+", dtype=np.float32, shape=(n, d)).flush()  # header, size
+        encoder = learned.codes_.encoder() if learned.codes_ is not None else None
         if executor is None:
-            bases = [c.empty_base() for c in learned.codes_]
-            assign, sqnorms = _stream(x, 0, n, staged, cfg, learned.routers_, learned.centres_, bases, batch,
-                                      callback)
+            assign, sqnorms, codes = _stream(x, 0, n, staged, cfg, learned.routers_, learned.centres_, encoder,
+                                             batch, callback)
         else:  # row ranges (whole batches) as parallel Ray tasks; codes merged in range order
             if not isinstance(vectors, (str, os.PathLike)):
                 raise InvalidInputError("a build on Ray reads the vectors from a file: pass its path")
             spans = [(s, min(n, s + step)) for step in [batch * max(1, -(-n // batch) // executor.n_workers())]
                      for s in range(0, n, step)]
             parts = executor.map(_stream_task, spans, path=str(vectors), staged=str(staged), cfg=cfg,
-                                 routers=learned.routers_, centres=learned.centres_,
-                                 blobs=[faiss_blob(c.empty_base()) for c in learned.codes_], batch=batch)
+                                 routers=learned.routers_, centres=learned.centres_, encoder=encoder, batch=batch)
             assign = np.concatenate([p[0] for p in parts], axis=2)
             sqnorms = np.concatenate([p[1] for p in parts]) if cfg.metric == "l2" else None
-            bases = [c.empty_base() for c in learned.codes_]
-            for p in parts:
-                for base, blob in zip(bases, p[2]):
-                    base.merge_from(faiss_index(blob), 0)
+            codes = np.concatenate([p[2] for p in parts], axis=2) if encoder is not None else None
         report(callback, "lists", 0, 1)
         lists = InvertedLists.from_assignments(assign, b)
         report(callback, "lists", 1, 1)
-        codes = [PQ4Codes.from_base(base, learned.centres_[r], cfg.metric) for r, base in enumerate(bases)]
+        if encoder is not None:
+            codes = learned.codes_.extended(codes, lists, assign)
         vec = np.load(staged, mmap_mode="r")
         history = {**learned.history_, "fit_seconds": time.perf_counter() - t0, "sample": int(rows.size),
                    "out_of_core": True}
@@ -144,18 +141,19 @@ def build(vectors, path: str | os.PathLike, preset: str = "fast", metric: str = 
     return Index.load(dest, mmap=True, verify=False)
 
 
-def _stream(x, start: int, stop: int, staged, cfg: IndexConfig, routers, centres, bases, batch: int,
-            callback: Callback = None) -> tuple[np.ndarray, np.ndarray | None]:
+def _stream(x, start: int, stop: int, staged, cfg: IndexConfig, routers, centres, encoder: PQ4Codes | None,
+            batch: int, callback: Callback = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Place, encode and store rows start .. stop - 1 of `x`, `batch` at a
-    time: writes their vectors into the .npy file `staged` (opened in place),
-    encodes their codes into `bases` (FAISS IndexIVFPQ, one per repetition).
+    time: writes their vectors into the .npy file `staged` (opened in place)
+    and encodes their PQ codes with `encoder` (when the index has codes).
     Returns (assignments int32 (R, c, stop - start), squared norms float32 or
-    None)."""
+    None, codes uint8 (R, c', stop - start, nb) or None)."""
     b = centres.shape[1]
     out = np.load(staged, mmap_mode="r+")
     assign = np.empty((cfg.n_reps, cfg.copies, stop - start), dtype=np.int32)
     loads = np.zeros((cfg.n_reps, b), dtype=np.int64)
     sqnorms = np.empty(stop - start, dtype=np.float32) if cfg.metric == "l2" else None
+    codes = None
     for s in range(start, stop, batch):
         e = min(stop, s + batch)
         xb = as_matrix(np.ascontiguousarray(x[s:e]), "vectors")
@@ -166,8 +164,11 @@ def _stream(x, start: int, stop: int, staged, cfg: IndexConfig, routers, centres
         assign[:, :, s - start : e - start] = where
         for r in range(cfg.n_reps):
             loads[r] += np.bincount(where[r, 0], minlength=b)
-        for r, base in enumerate(bases):
-            encode_into(base, xb, where[r], s)
+        if encoder is not None:
+            part = encoder.encode(xb, where)
+            if codes is None:
+                codes = np.empty(part.shape[:2] + (stop - start, part.shape[3]), dtype=np.uint8)
+            codes[:, :, s - start : e - start] = part
         out[s:e] = xb
         if sqnorms is not None:
             sqnorms[s - start : e - start] = np.einsum("ij,ij->i", xb, xb)
@@ -175,26 +176,11 @@ def _stream(x, start: int, stop: int, staged, cfg: IndexConfig, routers, centres
         release(out)
         report(callback, "assign", e, stop)
     del out
-    return assign, sqnorms
+    return assign, sqnorms, codes
 
 
-def _stream_task(span, path, staged, cfg, routers, centres, blobs, batch):
+def _stream_task(span, path, staged, cfg, routers, centres, encoder, batch):
     """Ray task: `_stream` over one row range of the file at `path`."""
     from .datasets import read_vectors
 
-    bases = [faiss_index(blob) for blob in blobs]
-    assign, sqnorms = _stream(read_vectors(path, mmap=True), span[0], span[1], staged, cfg, routers, centres,
-                              bases, batch)
-    return assign, sqnorms, [faiss_blob(base) for base in bases]
-
-
-def faiss_blob(index) -> np.ndarray:
-    import faiss
-
-    return faiss.serialize_index(index)
-
-
-def faiss_index(blob: np.ndarray):
-    import faiss
-
-    return faiss.deserialize_index(np.ascontiguousarray(blob, dtype=np.uint8))
+    return _stream(read_vectors(path, mmap=True), span[0], span[1], staged, cfg, routers, centres, encoder, batch)

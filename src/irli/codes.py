@@ -1,140 +1,289 @@
 """Compressed codes of the items, bucket by bucket: 4-bit product quantisation
-scanned with FAISS's fast-scan kernels, in buckets that irli chooses.
+in buckets that irli chooses, laid out for `irli.pqscan`.
 
-The codes are residuals from each bucket's centre (PQ with 16 centroids per
-sub-quantiser, `pq_m` sub-quantisers, d / 2 bytes per item when pq_m = d).
-A scan of the probed buckets returns each query's best `kk` item positions by
-approximate score; search.refine re-scores them exactly.
+Each repetition has a codebook of M sub-quantisers (`pq_m`, d / M dimensions
+each) with 16 centroids, trained with FAISS. An item's code is M nibbles,
+ceil(M / 2) bytes. Codes are either *residual* (x - c_b for the centre c_b of
+the bucket the entry sits in, so a spilled item has one code per copy) or
+*direct* (x itself, one code per item). Which one is better depends on the
+data: on irli's synthetic data residuals win, on real MiniLM sentence
+embeddings direct codes do. `residual=None` chooses at fit by measuring both
+on a sample (see `choose_residual`).
 
-The codes live in a plain FAISS IndexIVFPQ (`base`), which takes items in
-buckets that irli chooses and drops removed ones; the fast-scan index that
-searches is re-packed from it after every change (about 12 ms per 400,000
-items).
+The scan layout packs every bucket into blocks of 32 entries: 16 M bytes of
+codes (the interleaving of `irli.simd`) followed by the 32 item positions as
+int32 (-1 pads the last block of a bucket), so a block's positions arrive with
+its codes. It is derived from the per-item codes and the inverted lists, and
+rebuilt (O(entries x M)) after adds, removes and compaction.
 """
 
 from __future__ import annotations
 
 import faiss
+import numba
 import numpy as np
 
 from .errors import IndexFormatError, InvalidInputError
 
 
 def default_pq_m(d: int) -> int:
-    """One 4-bit sub-quantiser per dimension up to d = 64, then per pair."""
+    """One 4-bit sub-quantiser per dimension up to d = 64, then one per two
+    dimensions (d / 2; d itself when d is odd)."""
     return d if d <= 64 or d % 2 else d // 2
 
 
+def _train_pq(x: np.ndarray, m: int, seed: int) -> np.ndarray:
+    """Codebook float32 (m, 16, d / m) trained on the rows of x (float32 (n, d))."""
+    d = x.shape[1]
+    pq = faiss.ProductQuantizer(d, m, 4)
+    pq.cp.seed = seed
+    pq.train(np.ascontiguousarray(x, dtype=np.float32))
+    return faiss.vector_to_array(pq.centroids).reshape(m, 16, d // m).astype(np.float32)
+
+
+def _quantizer(book: np.ndarray) -> faiss.ProductQuantizer:
+    m, _, dsub = book.shape
+    pq = faiss.ProductQuantizer(m * dsub, m, 4)
+    faiss.copy_array_to_vector(np.ascontiguousarray(book, dtype=np.float32).ravel(), pq.centroids)
+    return pq
+
+
+def choose_residual(x: np.ndarray, home: np.ndarray, centres: np.ndarray, metric: str, m: int, seed: int,
+                    queries: np.ndarray | None = None, refine: int = 4, k: int = 10,
+                    sample: int = 20_000, n_queries: int = 200) -> tuple[bool, dict]:
+    """Whether residual codes rank better than direct codes on this data.
+
+    On a seeded sample of `sample` items (x float32 (n, d), home int (n,) their
+    buckets, centres float32 (B, d)), both kinds of codebook are trained and
+    each is scored by what a search needs of it: the share of a query's exact
+    top-k (among the sample) found in its top refine x k by approximate score.
+    Queries are `queries` if given (a query log), else `n_queries` other items.
+    Returns (residual wins, {"residual": recall, "direct": recall}).
+    """
+    n = x.shape[0]
+    rng = np.random.default_rng([seed, 0x5E5])
+    perm = rng.permutation(n)
+    rows = np.sort(perm[: min(n, sample)])
+    if queries is None:
+        rest = perm[min(n, sample):]
+        pick = rest[: n_queries] if rest.size >= 10 else perm[: n_queries]
+        q = np.ascontiguousarray(x[np.sort(pick)], dtype=np.float32)
+    else:
+        q = np.ascontiguousarray(queries[: n_queries], dtype=np.float32)
+    xs = np.ascontiguousarray(x[rows], dtype=np.float32)
+    cs = np.ascontiguousarray(centres[home[rows]], dtype=np.float32)
+    l2 = metric == "l2"
+
+    def scores(a):
+        s = q @ a.T
+        return 2 * s - (a * a).sum(1)[None, :] if l2 else s  # -|q - a|^2 up to a per-query constant
+
+    kk = min(refine * k, xs.shape[0])
+    exact = np.argsort(-scores(xs), axis=1, kind="stable")[:, :k]
+    out = {}
+    for name, target, shift in (("residual", xs - cs, cs), ("direct", xs, 0.0)):
+        pq = _quantizer(_train_pq(target, m, seed))
+        approx = pq.decode(pq.compute_codes(np.ascontiguousarray(target))) + shift
+        top = np.argpartition(-scores(approx), kk - 1, axis=1)[:, :kk]
+        out[name] = float(np.mean([np.isin(e, t).mean() for e, t in zip(exact, top)]))
+    return out["residual"] > out["direct"], out
+
+
+@numba.njit(nogil=True, cache=True)
+def _pack(codes, assign, lists, offsets, n_sub):
+    """The scan layout of one repetition: (blocks uint8 (nblocks, stride),
+    bstart int64 (B + 1,)). codes uint8 (C, N, nb), assign int (Ca, N),
+    lists int (Ca N,), offsets int64 (B + 1,)."""
+    n_buckets = offsets.shape[0] - 1
+    m2 = n_sub + (n_sub & 1)
+    cbytes = 16 * m2
+    stride = cbytes + 128
+    bstart = np.zeros(n_buckets + 1, dtype=np.int64)
+    for b in range(n_buckets):
+        bstart[b + 1] = bstart[b] + (offsets[b + 1] - offsets[b] + 31) // 32
+    blocks = np.zeros((bstart[n_buckets], stride), dtype=np.uint8)
+    pos = blocks.view(np.int32)
+    pos[:, cbytes // 4:] = -1
+    per_copy = codes.shape[0] > 1
+    for b in range(n_buckets):
+        for t in range(offsets[b], offsets[b + 1]):
+            i = lists[t]
+            c = 0
+            if per_copy:
+                for cc in range(assign.shape[0]):
+                    if assign[cc, i] == b:
+                        c = cc
+                        break
+            e = t - offsets[b]
+            blk = bstart[b] + e // 32
+            slot = e % 32
+            lane = slot % 16
+            shift = 4 * (slot // 16)
+            pos[blk, cbytes // 4 + slot] = i
+            for p in range(codes.shape[2]):
+                v = codes[c, i, p]
+                blocks[blk, 32 * p + lane] |= np.uint8((v & 15) << shift)
+                blocks[blk, 32 * p + 16 + lane] |= np.uint8((v >> 4) << shift)
+    return blocks, bstart
+
+
 class PQ4Codes:
-    """4-bit PQ codes of one repetition's buckets: `base`, a FAISS IndexIVFPQ
-    whose lists hold item positions as ids (None for codes saved before
-    irli could update them), and `index`, its fast-scan twin for searching."""
+    """4-bit PQ codes of all R repetitions and their scan layout.
 
-    def __init__(self, index: faiss.IndexIVFPQFastScan, centres: np.ndarray, metric: str,
-                 base: faiss.IndexIVFPQ | None = None) -> None:
-        self.index = index
-        self.base = base
+    books float32 (R, M, 16, d / M): codebooks; codes uint8 (R, C, N,
+    ceil(M / 2)): item codes, two per byte (low nibble first), C = copies
+    for residual codes, else 1; centres float32 (R, B, d); residual bool.
+    Built by `build`, grown by `extended`; immutable otherwise, so a search
+    may keep using an old object while an update makes a new one.
+    """
+
+    def __init__(self, books: np.ndarray, codes: np.ndarray, centres: np.ndarray, metric: str,
+                 residual: bool, lists=None, assign=None) -> None:
+        self.books = np.ascontiguousarray(books, dtype=np.float32)
+        self.codes = codes
         self.centres = np.ascontiguousarray(centres, dtype=np.float32)
+        self.metric = metric
         self.l2 = metric == "l2"
-
-    @classmethod
-    def from_base(cls, base: faiss.IndexIVFPQ, centres: np.ndarray, metric: str) -> "PQ4Codes":
-        return cls(faiss.IndexIVFPQFastScan(base), centres, metric, base)
+        self.residual = bool(residual)
+        self._pqs: list[faiss.ProductQuantizer] | None = None
+        if lists is not None:
+            self._layout(lists, assign)
 
     @property
-    def updatable(self) -> bool:
-        return self.base is not None
+    def n_sub(self) -> int:
+        return self.books.shape[1]
 
-    def add(self, x: np.ndarray, assign: np.ndarray, first: int) -> None:
-        """Encode new items `x` (float32 (n, d)) at positions first .. first +
-        n - 1 into the buckets `assign` (int (c, n): c copies)."""
-        encode_into(self.base, x, assign, first)
-        self.index = faiss.IndexIVFPQFastScan(self.base)
+    def encoder(self) -> "PQ4Codes":
+        """The codebooks alone (no item codes, no layout): what `encode`
+        needs, small enough to send to a worker process."""
+        return PQ4Codes(self.books, None, self.centres, self.metric, self.residual)
 
-    def remove(self, positions: np.ndarray) -> None:
-        """Drop the codes of the items at `positions` (int64)."""
-        sel = faiss.IDSelectorBatch(np.ascontiguousarray(positions, dtype=np.int64))
-        self.base.remove_ids(sel)
-        self.index = faiss.IndexIVFPQFastScan(self.base)
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_pqs"] = None  # FAISS objects do not pickle; rebuilt on first use
+        return state
 
-    def empty_base(self) -> faiss.IndexIVFPQ:
-        """A copy of `base` with this PQ and no items (to encode into)."""
-        base = faiss.deserialize_index(faiss.serialize_index(self.base))
-        base.reset()
-        return base
+    def _layout(self, lists, assign) -> None:
+        parts, starts, total = [], [], 0
+        for r in range(self.books.shape[0]):
+            blocks, bstart = _pack(self.codes[r], np.asarray(assign[r]), np.asarray(lists.lists[r]),
+                                   np.asarray(lists.offsets[r]), self.n_sub)
+            parts.append(blocks)
+            starts.append(bstart + total)
+            total += blocks.shape[0]
+        stride = parts[0].shape[1]
+        blocks = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        self.block_pos = blocks.view(np.int32).reshape(total, stride // 4)
+        self.blocks = blocks.reshape(-1)
+        self.bstart = np.ascontiguousarray(np.stack(starts))
+        self.bsizes = np.ascontiguousarray(np.diff(lists.offsets, axis=1))
 
-    def rebuilt(self, x: np.ndarray, assign: np.ndarray) -> "PQ4Codes":
-        """New codes for all items `x` (float32 (N, d)) in `assign` (int (c,
-        N)) with this PQ (no retraining), e.g. after positions changed."""
-        base = self.empty_base()
-        encode_into(base, x, assign, 0)
-        return PQ4Codes.from_base(base, self.centres, "l2" if self.l2 else "ip")
-
+    # -- building ------------------------------------------------------------------
     @classmethod
     def build(cls, x: np.ndarray, assign: np.ndarray, centres: np.ndarray, metric: str,
-              pq_m: int | None = None, seed: int = 0, train_size: int = 1 << 16) -> "PQ4Codes":
-        """Encode `x` (float32 (N, d)) into the buckets `assign` (int (c, N):
-        c copies) with residuals from `centres` (float32 (B, d))."""
+              pq_m: int | None = None, residual: bool | None = None, seed: int = 0,
+              train_size: int = 1 << 16, queries: np.ndarray | None = None, lists=None) -> "PQ4Codes":
+        """Train codebooks on `x` (float32 (N, d)) in buckets `assign` (int (R,
+        C, N)) with bucket centres `centres` (float32 (R, B, d)) and encode
+        every item. `residual` None chooses by `choose_residual` on
+        repetition 0 (with `queries`, float32 (m, d), when given)."""
         n, d = x.shape
         m = pq_m or default_pq_m(d)
         if d % m:
             raise InvalidInputError(f"pq_m={m} must divide the dimension d={d}")
-        fmetric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
-        quantizer = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
-        quantizer.add(np.ascontiguousarray(centres, dtype=np.float32))
-        base = faiss.IndexIVFPQ(quantizer, d, centres.shape[0], m, 4, fmetric)
-        base.by_residual = True
-        base.pq.cp.seed = seed
-        rows = np.random.default_rng([seed, 0x9C4]).choice(n, size=min(n, train_size), replace=False)
-        base.train(np.ascontiguousarray(x[np.sort(rows)], dtype=np.float32))
-        # `base` points at the local `quantizer`; serialising and reading it back
-        # gives an index that owns everything it points to
-        base = faiss.deserialize_index(faiss.serialize_index(base))
-        encode_into(base, x, assign, 0)
-        return cls.from_base(base, centres, metric)
+        assign = np.asarray(assign)
+        reps = assign.shape[0]
+        if residual is None:
+            residual, _ = choose_residual(x, assign[0, 0], centres[0], metric, m, seed, queries=queries)
+        books = np.empty((reps, m, 16, d // m), dtype=np.float32)
+        for r in range(reps):
+            rows = np.sort(np.random.default_rng([seed + r, 0x9C4]).choice(n, size=min(n, train_size),
+                                                                          replace=False))
+            sample = np.asarray(x[rows], dtype=np.float32)
+            if residual:
+                sample = sample - centres[r][assign[r, 0, rows]]
+            books[r] = _train_pq(sample, m, seed + r)
+        self = cls(books, None, centres, metric, residual)
+        self.codes = self.encode(x, assign)
+        if lists is not None:
+            self._layout(lists, assign)
+        return self
 
-    def search(self, q: np.ndarray, probed: np.ndarray, kk: int) -> np.ndarray:
-        """Best `kk` item positions (int64 (n, kk), -1 padded; may repeat an
-        item found in two buckets) by approximate score in the buckets `probed`
-        (int (n, m)) for queries `q` (float32 (n, d))."""
-        lists = np.ascontiguousarray(probed, dtype=np.int64)
-        c = self.centres[lists]  # (n, m, d)
-        if self.l2:
-            diff = q[:, None, :] - c
-            coarse = np.einsum("nmd,nmd->nm", diff, diff)
-        else:
-            coarse = np.einsum("nd,nmd->nm", q, c)
-        self.index.nprobe = lists.shape[1]
-        _, ids = self.index.search_preassigned(q, kk, lists, np.ascontiguousarray(coarse, dtype=np.float32))
-        return ids
+    def encode(self, x: np.ndarray, assign: np.ndarray, batch: int = 1 << 16) -> np.ndarray:
+        """Codes of items `x` (float32 (n, d)) in buckets `assign` (int (R, C,
+        n)): uint8 (R, C', n, ceil(M / 2)), C' = C for residual codes, else 1."""
+        if self._pqs is None:
+            self._pqs = [_quantizer(b) for b in self.books]
+        assign = np.asarray(assign)
+        reps, copies, n = assign.shape
+        cc = copies if self.residual else 1
+        out = np.empty((reps, cc, n, (self.n_sub + 1) // 2), dtype=np.uint8)
+        for r, pq in enumerate(self._pqs):
+            for c in range(cc):
+                for s in range(0, n, batch):
+                    xb = np.asarray(x[s : s + batch], dtype=np.float32)
+                    if self.residual:
+                        xb = xb - self.centres[r][assign[r, c, s : s + batch]]
+                    out[r, c, s : s + batch] = pq.compute_codes(np.ascontiguousarray(xb))
+        return out
 
-    def to_array(self) -> np.ndarray:
-        """The FAISS index serialised (FAISS's own format, not pickle): uint8
-        (bytes,); the updatable IndexIVFPQ where there is one."""
-        return faiss.serialize_index(self.base if self.base is not None else self.index)
+    def extended(self, codes: np.ndarray, lists, assign) -> "PQ4Codes":
+        """A new object with all item codes `codes` (uint8 (R, C', N, nb),
+        e.g. these plus new ones) laid out for the inverted lists `lists` and
+        assignments `assign` (int (R, C, N))."""
+        out = PQ4Codes(self.books, codes, self.centres, self.metric, self.residual, lists, assign)
+        out._pqs = self._pqs
+        return out
+
+    # -- searching -----------------------------------------------------------------
+    def search_block(self, q, lo, hi, cosine, routing, m, x, sqnorms, keep, ids, kk, k, outs) -> int:
+        """Rows lo .. hi - 1 of the whole compressed search of raw queries q
+        (see pqscan.pq_block) into outs = (ids, scores, candidates,
+        scanned); returns -1 or the first row holding NaN or inf."""
+        from .pqscan import pq_block
+
+        return pq_block(q, lo, hi, cosine, routing.a1, routing.b1, routing.a2, routing.b2, m, self.centres,
+                        self.books, self.n_sub, self.blocks, self.block_pos, self.bstart, self.bsizes, x, sqnorms,
+                        keep, ids, kk, k, self.l2, self.residual, *outs)
+
+    # -- persistence ---------------------------------------------------------------
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What a save writes: pq_books float32 (R, M, 16, dsub), pq_codes
+        uint8 (R, C', N, nb)."""
+        return {"pq_books": self.books, "pq_codes": self.codes}
 
     @classmethod
-    def from_array(cls, blob: np.ndarray, centres: np.ndarray, metric: str) -> "PQ4Codes":
-        try:
-            # deserialize_index returns the concrete type and owns the object; a
-            # further downcast_index would make a non-owning proxy of it
-            index = faiss.deserialize_index(np.ascontiguousarray(blob, dtype=np.uint8))
-        except RuntimeError as e:
-            raise IndexFormatError(f"unreadable PQ codes ({' '.join(str(e).split())[:120]})") from None
-        if not isinstance(index, (faiss.IndexIVFPQ, faiss.IndexIVFPQFastScan)) or index.nlist != centres.shape[0]:
-            raise IndexFormatError("PQ codes do not match the index (wrong type or bucket count)")
-        if isinstance(index, faiss.IndexIVFPQFastScan):  # saved by irli <= 0.1.0 before updates
-            return cls(index, centres, metric)
-        return cls.from_base(index, centres, metric)
+    def from_arrays(cls, books, codes, centres, metric, residual, lists, assign, n_items) -> "PQ4Codes":
+        """Codes read from an index directory, checked against its shapes."""
+        books = np.asarray(books)
+        reps, b, d = centres.shape
+        if books.ndim != 4 or books.shape[0] != reps or books.shape[2] != 16 or books.dtype != np.float32 \
+                or books.shape[1] * books.shape[3] != d:
+            raise IndexFormatError(f"pq_books.npy has shape {books.shape} {books.dtype}; "
+                                   f"expected float32 ({reps}, M, 16, {d} / M)")
+        cc = assign.shape[1] if residual else 1
+        want = (reps, cc, n_items, (books.shape[1] + 1) // 2)
+        if codes.shape != want or codes.dtype != np.uint8:
+            raise IndexFormatError(f"pq_codes.npy has shape {codes.shape} {codes.dtype}; expected uint8 {want}")
+        return cls(books, codes, centres, metric, residual, lists, assign)
 
-
-def encode_into(base: faiss.IndexIVFPQ, x: np.ndarray, assign: np.ndarray, first: int) -> None:
-    """Encode `x` (float32 (n, d)) into `base` at ids first .. first + n - 1,
-    once per row of `assign` (int (c, n))."""
-    n = x.shape[0]
-    for copy in np.asarray(assign).reshape(-1, n):
-        for s in range(0, n, 1 << 18):  # FAISS reads raw pointers: keep every array alive
-            xs = np.ascontiguousarray(x[s : s + (1 << 18)], dtype=np.float32)
-            ids = np.arange(first + s, first + s + xs.shape[0], dtype=np.int64)
-            lists = np.ascontiguousarray(copy[s : s + xs.shape[0]], dtype=np.int64)
-            base.add_core(xs.shape[0], faiss.swig_ptr(xs), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
+    @classmethod
+    def from_faiss(cls, blobs: list[np.ndarray], x, centres, metric, lists, assign) -> "PQ4Codes":
+        """Codes of an index saved by irli 0.1 (FAISS IndexIVFPQ or fast-scan
+        blobs, residual codes): the codebooks are kept and the items encoded
+        anew with them."""
+        books = []
+        for blob in blobs:
+            try:
+                index = faiss.deserialize_index(np.ascontiguousarray(blob, dtype=np.uint8))
+            except RuntimeError as e:
+                raise IndexFormatError(f"unreadable PQ codes ({' '.join(str(e).split())[:120]})") from None
+            if not isinstance(index, (faiss.IndexIVFPQ, faiss.IndexIVFPQFastScan)) \
+                    or index.nlist != centres.shape[1]:
+                raise IndexFormatError("PQ codes do not match the index (wrong type or bucket count)")
+            pq = index.pq
+            books.append(faiss.vector_to_array(pq.centroids).reshape(pq.M, 1 << pq.nbits, pq.dsub))
+        self = cls(np.stack(books), None, centres, metric, residual=True)
+        self.codes = self.encode(x, assign)
+        self._layout(lists, assign)
+        return self

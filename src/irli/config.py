@@ -40,9 +40,11 @@ class IndexConfig:
     with a residual as orthogonal as possible to the residuals it already has
     (weight `spill_lambda`).
     Scanning: "exact" scores every gathered item on its float32 vector; "pq4"
-    scans 4-bit product-quantised codes of the probed buckets (FAISS fast-scan,
-    `pq_m` sub-quantisers, default d) and re-scores the best `refine` x k
-    exactly.
+    scans 4-bit product-quantised codes of the probed buckets (`pq_m`
+    sub-quantisers, default d up to 64 dimensions, then d / 2; `pq_residual`:
+    encode x - bucket centre, or x itself, or None to choose at fit by
+    measuring both on a sample) and re-scores the best `refine` x k distinct
+    items exactly.
     Search defaults: `probes` buckets per repetition, keep candidates seen in at
     least `min_votes` repetitions, optionally only the `top_c` with the highest
     summed router probability ("exact" scan only).
@@ -75,6 +77,7 @@ class IndexConfig:
     scan: str = "exact"
     refine: int = 4
     pq_m: int | None = None
+    pq_residual: bool | None = None
     probes: int = 16
     min_votes: int = 1
     top_c: int | None = None
@@ -246,6 +249,8 @@ def _validate(c: IndexConfig) -> None:
     for name in ("repartition",):
         if not isinstance(getattr(c, name), bool):
             raise ConfigError(f"{name} must be true or false, got {getattr(c, name)!r}")
+    if c.pq_residual is not None and not isinstance(c.pq_residual, bool):
+        raise ConfigError(f"pq_residual must be true, false or None, got {c.pq_residual!r}")
     if c.router_bias is not None and not isinstance(c.router_bias, bool):
         raise ConfigError(f"router_bias must be true, false or None, got {c.router_bias!r}")
     if c.n_buckets is not None and c.k_choices > c.n_buckets:

@@ -22,7 +22,7 @@ def timed_search(index, queries: np.ndarray, k: int, probes: int, threads: int |
 
     if threads is None:
         t = time.perf_counter()
-        res = index.search(queries, k=k, probes=probes, **kw)
+        res = index.search(queries, k=k, probes=probes, threads=None, **kw)
         return res, time.perf_counter() - t
     old = numba.get_num_threads()
     old_omp = faiss.omp_get_max_threads()
@@ -30,9 +30,9 @@ def timed_search(index, queries: np.ndarray, k: int, probes: int, threads: int |
     faiss.omp_set_num_threads(threads)
     try:
         with threadpool_limits(threads):
-            index.search(queries[:8], k=k, probes=probes, **kw)
+            index.search(queries[:8], k=k, probes=probes, threads=threads, **kw)
             t = time.perf_counter()
-            res = index.search(queries, k=k, probes=probes, **kw)
+            res = index.search(queries, k=k, probes=probes, threads=threads, **kw)
             return res, time.perf_counter() - t
     finally:
         numba.set_num_threads(old)

@@ -4,6 +4,7 @@ other modules (training, partition, search, storage); the math lives there."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,11 +21,31 @@ from .partition import InvertedLists
 from .progress import Callback, report
 from .routers import Router
 from .codes import PQ4Codes, default_pq_m
-from .search import rerank, route, scan, scanned, subset
+from .search import Routing, _marks, _outputs, exact_block, prepare, scan, scanned, subset
+from .threads import limit, run_blocks
 from .storage import read_index, write_index
 from .training import learn
 from .updates import Drift, grow, measure, place, sample_rows
 from .validation import as_matrix, normalize_rows, positive_int
+
+
+_LOCKS = threading.Lock()
+
+
+class _State(NamedTuple):
+    """What a search reads, taken together (see Index._snapshot)."""
+
+    vectors: np.ndarray
+    sqnorms: np.ndarray
+    ids: np.ndarray
+    live: np.ndarray
+    keep: np.ndarray
+    lists: InvertedLists
+    codes: PQ4Codes | None
+    routing: Routing
+    idmap: IdMap
+    copies: int
+    n_live: int
 
 
 class _Pair(NamedTuple):
@@ -80,7 +101,7 @@ class Index:
 
     # -- fitting ------------------------------------------------------------------
     def fit(self, vectors, ids=None, train_queries=None, callback: Callback = None,
-            executor=None) -> "Index":
+            executor=None, threads: int | None = None) -> "Index":
         """Learn partitions and routers for `vectors` (n, d) and store them.
 
         `ids`: int64 (n,) user ids, unique and >= 0 (default 0 .. n-1); search
@@ -89,9 +110,14 @@ class Index:
         other than themselves); pass `train_queries` (m, d) to learn from a
         query log instead. `callback` receives `irli.progress.Progress`
         reports. `executor` (irli.distributed.RayExecutor) trains groups of
-        repetitions as parallel Ray tasks. Replaces anything stored before;
-        returns self.
+        repetitions as parallel Ray tasks. `threads` pins BLAS, FAISS, numba
+        and torch for the fit (None: all cores, see irli.threads). Replaces
+        anything stored before; returns self.
         """
+        with limit(threads):
+            return self._fit(vectors, ids, train_queries, callback, executor)
+
+    def _fit(self, vectors, ids, train_queries, callback, executor) -> "Index":
         cfg = self.config
         t0 = time.perf_counter()
         x = as_matrix(vectors, "vectors")
@@ -124,12 +150,12 @@ class Index:
         report(callback, "lists", 0, 1)
         lists_ = InvertedLists.from_assignments(assign_, b)
         report(callback, "lists", 1, 1)
-        codes_: list[PQ4Codes] = []
+        codes_ = None
         if cfg.scan == "pq4":
-            for r in range(cfg.n_reps):
-                codes_.append(PQ4Codes.build(vectors_, assign_[r], result.centres[r],
-                                             cfg.metric, cfg.pq_m, seed=cfg.seed + r))
-                report(callback, "codes", r + 1, cfg.n_reps)
+            report(callback, "codes", 0, 1)
+            codes_ = PQ4Codes.build(vectors_, assign_, result.centres, cfg.metric, cfg.pq_m,
+                                    residual=cfg.pq_residual, seed=cfg.seed, queries=tq, lists=lists_)
+            report(callback, "codes", 1, 1)
         rows = sample_rows(n, 20_000, cfg.seed)
         moved, imbalance, _ = measure(vectors_[rows], assign_[:, 0, rows], assign_[:, 0], result.routers, cfg, b)
         history = {"rounds": result.history, "fit_seconds": time.perf_counter() - t0,
@@ -142,14 +168,18 @@ class Index:
     def _install(self, vectors, ids, assign, centres, lists, routers, codes, history, live,
                  next_id, sqnorms=None) -> None:
         """Set the learned state in one step (see fit and load)."""
-        self.vectors_, self.ids_, self.assign_, self.centres_ = vectors, ids, assign, centres
-        self.lists_, self.routers_, self.codes_, self.history_ = lists, routers, codes, history
-        self.live_ = np.ones(ids.shape[0], dtype=bool) if live is None else live
-        self.sqnorms_ = self._sqnorms(vectors) if sqnorms is None else sqnorms
-        alive = np.flatnonzero(self.live_)
-        self.idmap_ = IdMap(ids[alive], alive.astype(np.int64))
-        self.next_id_ = int(next_id)
-        self.__dict__.pop("_buffers", None)
+        routing = Routing.from_routers(routers)
+        live = np.ones(ids.shape[0], dtype=bool) if live is None else live
+        sqnorms = self._sqnorms(vectors) if sqnorms is None else sqnorms
+        alive = np.flatnonzero(live)
+        idmap = IdMap(ids[alive], alive.astype(np.int64))
+        with self._lock:
+            self.vectors_, self.ids_, self.assign_, self.centres_ = vectors, ids, assign, centres
+            self.lists_, self.routers_, self.codes_, self.history_ = lists, routers, codes, history
+            self.routing_, self.live_, self.sqnorms_, self.idmap_ = routing, live, sqnorms, idmap
+            self.next_id_ = int(next_id)
+            self.__dict__.pop("_buffers", None)
+            self._publish()
 
     def _sqnorms(self, x: np.ndarray) -> np.ndarray:
         if self.config.metric != "l2":
@@ -229,23 +259,41 @@ class Index:
         return out if spilled else out[:, 0]
 
     # -- searching ---------------------------------------------------------------
+    def _raw_queries(self, queries) -> np.ndarray:
+        """`queries` as float32 (n, d) C-contiguous, shape and dtype checked
+        (values are checked by the search kernels). A float32 (d,) vector
+        takes a short path: one query per request is the common case."""
+        d = self.vectors_.shape[1]
+        if (type(queries) is np.ndarray and queries.dtype == np.float32 and queries.ndim == 1
+                and queries.shape[0] == d and queries.flags.c_contiguous):
+            return queries.reshape(1, d)
+        return as_matrix(queries, "queries", dim=d, allow_1d=True, finite=False)
+
     def _queries(self, queries) -> np.ndarray:
+        """Queries checked and prepared as searches prepare them (unit
+        length for cosine): float32 (n, d)."""
         self._check_fitted()
-        q = as_matrix(queries, "queries", dim=self.dim, allow_1d=True)
-        return normalize_rows(q) if self.config.metric == "cosine" else q
+        q, bad = prepare(self._raw_queries(queries), self.config.metric == "cosine")
+        if bad >= 0:
+            raise InvalidInputError(f"queries hold NaN or inf (first in row {bad})")
+        return q
 
     def _probes(self, probes) -> int:
         p = self.config.probes if probes is None else positive_int(probes, "probes")
-        return min(p, self.n_buckets)
+        return min(p, self.lists_.offsets.shape[1] - 1)
 
     def route(self, queries, probes: int | None = None) -> np.ndarray:
         """Buckets each repetition would open: int32 (R, n, m), best first."""
         q = self._queries(queries)
-        return route(self.routers_, q, self._probes(probes))[0]
+        m = self._probes(probes)
+        probed = np.empty((self.n_reps, q.shape[0], m), dtype=np.int32)
+        run_blocks(lambda lo, hi: self.routing_.block(q, lo, hi, probed, np.empty((self.n_reps, 0, 0), np.float32)),
+                   q.shape[0], None)
+        return probed
 
     def search(self, queries, k: int = 10, probes: int | None = None, min_votes: int | None = None,
                top_c: int | None = None, refine: int | None = None, allow=None,
-               batch_size: int = 4096) -> SearchResult:
+               threads: int | None = None, batch_size: int = 4096) -> SearchResult:
         """Approximate top-`k` items for each query.
 
         queries: (n, d) or a single (d,) vector (answered as n = 1).
@@ -254,100 +302,176 @@ class Index:
         many repetitions (default `config.min_votes`). top_c: score only the C
         candidates with the highest summed router probability (default
         `config.top_c`, None: all). Survivors are scored exactly. refine
-        (scan="pq4" only): re-score the best refine x k by code exactly
-        (default `config.refine`); with refine x k >= the entries probed the
-        search is exact over the probed buckets.
+        (scan="pq4" only): re-score the best refine x k distinct items by
+        code exactly (default `config.refine`); with refine x k >= the items
+        probed the search is exact over the probed buckets.
         allow: return only these ids (see `irli.filters` for the forms: ids
         or a boolean mask by id, for all queries or one per query). The
         filter applies before the top-k. A query whose allowed items are
         fewer than the entries a search would read (R x copies x probes x
         N / B), or whose probed buckets hold fewer than k of them, is
         answered by exact search over its allowed items.
+        threads: threads for this call (None: irli.get_num_threads(), all
+        cores unless set); results are the same for any value. Queries run
+        in blocks of at most `batch_size`.
         Returns SearchResult(ids, scores) with `.candidates`; see its doc.
         """
-        q = self._queries(queries)
-        k = positive_int(k, "k")
+        st = self.__dict__.get("_state") or self._snapshot()
+        q = self._raw_queries(queries)
+        k = k if type(k) is int and k > 0 else positive_int(k, "k")
         m = self._probes(probes)
         votes = self.config.min_votes if min_votes is None else positive_int(min_votes, "min_votes")
         if votes > self.n_reps:
             raise InvalidInputError(f"min_votes={votes} exceeds the {self.n_reps} repetitions")
         cut = self.config.top_c if top_c is None else positive_int(top_c, "top_c")
-        if self.codes_ and (votes > 1 or cut is not None):
+        if st.codes is not None and (votes > 1 or cut is not None):
             raise InvalidInputError("min_votes and top_c filter exact candidates; this index scans PQ codes")
         factor = self.config.refine if refine is None else positive_int(refine, "refine")
-        batch_size = positive_int(batch_size, "batch_size")
+        if batch_size != 4096:
+            batch_size = positive_int(batch_size, "batch_size")
         nq = q.shape[0]
-        pos = np.full((nq, k), -1, dtype=np.int64)
-        scores = np.full((nq, k), -np.inf, dtype=np.float32)
-        cand = np.zeros(nq, dtype=np.int64)
+        l2 = self.config.metric == "l2"
+        if allow is None:  # the kernels write every entry, padding included
+            outs = (np.empty((nq, k), np.int64), np.empty((nq, k), np.float32), np.empty(nq, np.int64),
+                    np.empty(nq, np.int64))
+            if nq <= 16 and threads is None:  # one query per request: no pool, no closure
+                bad = self._block(st, q, 0, nq, k, m, votes, cut, factor, outs)
+                bad = [bad] if bad >= 0 else []
+            else:
+                bad = []
+
+                def block(lo, hi):
+                    row = self._block(st, q, lo, hi, k, m, votes, cut, factor, outs)
+                    if row >= 0:
+                        bad.append(row)
+
+                run_blocks(block, nq, threads, max_block=batch_size)
+            if bad:
+                raise InvalidInputError(f"queries hold NaN or inf (first in row {min(bad)})")
+            return SearchResult(*outs)
+        q, row = prepare(q, self.config.metric == "cosine")
+        if row >= 0:
+            raise InvalidInputError(f"queries hold NaN or inf (first in row {row})")
+        pos, sc, cand, read = self._filtered(st, q, k, m, votes, cut, allow, threads, batch_size)
+        ids = np.where(pos >= 0, st.ids[np.maximum(pos, 0)], -1)
+        scores = -sc if l2 else sc  # negative squared distance -> squared distance (+inf pads)
+        return SearchResult(ids, scores, cand, read)
+
+    def _snapshot(self) -> "_State":
+        """The searchable state as one object (see `_publish`): a search
+        reads it once, so it never mixes arrays from before and after an
+        add, remove or compact running in another thread."""
+        self._check_fitted()
+        st = self.__dict__.get("_state")
+        return st if st is not None else self._publish()
+
+    def _publish(self) -> "_State":
+        """Bundle the current arrays into the state searches read; called
+        under the update lock at the end of every change."""
+        with self._lock:
+            keep = self.live_.view(np.uint8) if self.n_removed else np.zeros(0, dtype=np.uint8)
+            st = _State(self.vectors_, self.sqnorms_, self.ids_, self.live_, keep, self.lists_, self.codes_,
+                        self.routing_, self.idmap_, self.assign_.shape[1], len(self.idmap_))
+            self._state = st
+            return st
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_update_lock", None)  # locks do not copy or pickle; a new one comes on first use
+        state.pop("_state", None)  # rebuilt from the arrays on first search
+        return state
+
+    @property
+    def _lock(self) -> threading.RLock:
+        lock = self.__dict__.get("_update_lock")
+        if lock is None:
+            with _LOCKS:
+                lock = self.__dict__.setdefault("_update_lock", threading.RLock())
+        return lock
+
+    def _block(self, st: "_State", q, lo, hi, k, m, votes, cut, factor, outs) -> int:
+        """Raw queries lo .. hi - 1, unfiltered, into rows lo .. hi - 1 of
+        outs = (ids, scores, candidates, entries read): one compiled call.
+        Returns -1, or the first row holding NaN or inf."""
+        cosine = self.config.metric == "cosine"
+        l2 = self.config.metric == "l2"
+        if st.codes is not None:  # approximate scan of codes, exact re-rank of the best refine x k distinct
+            kk = max(1, min(factor * k, st.n_live))
+            return st.codes.search_block(q, lo, hi, cosine, st.routing, m, st.vectors, st.sqnorms, st.keep,
+                                         st.ids, kk, k, outs)
+        # exact scan of the lists; removed items are skipped
+        dedup = st.routing.n_reps > 1 or cut is not None or st.copies > 1
+        _, mark, cnt, stamp0 = _marks(dedup, False, st.vectors.shape[0], hi - lo)
+        r = st.routing
+        return exact_block(q, lo, hi, cosine, r.a1, r.b1, r.a2, r.b2, m, cut is not None, st.vectors, st.sqnorms,
+                           st.lists.offsets, st.lists.lists, st.keep, st.ids, k, votes, cut or 0, l2, dedup, mark,
+                           cnt, stamp0, *outs)
+
+    def _filtered(self, st: "_State", q, k, m, votes, cut, allow, threads, batch_size):
+        """Search prepared queries with allow-lists: an exact scan of the
+        probed buckets that skips disallowed items, and exact search over
+        the allowed items for queries with tiny allow-lists or too few
+        allowed items probed. Returns (positions, scores higher-is-better,
+        candidates, entries read)."""
+        nq = q.shape[0]
+        pos, scores, cand = _outputs(nq, k)
         read = np.zeros(nq, dtype=np.int64)
-        allowed = None if allow is None else parse_allow(allow, nq, self.idmap_, self.ids_, self.live_)
-        bucketed = np.arange(nq)
-        if allowed is not None:  # tiny allow-lists: exact search over them
-            counts = allowed.counts(nq)
-            bucketed = np.flatnonzero(counts > self._exact_below(m))
+        l2 = self.config.metric == "l2"
+        allowed = parse_allow(allow, nq, st.idmap, st.ids, st.live)
+        counts = allowed.counts(nq)
+        bucketed = np.flatnonzero(counts > self._exact_below(m))  # tiny allow-lists: exact search over them
         for s in range(0, bucketed.shape[0], batch_size):
             rows = bucketed[s : s + batch_size]
-            if allowed is None:  # unfiltered: rows is a range, so slice without copying the queries
-                rows = slice(s, s + batch_size)
-            out = self._scan(q[rows], k, m, votes, cut, factor,
-                             None if allowed is None else allowed.rows(rows))
-            pos[rows], scores[rows], cand[rows], read[rows] = out
-        if allowed is not None:
-            found = (pos >= 0).sum(axis=1)
-            exact = np.flatnonzero(found < np.minimum(k, counts))  # the small and the short
-            if exact.size:
-                pos[exact], scores[exact], cand[exact] = self._exact_allowed(q[exact], k, allowed.rows(exact))
-                read[exact] = cand[exact]
-        ids = np.where(pos >= 0, self.ids_[np.maximum(pos, 0)], -1)
-        if self.config.metric == "l2":
-            scores = -scores  # negative squared distance -> squared distance (+inf pads)
-        return SearchResult(ids, scores, cand, read)
+            sub = allowed.rows(rows)
+            qr = q[rows]
+            probed, probs = self._route(st, qr, m, cut is not None, threads)
+            keep = allow_pairs = None
+            if sub.per_query:
+                allow_pairs = (sub.ptr, sub.pos)
+            else:
+                keep = sub.keep
+            p, sc, c = scan(qr, st.vectors, st.sqnorms, st.lists.offsets, st.lists.lists, probed, probs, k,
+                            votes, cut or 0, l2, copies=st.copies, keep=keep, allow=allow_pairs, threads=threads)
+            pos[rows], scores[rows], cand[rows], read[rows] = p, sc, c, scanned(st.lists.offsets, probed)
+        found = (pos >= 0).sum(axis=1)
+        exact = np.flatnonzero(found < np.minimum(k, counts))  # the small and the short
+        if exact.size:
+            pos[exact], scores[exact], cand[exact] = self._exact_allowed(st, q[exact], k, allowed.rows(exact),
+                                                                         threads)
+            read[exact] = cand[exact]
+        return pos, scores, cand, read
+
+    @staticmethod
+    def _route(st: "_State", q, m, with_probs: bool, threads) -> tuple[np.ndarray, np.ndarray]:
+        reps = st.routing.a1.shape[0]
+        probed = np.empty((reps, q.shape[0], m), dtype=np.int32)
+        probs = np.empty((reps, q.shape[0], m) if with_probs else (reps, 0, 0), dtype=np.float32)
+        run_blocks(lambda lo, hi: st.routing.block(q, lo, hi, probed, probs), q.shape[0], threads)
+        return probed, probs
 
     def _exact_below(self, probes: int) -> float:
         """Entries a search reads per query, on average: allow-lists up to
         this size are searched exactly (it costs no more)."""
         return self.assign_.shape[1] * self.n_reps * probes * len(self) / self.n_buckets
 
-    def _scan(self, q, k, m, votes, cut, factor, allowed: Allowed | None):
-        """One batch of the bucket search: (positions, scores, candidates,
-        entries read), positions into the stored arrays."""
-        l2 = self.config.metric == "l2"
-        probed, probs = route(self.routers_, q, m, with_probs=cut is not None)
-        if self.codes_ and allowed is None:  # approximate scan of codes, exact re-rank of the best refine x k
-            kk = min(factor * k, len(self) * self.assign_.shape[1])
-            cand = np.concatenate([c.search(q, probed[r], kk) for r, c in enumerate(self.codes_)], axis=1)
-            out = rerank(q, self.vectors_, self.sqnorms_, cand, k, l2)
-        else:  # exact scan of the lists; removed and filtered-out items are skipped
-            keep = allow = None
-            if allowed is not None and allowed.per_query:
-                allow = (allowed.ptr, allowed.pos)
-            elif allowed is not None:
-                keep = allowed.keep
-            elif self.n_removed:
-                keep = self.live_.view(np.uint8)
-            out = scan(q, self.vectors_, self.sqnorms_, self.lists_.offsets, self.lists_.lists,
-                       probed, probs, k, votes, cut or 0, l2, copies=self.assign_.shape[1],
-                       keep=keep, allow=allow)
-        return (*out, scanned(self.lists_.offsets, probed))
-
-    def _exact_allowed(self, q, k, allowed: Allowed):
+    def _exact_allowed(self, st: "_State", q, k, allowed: Allowed, threads=None):
         """Exact top-k of each query among its allowed items: (positions,
         scores higher-is-better, candidates)."""
         l2 = self.config.metric == "l2"
         if allowed.per_query:
-            return subset(q, self.vectors_, self.sqnorms_, allowed.ptr, allowed.pos, k, l2)[:3]
+            return subset(q, st.vectors, st.sqnorms, allowed.ptr, allowed.pos, k, l2, threads=threads)[:3]
         p = allowed.positions
         nq = q.shape[0]
         if p.size == 0:
             return (np.full((nq, k), -1, np.int64), np.full((nq, k), -np.inf, np.float32),
                     np.zeros(nq, np.int64))
-        idx, d = exact_knn(np.asarray(self.vectors_[p]), q, k, "l2" if l2 else "ip")
+        idx, d = exact_knn(np.asarray(st.vectors[p]), q, k, "l2" if l2 else "ip")
         pos = np.where(idx >= 0, p[np.maximum(idx, 0)], -1)
         return pos, (-d if l2 else d), np.full(nq, p.size, dtype=np.int64)
 
     # -- changing the items ----------------------------------------------------------
-    def add(self, vectors, ids=None, replace: bool = False, callback: Callback = None) -> "Index":
+    def add(self, vectors, ids=None, replace: bool = False, callback: Callback = None,
+            threads: int | None = None) -> "Index":
         """Add items without retraining: each goes to the bucket(s) its
         router picks in every repetition, under the same load rule as the
         partition (see `irli.updates`). Storage grows as needed.
@@ -355,8 +479,14 @@ class Index:
         vectors: (n, d). ids: int64 (n,), unique, >= 0; default next_id_ ..
         next_id_ + n - 1 (one past the largest id ever stored). An id that is
         already in the index is an error, unless `replace`, which removes the
-        old item first. Returns self.
+        old item first. `threads` pins the libraries for the call (see
+        irli.threads). Searches in other threads may run meanwhile: each sees
+        the index as it was before the add or after it. Returns self.
         """
+        with limit(threads):
+            return self._add(vectors, ids, replace, callback)
+
+    def _add(self, vectors, ids, replace, callback) -> "Index":
         self._check_fitted()
         x = as_matrix(vectors, "vectors", dim=self.dim)
         n = x.shape[0]
@@ -378,17 +508,24 @@ class Index:
                           for r in range(self.n_reps)])
         where = place(x, self.routers_, cfg, loads, self.centres_, seed=cfg.seed + self.next_id_ + len(self))
         first = self.vectors_.shape[0]
-        self._updatable_codes()
-        self.vectors_ = self._append("vectors", self.vectors_, x)
-        self.ids_ = self._append("ids", self.ids_, uid)
-        self.live_ = self._append("live", self.live_, np.ones(n, dtype=bool))
-        self.assign_ = self._append("assign", self.assign_, where, axis=2)
-        if cfg.metric == "l2":
-            self.sqnorms_ = self._append("sqnorms", self.sqnorms_, self._sqnorms(x))
-        self.lists_ = self.lists_.extend(where, first)
-        for r, c in enumerate(self.codes_):
-            c.add(x, where[r], first)
-        self.idmap_.insert(uid, np.arange(first, first + n, dtype=np.int64))
+        new_codes = self.codes_.encode(x, where) if self.codes_ is not None else None
+        # new arrays are built beside the old ones (appends write past the old
+        # views' ends), then swapped in under the lock that searches read by
+        vectors = self._append("vectors", self.vectors_, x)
+        ids_ = self._append("ids", self.ids_, uid)
+        live = self._append("live", self.live_, np.ones(n, dtype=bool))
+        assign = self._append("assign", self.assign_, where, axis=2)
+        sqnorms = self._append("sqnorms", self.sqnorms_, self._sqnorms(x)) if cfg.metric == "l2" else self.sqnorms_
+        lists = self.lists_.extend(where, first)
+        codes = None
+        if new_codes is not None:
+            codes = self.codes_.extended(self._append("pq_codes", self.codes_.codes, new_codes, axis=2),
+                                         lists, assign)
+        with self._lock:
+            self.vectors_, self.ids_, self.live_, self.assign_ = vectors, ids_, live, assign
+            self.sqnorms_, self.lists_, self.codes_ = sqnorms, lists, codes
+            self.idmap_.insert(uid, np.arange(first, first + n, dtype=np.int64))
+            self._publish()
         self.next_id_ = max(self.next_id_, int(uid.max()) + 1)
         self.history_["added"] = self.history_.get("added", 0) + n
         report(callback, "add", n, n)
@@ -422,28 +559,16 @@ class Index:
             absent = ~self.idmap_.contains(want)
             if absent.any():
                 raise InvalidInputError(f"id {int(want[np.argmax(absent)])} is not in the index")
-        pos = self.idmap_.delete(want)
+        with self._lock:
+            pos = self.idmap_.delete(want)
+            if pos.size:
+                if not self.live_.flags.writeable:
+                    self.live_ = self.live_.copy()
+                self.live_[pos] = False  # scans skip it at once (the keep mask)
+                self._publish()
         if pos.size:
-            self._updatable_codes()
-            if not self.live_.flags.writeable:
-                self.live_ = self.live_.copy()
-            self.live_[pos] = False
-            for c in self.codes_:
-                c.remove(pos)
             self.history_["removed"] = self.history_.get("removed", 0) + int(pos.size)
         return int(pos.size)
-
-    def _updatable_codes(self) -> None:
-        """Codes saved by irli 0.1.0 cannot change: encode them anew (once)."""
-        if all(c.updatable for c in self.codes_):
-            return
-        cfg = self.config
-        self.codes_ = [PQ4Codes.build(self.vectors_, self.assign_[r], self.centres_[r], cfg.metric,
-                                      cfg.pq_m, seed=cfg.seed + r) for r in range(self.n_reps)]
-        dead = np.flatnonzero(~self.live_)
-        if dead.size:
-            for c in self.codes_:
-                c.remove(dead)
 
     def compact(self) -> int:
         """Reclaim the slots of removed items: rewrite the stored arrays, lists
@@ -456,10 +581,9 @@ class Index:
         vectors = np.ascontiguousarray(self.vectors_[perm])
         assign = np.ascontiguousarray(self.assign_[:, :, perm])
         lists = InvertedLists.from_assignments(assign, self.n_buckets)
-        codes = [c.rebuilt(vectors, assign[r]) if c.updatable else
-                 PQ4Codes.build(vectors, assign[r], self.centres_[r], self.config.metric, self.config.pq_m,
-                                seed=self.config.seed + r)
-                 for r, c in enumerate(self.codes_)]
+        codes = None
+        if self.codes_ is not None:
+            codes = self.codes_.extended(np.ascontiguousarray(self.codes_.codes[:, :, perm]), lists, assign)
         self._install(vectors, np.ascontiguousarray(self.ids_[perm]), assign, self.centres_, lists,
                       self.routers_, codes, self.history_, live=None, next_id=self.next_id_)
         return gone
@@ -506,8 +630,8 @@ class Index:
         self._check_fitted()
         arrays = {"vectors": self.vectors_, "ids": self.ids_, "offsets": self.lists_.offsets,
                   "lists": self.lists_.lists, "assign": self.assign_, "centres": self.centres_}
-        for r, codes in enumerate(self.codes_):
-            arrays[f"codes{r}"] = codes.to_array()
+        if self.codes_ is not None:
+            arrays.update(self.codes_.arrays())
         if self.config.metric == "l2":
             arrays["sqnorms"] = self.sqnorms_
         if self.n_removed:
@@ -523,6 +647,8 @@ class Index:
             "saved_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "history": self.history_,
         }
+        if self.codes_ is not None:
+            manifest["pq_residual"] = self.codes_.residual
         return write_index(path, arrays, routers, manifest, staged=staged)
 
     @classmethod
@@ -539,7 +665,9 @@ class Index:
             raise IndexFormatError(f"{path}: invalid config in manifest ({e})") from None
         need = ["vectors", "ids", "offsets", "lists", "assign", "centres"]
         need += ["sqnorms"] if config.metric == "l2" else []
-        need += [f"codes{r}" for r in range(config.n_reps)] if config.scan == "pq4" else []
+        legacy_codes = config.scan == "pq4" and "pq_books" not in arrays  # saved by irli 0.1: FAISS blobs
+        if config.scan == "pq4":
+            need += [f"codes{r}" for r in range(config.n_reps)] if legacy_codes else ["pq_books", "pq_codes"]
         for name in need:
             if name not in arrays:
                 raise IndexFormatError(f"{path}: missing {name}.npy")
@@ -554,6 +682,10 @@ class Index:
         if ((offsets[:, 0] != 0).any() or (offsets[:, -1] != copies * n).any()
                 or (np.diff(offsets, axis=1) < 0).any()):
             raise IndexFormatError(f"{path}: inverted-list offsets are inconsistent")
+        for name, hi in (("lists", n), ("assign", b1 - 1)):
+            a = np.asarray(arrays[name])
+            if a.size and (a.min() < 0 or a.max() >= hi):
+                raise IndexFormatError(f"{path}: {name}.npy holds entries outside [0, {hi}) (corrupted)")
         routers = []
         kind = man.get("router")
         for r in range(reps):
@@ -573,11 +705,18 @@ class Index:
         if alive.size and (alive.min() < 0 or first_duplicate(alive) is not None):
             raise IndexFormatError(f"{path}: item ids are negative or repeat (corrupted ids.npy)")
         self = cls.from_config(config, preset=man.get("preset", "custom"))
-        codes = [PQ4Codes.from_array(arrays[f"codes{r}"], np.asarray(arrays["centres"])[r], config.metric)
-                 for r in range(reps)] if config.scan == "pq4" else []
+        lists = InvertedLists(offsets, arrays["lists"])
+        centres = np.asarray(arrays["centres"])
+        codes = None
+        if legacy_codes:
+            codes = PQ4Codes.from_faiss([arrays[f"codes{r}"] for r in range(reps)], arrays["vectors"], centres,
+                                        config.metric, lists, arrays["assign"])
+        elif config.scan == "pq4":
+            codes = PQ4Codes.from_arrays(arrays["pq_books"], arrays["pq_codes"], centres, config.metric,
+                                         bool(man.get("pq_residual", True)), lists, arrays["assign"], n)
         next_id = man.get("next_id", int(ids.max()) + 1 if ids.size else 0)
-        self._install(arrays["vectors"], arrays["ids"], arrays["assign"], np.asarray(arrays["centres"]),
-                      InvertedLists(offsets, arrays["lists"]), routers, codes, man.get("history", {}),
+        self._install(arrays["vectors"], arrays["ids"], arrays["assign"], centres, lists, routers, codes,
+                      man.get("history", {}),
                       live=live, next_id=next_id, sqnorms=arrays.get("sqnorms"))
         return self
 

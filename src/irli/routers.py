@@ -2,7 +2,8 @@
 
 Every router answers `logits(Q)`: float32 (n, d) -> float32 (n, B), higher is
 better, and round-trips through `state()` / `from_state()` (a dict of named
-float32 arrays, saved with safetensors). Inference is numpy only; training
+float32 arrays, saved with safetensors). `layers()` gives the same function as
+affine layers for the compiled search path (irli.search.Routing). Inference is numpy only; training
 (training.py) builds torch twins of these and writes the weights back.
 """
 
@@ -36,6 +37,12 @@ class Router:
     @property
     def dim(self) -> int:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def layers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """The router as affine layers for the compiled search path: (A1
+        float32 (d, H), b1 (H,), A2 (H, B) or None, b2 (B,) or None); logits
+        = b1 + q A1, or b2 + relu(b1 + q A1) A2 with a second layer."""
+        raise NotImplementedError  # pragma: no cover - interface
 
     def state(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k) for k in self._params if getattr(self, k) is not None}
@@ -76,6 +83,12 @@ class CentroidRouter(Router):
     def dim(self) -> int:
         return self.centroids.shape[1]
 
+    def layers(self):
+        c = self.centroids
+        if self.l2:
+            return 2 * c.T, -self._sq, None, None
+        return c.T, np.zeros(c.shape[0], dtype=np.float32), None, None
+
     def logits(self, q: np.ndarray) -> np.ndarray:
         s = q @ self.centroids.T
         if self.l2:
@@ -99,6 +112,10 @@ class LinearRouter(Router):
     def dim(self) -> int:
         return self.weight.shape[1]
 
+    def layers(self):
+        b = self.bias if self.bias is not None else np.zeros(self.weight.shape[0], dtype=np.float32)
+        return self.weight.T, b, None, None
+
     def logits(self, q: np.ndarray) -> np.ndarray:
         s = q @ self.weight.T
         if self.bias is not None:
@@ -120,6 +137,9 @@ class MLPRouter(Router):
     @property
     def dim(self) -> int:
         return self.w1.shape[0]
+
+    def layers(self):
+        return self.w1, self.b1, self.w2, self.b2
 
     def logits(self, q: np.ndarray) -> np.ndarray:
         h = q @ self.w1

@@ -1,45 +1,250 @@
-"""The search path: route -> probe -> gather -> filter -> exact score -> top-k.
+"""The search path: prepare -> route -> probe -> gather -> filter -> exact
+score -> top-k, as compiled kernels over blocks of queries.
 
-`route` scores buckets with each repetition's router (numpy BLAS) and keeps the
-top `probes`; `scan` runs one compiled kernel over a batch of queries that
-gathers the items of the probed buckets, counts in how many repetitions each
-was seen, keeps those seen at least `min_votes` times (and, optionally, only the
-`top_c` with the highest summed router probability), scores them exactly and
-keeps the top k. There is no Python loop per query or per candidate.
+`Routing` holds every repetition's router as affine layers; routing scores
+and picks each query's top `probes` buckets. `exact_block` is the whole
+search of a block of queries over float32 vectors in one compiled call: it
+checks and normalises the queries, routes them, gathers the items of the
+probed buckets, counts in how many repetitions each was seen, keeps those
+seen at least `min_votes` times (and, optionally, only the `top_c` with the
+highest summed router probability), scores them exactly, keeps the top k and
+maps positions to ids. The PQ path (`irli.pqscan.pq_block`) has the same
+shape. One query and a batch run the very same code per query, so a single
+query gets exactly the answer it gets inside a batch, whatever the block
+size or thread count.
+
+Kernels release the GIL; `irli.threads` runs blocks in parallel. There is no
+Python per query or per candidate, and no scratch that grows with the
+collection is cleared per call: marks live in per-thread arrays stamped per
+query (`irli.threads.Stamps`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numba
 import numpy as np
 
 from .routers import Router
+from .threads import run_blocks, stamps
+
+# fast-math for the search kernels, without "ninf": top-m and the heaps use
+# infinities as sentinels. Inputs are checked finite before any of it runs.
+FAST = {"nnan", "nsz", "reassoc", "contract", "arcp"}
 
 
-def route(routers: list[Router], q: np.ndarray, probes: int, with_probs: bool = False
-          ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-`probes` buckets of every repetition for queries `q` (float32 (n, d)).
+# -- queries -------------------------------------------------------------------------
+@numba.njit(nogil=True, cache=True)
+def _prepare_rows(q, lo, hi, cosine, out):
+    """Copy rows lo .. hi - 1 of q float32 (n, d) into out (hi - lo, d),
+    scaled to unit length for cosine (norms summed in float64, so huge
+    values do not overflow). Returns -1, or the first row holding NaN or inf
+    (checked on the bits, which no fast-math can fold away)."""
+    d = q.shape[1]
+    for r in range(lo, hi):
+        bits = q[r].view(np.int32)
+        bad = False
+        for j in range(d):
+            bad |= (bits[j] & 0x7F800000) == 0x7F800000
+        if bad:
+            return r
+        if cosine:
+            s = 0.0
+            for j in range(d):
+                v = np.float64(q[r, j])
+                s += v * v
+            norm = np.sqrt(s) if s > 0 else 1.0
+            for j in range(d):
+                out[r - lo, j] = np.float32(q[r, j] / norm)
+        else:
+            out[r - lo] = q[r]
+    return -1
+
+
+def prepare(q: np.ndarray, cosine: bool) -> tuple[np.ndarray, int]:
+    """(q checked and, for cosine, normalised as every search does it; the
+    first row holding NaN or inf, or -1). q float32 (n, d) C-contiguous."""
+    out = np.empty_like(q)
+    bad = _prepare_rows(q, 0, q.shape[0], cosine, out)
+    return out, bad
+
+
+# -- routing -------------------------------------------------------------------------
+@dataclass
+class Routing:
+    """The R routers as stacked affine layers (see Router.layers): a1
+    float32 (R, d, H), b1 (R, H), a2 (R, H, B) and b2 (R, B) for two-layer
+    (MLP) routers, else empty (R, 0, 0) / (R, 0)."""
+
+    a1: np.ndarray
+    b1: np.ndarray
+    a2: np.ndarray
+    b2: np.ndarray
+
+    @classmethod
+    def from_routers(cls, routers: list[Router]) -> "Routing":
+        layers = [rt.layers() for rt in routers]
+        a1 = np.ascontiguousarray(np.stack([lay[0] for lay in layers]), dtype=np.float32)
+        b1 = np.ascontiguousarray(np.stack([lay[1] for lay in layers]), dtype=np.float32)
+        reps = len(layers)
+        if layers[0][2] is None:
+            a2, b2 = np.zeros((reps, 0, 0), np.float32), np.zeros((reps, 0), np.float32)
+        else:
+            a2 = np.ascontiguousarray(np.stack([lay[2] for lay in layers]), dtype=np.float32)
+            b2 = np.ascontiguousarray(np.stack([lay[3] for lay in layers]), dtype=np.float32)
+        return cls(a1, b1, a2, b2)
+
+    @property
+    def n_reps(self) -> int:
+        return self.a1.shape[0]
+
+    @property
+    def n_buckets(self) -> int:
+        return self.a2.shape[2] if self.a2.shape[1] else self.a1.shape[2]
+
+    def block(self, q: np.ndarray, lo: int, hi: int, probed: np.ndarray, probs: np.ndarray) -> None:
+        """Route prepared queries lo .. hi - 1 of q (float32 (n, d)) into
+        rows lo .. hi - 1 of probed int32 (R, n, m) and, when probs is (R, n,
+        m) rather than (R, 0, 0), their softmax probabilities."""
+        _route_kernel(q, lo, hi, self.a1, self.b1, self.a2, self.b2, probed, probs)
+
+
+def route(routers: list[Router] | Routing, q: np.ndarray, probes: int, with_probs: bool = False,
+          threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-`probes` buckets of every repetition for prepared queries `q`
+    (float32 (n, d), normalised for cosine).
 
     Returns (buckets int32 (R, n, m), probs float32 (R, n, m)), buckets best
-    first; probs are the router's softmax probabilities of those buckets when
-    `with_probs`, else an empty (R, 0, 0) array. `probes` must be <= B.
+    first (ties to the lower bucket); probs are the router's softmax
+    probabilities of those buckets when `with_probs`, else an empty (R, 0, 0)
+    array. `probes` must be <= B.
     """
+    routing = routers if isinstance(routers, Routing) else Routing.from_routers(routers)
     n = q.shape[0]
-    reps = len(routers)
+    reps = routing.n_reps
     buckets = np.empty((reps, n, probes), dtype=np.int32)
     probs = np.empty((reps, n, probes) if with_probs else (reps, 0, 0), dtype=np.float32)
-    for r, router in enumerate(routers):
-        s = np.ascontiguousarray(router.logits(q), dtype=np.float32)
-        top_s = np.empty((n, probes), dtype=np.float32)
-        _top_m(s, buckets[r], top_s)
-        if with_probs:
-            mx = s.max(axis=1, keepdims=True)
-            z = np.exp(s - mx).sum(axis=1, keepdims=True)
-            probs[r] = np.exp(top_s - mx) / z
+    run_blocks(lambda lo, hi: routing.block(q, lo, hi, buckets, probs), n, threads)
     return buckets, probs
 
 
-@numba.njit(inline="always", fastmath=True)
+_GROUP = 4  # queries that share each pass over a layer's weights
+
+
+@numba.njit(inline="always")
+def _affine(x, lo, n, a, b, out, relu):
+    """out[t] = b + x[lo + t] a for t < n (x (·, i), a (i, o)), optionally relu."""
+    width = a.shape[1]
+    for t in range(n):
+        for c in range(width):
+            out[t, c] = b[c]
+    for j in range(a.shape[0]):
+        for t in range(n):
+            v = x[lo + t, j]
+            for c in range(width):
+                out[t, c] += v * a[j, c]
+    if relu:
+        for t in range(n):
+            for c in range(width):
+                out[t, c] = max(out[t, c], np.float32(0.0))
+
+
+@numba.njit(inline="always")
+def _top_row(row, m, bv, bi, out_idx, out_val):
+    """The m largest of row float32 (B,), best first, ties to the lower
+    bucket, into out_idx / out_val: group maxima give a threshold that at
+    least m scores reach; the few that do are insertion-sorted."""
+    width = row.shape[0]
+    if m > 64:  # insertion costs O(m^2)
+        order = np.argsort(-row, kind="mergesort")
+        for j in range(m):
+            out_idx[j] = order[j]
+            out_val[j] = row[order[j]]
+        return
+    thr = np.inf
+    for g in range(m):
+        mx = -np.inf
+        for b in range(g * width // m, (g + 1) * width // m):
+            mx = max(mx, row[b])
+        thr = min(thr, mx)
+    cnt = 0
+    for b in range(width):
+        if row[b] >= thr:
+            bv[cnt] = row[b]
+            bi[cnt] = b
+            cnt += 1
+    size = 0
+    for t in range(cnt):  # a strict > keeps ties in bucket order
+        v = bv[t]
+        if size == m and v <= out_val[m - 1]:
+            continue
+        j = size if size < m else m - 1
+        while j > 0 and out_val[j - 1] < v:
+            out_val[j] = out_val[j - 1]
+            out_idx[j] = out_idx[j - 1]
+            j -= 1
+        out_val[j] = v
+        out_idx[j] = bi[t]
+        if size < m:
+            size += 1
+
+
+@numba.njit(inline="always")
+def _route_rows(q, lo, hi, a1, b1, a2, b2, probed, probs, plo):
+    """Route rows lo .. hi - 1 of q into rows plo .. of probed / probs."""
+    reps = a1.shape[0]
+    two = a2.shape[1] > 0
+    width = a2.shape[2] if two else a1.shape[2]
+    m = probed.shape[2]
+    hidden = np.empty((_GROUP, a1.shape[2]), dtype=np.float32)
+    logits = np.empty((_GROUP, width), dtype=np.float32) if two else hidden
+    val = np.empty(m, dtype=np.float32)
+    buf_v = np.empty(width, dtype=np.float32)
+    buf_i = np.empty(width, dtype=np.int64)
+    with_probs = probs.shape[1] > 0
+    for r in range(reps):
+        for g in range(lo, hi, _GROUP):
+            n = min(_GROUP, hi - g)
+            _affine(q, g, n, a1[r], b1[r], hidden, two)
+            if two:
+                _affine(hidden, 0, n, a2[r], b2[r], logits, False)
+            for t in range(n):
+                row = logits[t, :width]
+                at = plo + g - lo + t
+                _top_row(row, m, buf_v, buf_i, probed[r, at], val)
+                if with_probs:
+                    mx = val[0]
+                    z = np.float32(0.0)
+                    for c in range(width):
+                        z += np.exp(row[c] - mx)
+                    for j in range(m):
+                        probs[r, at, j] = np.exp(val[j] - mx) / z
+
+
+@numba.njit(nogil=True, fastmath=FAST, cache=True)
+def _route_kernel(q, lo, hi, a1, b1, a2, b2, probed, probs):
+    _route_rows(q, lo, hi, a1, b1, a2, b2, probed, probs, lo)
+
+
+@numba.njit(cache=True, parallel=True, fastmath=FAST)
+def _top_m_kernel(s, out_idx, out_val):
+    n, width = s.shape
+    m = out_idx.shape[1]
+    for i in numba.prange(n):
+        # scratch per row: arrays allocated in a prange body are per iteration
+        _top_row(s[i], m, np.empty(width, np.float32), np.empty(width, np.int64), out_idx[i], out_val[i])
+
+
+def _top_m(s: np.ndarray, out_idx: np.ndarray, out_val: np.ndarray) -> None:
+    """Per row of s float32 (n, B): the m = out_idx.shape[1] largest, best
+    first, ties to the lower bucket, into out_idx (int, (n, m)) and out_val
+    (float32 (n, m)), on numba's threads."""
+    _top_m_kernel(s, out_idx, out_val)
+
+
+# -- top-k heaps ---------------------------------------------------------------------
+@numba.njit(inline="always")
 def _dot(a, b):
     s = np.float32(0.0)
     for j in range(a.shape[0]):
@@ -73,7 +278,12 @@ def _push(hs, hi, size, k, s, i):
 @numba.njit(inline="always")
 def _sift_down(hs, hi, size):
     """Restore the min-heap of `size` entries after its root changed."""
-    j = 0
+    _sift(hs, hi, size, 0)
+
+
+@numba.njit(inline="always")
+def _sift(hs, hi, size, j):
+    """Restore the min-heap of `size` entries after entry j grew."""
     while True:
         a = 2 * j + 1
         if a >= size:
@@ -87,71 +297,6 @@ def _sift_down(hs, hi, size):
         j = c
 
 
-# no-NaN lets the max reductions vectorise; infinities stay (the sentinels use them)
-@numba.njit(cache=True, parallel=True, fastmath={"nnan", "nsz", "reassoc"})
-def _top_m_kernel(s, buf_v, buf_i, out_idx, out_val):
-    # scratch rows from the caller, one per chunk (see _scan)
-    n, width = s.shape
-    m = out_idx.shape[1]
-    n_chunks = buf_v.shape[0]
-    chunk = (n + n_chunks - 1) // n_chunks
-    for c in numba.prange(n_chunks):
-        bv = buf_v[c]
-        bi = buf_i[c]
-        for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            row = s[i]
-            # the smallest of m group maxima: at least m scores reach it
-            thr = np.inf
-            for g in range(m):
-                mx = -np.inf
-                for b in range(g * width // m, (g + 1) * width // m):
-                    mx = max(mx, row[b])
-                thr = min(thr, mx)
-            cnt = 0
-            for b in range(width):
-                if row[b] >= thr:
-                    bv[cnt] = row[b]
-                    bi[cnt] = b
-                    cnt += 1
-            # insert the survivors into the sorted output row; a strict > keeps
-            # ties in bucket order
-            size = 0
-            for t in range(cnt):
-                v = bv[t]
-                if size == m and v <= out_val[i, m - 1]:
-                    continue
-                j = size if size < m else m - 1
-                while j > 0 and out_val[i, j - 1] < v:
-                    out_val[i, j] = out_val[i, j - 1]
-                    out_idx[i, j] = out_idx[i, j - 1]
-                    j -= 1
-                out_val[i, j] = v
-                out_idx[i, j] = bi[t]
-                if size < m:
-                    size += 1
-
-
-def _top_m(s: np.ndarray, out_idx: np.ndarray, out_val: np.ndarray) -> None:
-    """Per row of s float32 (n, B): the m = out_idx.shape[1] largest, best
-    first (ties to the lower bucket; for m > 64 which of several scores tied
-    at the m-th place is kept is arbitrary), into out_idx (int, (n, m)) and
-    out_val (float32 (n, m)). Two vectorisable passes (group maxima give a threshold;
-    keep what reaches it) and an insertion of the few survivors: about 5x faster
-    than numpy's argpartition on (10000, 1024) with m = 24."""
-    width = s.shape[1]
-    m = out_idx.shape[1]
-    if m > 64:  # insertion costs O(m^2): numpy's partition wins here
-        top = np.argpartition(-s, m - 1, axis=1)[:, :m] if m < width else np.arange(width)[None].repeat(len(s), 0)
-        val = np.take_along_axis(s, top, axis=1)
-        order = np.lexsort((top, -val), axis=1)  # best first, ties to the lower bucket
-        out_idx[:] = np.take_along_axis(top, order, axis=1)
-        out_val[:] = np.take_along_axis(val, order, axis=1)
-        return
-    chunks = max(1, min(s.shape[0], numba.get_num_threads()))
-    _top_m_kernel(s, np.empty((chunks, width), dtype=np.float32), np.empty((chunks, width), dtype=np.int64),
-                  out_idx, out_val)
-
-
 @numba.njit(inline="always")
 def _emit(hs, hid, size, out_pos, out_score, qi):
     """Write a query's heap of `size` (scores hs, positions hid) into row qi
@@ -162,14 +307,28 @@ def _emit(hs, hid, size, out_pos, out_score, qi):
         out_score[qi, s] = hs[order[s]]
 
 
+@numba.njit(inline="always")
+def _emit_ids(hs, hid, size, ids, l2, out_ids, out_score, qi):
+    """Like _emit, with positions mapped to ids and, for l2, scores turned
+    back into squared distances (lower is better); fills the padding too
+    (ids -1, scores -inf, or +inf for l2)."""
+    order = np.argsort(-hs[:size], kind="mergesort")
+    for s in range(size):
+        out_ids[qi, s] = ids[hid[order[s]]]
+        out_score[qi, s] = -hs[order[s]] if l2 else hs[order[s]]
+    for s in range(size, out_ids.shape[1]):
+        out_ids[qi, s] = -1
+        out_score[qi, s] = np.inf if l2 else -np.inf
+
+
 def _outputs(n: int, k: int):
-    """Result arrays for n queries (positions -1, scores -inf, candidate
-    counts 0) and the number of thread chunks to split them into."""
+    """Result arrays for n queries: positions -1, scores -inf, candidate
+    counts 0."""
     return (np.full((n, k), -1, dtype=np.int64), np.full((n, k), -np.inf, dtype=np.float32),
-            np.zeros(n, dtype=np.int64), max(1, min(n, numba.get_num_threads())))
+            np.zeros(n, dtype=np.int64))
 
 
-@numba.njit(inline="always", fastmath=True)
+@numba.njit(inline="always")
 def _score(q, qn, x, sqn, i, l2):
     s = _dot(q, x[i])
     if l2:
@@ -177,209 +336,214 @@ def _score(q, qn, x, sqn, i, l2):
     return s
 
 
-@numba.njit(cache=True, fastmath=True, parallel=True)
-def _scan(q, x, sqn, offsets, lists, probed, probs, k, min_votes, top_c, l2, dedup, allowed, aptr, apos,
-          amarks, marks, counts, heap_s, heap_i, buf_i, buf_p, buf_v, out_pos, out_score, out_ncand):
-    # All scratch space comes in from the caller, one row per chunk: arrays
-    # allocated inside a prange may be hoisted out of it and shared between
-    # threads. Keeping the body inline in the prange also compiles it about
-    # twice as fast as a called function (measured on GloVe).
-    nq = q.shape[0]
-    n_chunks = heap_s.shape[0]
+# -- the exact scan --------------------------------------------------------------------
+@numba.njit(inline="always")
+def _scan_rows(q, lo, hi, plo, x, sqn, offsets, lists, probed, probs, k, min_votes, top_c, l2, dedup, allowed,
+               aptr, apos, amark, mark, cnt, stamp0, hs, hid, out_pos, out_score, out_ncand, out_scanned,
+               ids, out_ids):
+    """Rows lo .. hi - 1 of q, probed at rows plo .. of `probed`. Writes
+    positions into out_pos, or ids into out_ids when `ids` is not empty
+    (then scores are the user's: distances for l2). Marks hold query stamps
+    (stamp0 + qi - lo), so they never need clearing."""
     reps = probed.shape[0]
     m = probed.shape[2]
     has_keep = allowed.shape[0] > 0
     has_allow = aptr.shape[0] > 0
-    chunk = (nq + n_chunks - 1) // n_chunks
-    for c in numba.prange(n_chunks):
-        lo = c * chunk
-        hi = min(nq, lo + chunk)
-        mark = marks[c]
-        am = amarks[c]
-        cnt = counts[c]
-        hs = heap_s[c]
-        hid = heap_i[c]
-        cid = buf_i[c]
-        cp = buf_p[c]
-        cv = buf_v[c]
-        for qi in range(lo, hi):
-            qv = q[qi]
-            qn = _dot(qv, qv) if l2 else np.float32(0.0)
-            size = 0
-            scored = 0
-            if has_allow:  # this query's allow-list, marked by query number
-                for t in range(aptr[qi], aptr[qi + 1]):
-                    am[apos[t]] = qi
-            if top_c == 0:
-                for r in range(reps):
-                    for j in range(m):
-                        b = probed[r, qi, j]
-                        for t in range(offsets[r, b], offsets[r, b + 1]):
-                            i = lists[r, t]
-                            if has_keep:
-                                if allowed[i] == 0:
-                                    continue
-                            if has_allow:
-                                if am[i] != qi:
-                                    continue
-                            if dedup:
-                                if mark[i] != qi:
-                                    mark[i] = qi
-                                    cnt[i] = 1
-                                else:
-                                    cnt[i] += 1
-                                if cnt[i] != min_votes:
-                                    continue
-                            scored += 1
-                            size = _push(hs, hid, size, k, _score(qv, qn, x, sqn, i, l2), i)
-            else:
-                nc = 0
-                for r in range(reps):
-                    for j in range(m):
-                        b = probed[r, qi, j]
-                        p = probs[r, qi, j]
-                        for t in range(offsets[r, b], offsets[r, b + 1]):
-                            i = lists[r, t]
-                            if has_keep:
-                                if allowed[i] == 0:
-                                    continue
-                            if has_allow:
-                                if am[i] != qi:
-                                    continue
-                            if mark[i] != qi:
-                                mark[i] = qi
-                                cnt[i] = nc
-                                cid[nc] = i
-                                cp[nc] = p
-                                cv[nc] = 1
-                                nc += 1
+    for qi in range(lo, hi):
+        pr = plo + qi - lo
+        stamp = stamp0 + qi - lo
+        qv = q[qi]
+        qn = _dot(qv, qv) if l2 else np.float32(0.0)
+        size = 0
+        scored = 0
+        entries = 0
+        for r in range(reps):
+            for j in range(m):
+                b = probed[r, pr, j]
+                entries += offsets[r, b + 1] - offsets[r, b]
+        if has_allow:  # this query's allow-list, marked with its stamp
+            for t in range(aptr[qi], aptr[qi + 1]):
+                amark[apos[t]] = stamp
+        if top_c == 0:
+            for r in range(reps):
+                for j in range(m):
+                    b = probed[r, pr, j]
+                    for t in range(offsets[r, b], offsets[r, b + 1]):
+                        i = lists[r, t]
+                        if has_keep:
+                            if allowed[i] == 0:
+                                continue
+                        if has_allow:
+                            if amark[i] != stamp:
+                                continue
+                        if dedup:
+                            if mark[i] != stamp:
+                                mark[i] = stamp
+                                cnt[i] = 1
                             else:
-                                s = cnt[i]
-                                cp[s] += p
-                                cv[s] += 1
-                keep = 0
-                for s in range(nc):  # compact the survivors of the vote filter
-                    if cv[s] >= min_votes:
-                        cid[keep] = cid[s]
-                        cp[keep] = cp[s]
-                        keep += 1
-                order = np.argsort(-cp[:keep], kind="mergesort")
-                for s in range(min(top_c, keep)):
-                    i = cid[order[s]]
-                    scored += 1
-                    size = _push(hs, hid, size, k, _score(qv, qn, x, sqn, i, l2), i)
-            out_ncand[qi] = scored
+                                cnt[i] += 1
+                            if cnt[i] != min_votes:
+                                continue
+                        scored += 1
+                        size = _push(hs, hid, size, k, _score(qv, qn, x, sqn, i, l2), i)
+        else:
+            cid = np.empty(entries, dtype=np.int64)
+            cp = np.empty(entries, dtype=np.float32)
+            cv = np.empty(entries, dtype=np.int32)
+            nc = 0
+            for r in range(reps):
+                for j in range(m):
+                    b = probed[r, pr, j]
+                    p = probs[r, pr, j]
+                    for t in range(offsets[r, b], offsets[r, b + 1]):
+                        i = lists[r, t]
+                        if has_keep:
+                            if allowed[i] == 0:
+                                continue
+                        if has_allow:
+                            if amark[i] != stamp:
+                                continue
+                        if mark[i] != stamp:
+                            mark[i] = stamp
+                            cnt[i] = nc
+                            cid[nc] = i
+                            cp[nc] = p
+                            cv[nc] = 1
+                            nc += 1
+                        else:
+                            s = cnt[i]
+                            cp[s] += p
+                            cv[s] += 1
+            keep = 0
+            for s in range(nc):  # compact the survivors of the vote filter
+                if cv[s] >= min_votes:
+                    cid[keep] = cid[s]
+                    cp[keep] = cp[s]
+                    keep += 1
+            order = np.argsort(-cp[:keep], kind="mergesort")
+            for s in range(min(top_c, keep)):
+                i = cid[order[s]]
+                scored += 1
+                size = _push(hs, hid, size, k, _score(qv, qn, x, sqn, i, l2), i)
+        out_ncand[qi] = scored
+        out_scanned[qi] = entries
+        if ids.shape[0] > 0:
+            _emit_ids(hs, hid, size, ids, l2, out_ids, out_score, qi)
+        else:
             _emit(hs, hid, size, out_pos, out_score, qi)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FAST)
+def _scan(q, lo, hi, x, sqn, offsets, lists, probed, probs, k, min_votes, top_c, l2, dedup, allowed, aptr, apos,
+          amark, mark, cnt, stamp0, out_pos, out_score, out_ncand, out_scanned):
+    hs = np.empty(k, dtype=np.float32)
+    hid = np.empty(k, dtype=np.int64)
+    none = np.zeros(0, dtype=np.int64)
+    _scan_rows(q, lo, hi, lo, x, sqn, offsets, lists, probed, probs, k, min_votes, top_c, l2, dedup, allowed,
+               aptr, apos, amark, mark, cnt, stamp0, hs, hid, out_pos, out_score, out_ncand, out_scanned,
+               none, out_pos)
+
+
+def _marks(dedup: bool, allow: bool, size: int, n: int):
+    """(amark, mark, count, first stamp) for n queries from this thread's
+    stamped scratch; empty arrays for what the call does not use."""
+    names = (("mark", "count") if dedup else ()) + (("allow",) if allow else ())
+    arrays, stamp0 = stamps().take(names, size, n)
+    empty = np.zeros(0, dtype=np.int32)
+    mark, cnt = (arrays[0], arrays[1]) if dedup else (empty, empty)
+    return (arrays[-1] if allow else empty), mark, cnt, stamp0
 
 
 def scan(
     q: np.ndarray, x: np.ndarray, sqnorms: np.ndarray, offsets: np.ndarray, lists: np.ndarray,
     probed: np.ndarray, probs: np.ndarray, k: int, min_votes: int = 1, top_c: int = 0,
     l2: bool = False, copies: int = 1, keep: np.ndarray | None = None,
-    allow: tuple[np.ndarray, np.ndarray] | None = None,
+    allow: tuple[np.ndarray, np.ndarray] | None = None, threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact top-k among the items of the probed buckets.
 
-    q float32 (n, d); x float32 (N, d) item vectors by position; sqnorms
-    float32 (N,) squared norms (used for l2 only); offsets int64 (R, B+1);
-    lists int (R, N); probed int32 (R, n, m) from `route`, with probs (R, n, m)
-    when `top_c` > 0 (0 means no cut); `copies` > 1 when items are spilled
-    to more than one bucket per repetition. Only positions with `keep` (uint8
-    (N,)) non-zero count, and with `allow` = (ptr int64 (n+1,), pos int64)
-    only the positions pos[ptr[i]:ptr[i+1]] for query i. Returns (positions int64 (n, k), -1
-    where fewer than k; scores float32 (n, k), higher is better (for l2 the
-    negative squared distance), -inf where padded; candidates int64 (n,),
-    items scored exactly per query). Runs on numba's threads.
+    q float32 (n, d) prepared queries; x float32 (N, d) item vectors by
+    position; sqnorms float32 (N,) squared norms (used for l2 only); offsets
+    int64 (R, B+1); lists int (R, N); probed int32 (R, n, m) from `route`,
+    with probs (R, n, m) when `top_c` > 0 (0 means no cut); `copies` > 1
+    when items are spilled to more than one bucket per repetition. Only
+    positions with `keep` (uint8 (N,)) non-zero count, and with `allow` =
+    (ptr int64 (n+1,), pos int64) only the positions pos[ptr[i]:ptr[i+1]]
+    for query i. Returns (positions int64 (n, k), -1 where fewer than k;
+    scores float32 (n, k), higher is better (for l2 the negative squared
+    distance), -inf where padded; candidates int64 (n,), items scored
+    exactly per query). Runs on `threads` (irli.threads).
     """
     n = q.shape[0]
-    out_pos, out_score, out_ncand, chunks = _outputs(n, k)
+    outs = _outputs(n, k)
+    read = np.zeros(n, dtype=np.int64)
     dedup = probed.shape[0] > 1 or top_c > 0 or copies > 1
-    width = x.shape[0] if dedup else 0
-    cap = 0
-    if top_c > 0:  # room for every gathered candidate of the largest query
-        cap = int(scanned(offsets, probed).max())
     none = np.zeros(0, dtype=np.int64)
     keep = np.zeros(0, dtype=np.uint8) if keep is None else keep
     aptr, apos = (none, none) if allow is None else allow
-    amarks = np.full((chunks, x.shape[0] if allow is not None else 0), -1, dtype=np.int32)
-    _scan(q, x, sqnorms, offsets, lists, probed, probs, k, min_votes, top_c, l2, dedup, keep, aptr, apos,
-          amarks, np.full((chunks, width), -1, dtype=np.int32), np.zeros((chunks, width), dtype=np.int32),
-          np.empty((chunks, k), dtype=np.float32), np.empty((chunks, k), dtype=np.int64),
-          np.empty((chunks, cap), dtype=np.int64), np.empty((chunks, cap), dtype=np.float32),
-          np.empty((chunks, cap), dtype=np.int32), out_pos, out_score, out_ncand)
-    return out_pos, out_score, out_ncand
+
+    def block(lo, hi):
+        amark, mark, cnt, stamp0 = _marks(dedup, allow is not None, x.shape[0], hi - lo)
+        _scan(q, lo, hi, x, sqnorms, offsets, lists, probed, probs, k, min_votes, top_c, l2, dedup, keep,
+              aptr, apos, amark, mark, cnt, stamp0, *outs, read)
+
+    run_blocks(block, n, threads)
+    return outs
 
 
-@numba.njit(cache=True, fastmath=True, parallel=True)
-def _rerank(q, x, sqn, cand, k, l2, marks, heap_s, heap_i, out_pos, out_score, out_ncand):
-    # same rules as _scan: scratch from the caller, body inline in the prange
-    nq = q.shape[0]
-    n_chunks = heap_s.shape[0]
-    chunk = (nq + n_chunks - 1) // n_chunks
-    for c in numba.prange(n_chunks):
-        lo = c * chunk
-        hi = min(nq, lo + chunk)
-        mark = marks[c]
-        hs = heap_s[c]
-        hid = heap_i[c]
-        for qi in range(lo, hi):
-            qv = q[qi]
-            qn = _dot(qv, qv) if l2 else np.float32(0.0)
-            size = 0
-            scored = 0
-            for t in range(cand.shape[1]):
-                i = cand[qi, t]
-                if i < 0 or mark[i] == qi:
-                    continue
-                mark[i] = qi
-                scored += 1
-                size = _push(hs, hid, size, k, _score(qv, qn, x, sqn, i, l2), i)
-            out_ncand[qi] = scored
-            _emit(hs, hid, size, out_pos, out_score, qi)
+@numba.njit(cache=True, nogil=True, fastmath=FAST)
+def exact_block(q, lo, hi, cosine, a1, b1, a2, b2, m, with_probs, x, sqn, offsets, lists, keep, ids, k,
+                min_votes, top_c, l2, dedup, mark, cnt, stamp0, out_ids, out_scores, out_ncand, out_scanned):
+    """The whole exact search of queries lo .. hi - 1 of raw q float32 (n,
+    d): check and prepare (normalise for cosine), route to m buckets per
+    repetition, scan, keep the top k and map positions to `ids`, into rows
+    lo .. hi - 1 of out_ids int64 (n, k), out_scores float32 (n, k) (the
+    user's scores: distances for l2), out_ncand and out_scanned int64 (n,).
+    Returns -1, or the first row holding NaN or inf (nothing is searched)."""
+    n = hi - lo
+    qb = np.empty((n, q.shape[1]), dtype=np.float32)
+    bad = _prepare_rows(q, lo, hi, cosine, qb)
+    if bad >= 0:
+        return bad
+    reps = a1.shape[0]
+    probed = np.empty((reps, n, m), dtype=np.int32)
+    probs = np.empty((reps, n, m) if with_probs else (reps, 0, 0), dtype=np.float32)
+    _route_rows(qb, 0, n, a1, b1, a2, b2, probed, probs, 0)
+    hs = np.empty(k, dtype=np.float32)
+    hid = np.empty(k, dtype=np.int64)
+    none = np.zeros(0, dtype=np.int64)
+    pos = np.empty((0, 0), dtype=np.int64)
+    _scan_rows(qb, 0, n, 0, x, sqn, offsets, lists, probed, probs, k, min_votes, top_c, l2, dedup, keep, none,
+               none, mark, mark, cnt, stamp0, hs, hid, pos, out_scores[lo:hi], out_ncand[lo:hi],
+               out_scanned[lo:hi], ids, out_ids[lo:hi])
+    return -1
 
 
-def rerank(q: np.ndarray, x: np.ndarray, sqnorms: np.ndarray, cand: np.ndarray, k: int,
-           l2: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact top-k among candidate positions `cand` (int64 (n, K), -1 ignored,
-    repeats scored once). Returns what `scan` returns."""
-    n = q.shape[0]
-    out_pos, out_score, out_ncand, chunks = _outputs(n, k)
-    _rerank(q, x, sqnorms, np.ascontiguousarray(cand, dtype=np.int64), k, l2,
-            np.full((chunks, x.shape[0]), -1, dtype=np.int32), np.empty((chunks, k), dtype=np.float32),
-            np.empty((chunks, k), dtype=np.int64), out_pos, out_score, out_ncand)
-    return out_pos, out_score, out_ncand
-
-
-@numba.njit(cache=True, fastmath=True, parallel=True)
-def _subset(q, x, sqn, aptr, apos, k, l2, heap_s, heap_i, out_pos, out_score, out_ncand):
-    # same rules as _scan: scratch from the caller, body inline in the prange
-    nq = q.shape[0]
-    n_chunks = heap_s.shape[0]
-    chunk = (nq + n_chunks - 1) // n_chunks
-    for c in numba.prange(n_chunks):
-        hs = heap_s[c]
-        hid = heap_i[c]
-        for qi in range(c * chunk, min(nq, (c + 1) * chunk)):
-            qv = q[qi]
-            qn = _dot(qv, qv) if l2 else np.float32(0.0)
-            size = 0
-            for t in range(aptr[qi], aptr[qi + 1]):
-                i = apos[t]
-                size = _push(hs, hid, size, k, _score(qv, qn, x, sqn, i, l2), i)
-            out_ncand[qi] = aptr[qi + 1] - aptr[qi]
-            _emit(hs, hid, size, out_pos, out_score, qi)
+# -- exact search over given positions -------------------------------------------------
+@numba.njit(cache=True, nogil=True, fastmath=FAST)
+def _subset(q, lo, hi, x, sqn, aptr, apos, k, l2, out_pos, out_score, out_ncand):
+    hs = np.empty(k, dtype=np.float32)
+    hid = np.empty(k, dtype=np.int64)
+    for qi in range(lo, hi):
+        qv = q[qi]
+        qn = _dot(qv, qv) if l2 else np.float32(0.0)
+        size = 0
+        for t in range(aptr[qi], aptr[qi + 1]):
+            i = apos[t]
+            size = _push(hs, hid, size, k, _score(qv, qn, x, sqn, i, l2), i)
+        out_ncand[qi] = aptr[qi + 1] - aptr[qi]
+        _emit(hs, hid, size, out_pos, out_score, qi)
 
 
 def subset(q: np.ndarray, x: np.ndarray, sqnorms: np.ndarray, ptr: np.ndarray, pos: np.ndarray, k: int,
-           l2: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+           l2: bool = False, threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact top-k of query i among the positions pos[ptr[i]:ptr[i+1]] (int64,
     no repeats): a brute-force search over each query's own allow-list.
     Returns what `scan` returns."""
     n = q.shape[0]
-    out_pos, out_score, out_ncand, chunks = _outputs(n, k)
-    _subset(q, x, sqnorms, ptr, pos, k, l2, np.empty((chunks, k), dtype=np.float32),
-            np.empty((chunks, k), dtype=np.int64), out_pos, out_score, out_ncand)
-    return out_pos, out_score, out_ncand
+    outs = _outputs(n, k)
+    run_blocks(lambda lo, hi: _subset(q, lo, hi, x, sqnorms, ptr, pos, k, l2, *outs), n, threads)
+    return outs
 
 
 def scanned(offsets: np.ndarray, probed: np.ndarray) -> np.ndarray:

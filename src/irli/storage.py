@@ -33,7 +33,9 @@ from .errors import IndexFormatError
 FORMAT = "irli-index"
 # 2: indexes that had items removed hold live.npy (bool (N,)); a reader of
 # version 1 would bring the removed items back, so it must refuse
-FORMAT_VERSION = 2
+# 3: PQ codes as pq_books.npy + pq_codes.npy (irli's own layout) instead of
+# FAISS blobs codes<r>.npy; versions 1 and 2 still load
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 ROUTERS = "routers.safetensors"
 

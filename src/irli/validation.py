@@ -11,14 +11,15 @@ from .errors import InvalidInputError
 
 def as_matrix(
     x, name: str = "vectors", dim: int | None = None, allow_1d: bool = False,
-    copy_ok: bool = True,
+    copy_ok: bool = True, finite: bool = True,
 ) -> np.ndarray:
     """`x` as a C-contiguous float32 (n, d) array, checked.
 
     Integer and float64 input is converted; booleans, complex, strings and
-    objects are refused, as are empty arrays, NaN/inf and a width other than
-    `dim`. With `allow_1d`, a (d,) vector becomes (1, d). A float32 C-contiguous
-    array (a memory map included) is returned without a copy.
+    objects are refused, as are empty arrays, NaN/inf (unless `finite` is
+    False: the caller checks) and a width other than `dim`. With `allow_1d`,
+    a (d,) vector becomes (1, d). A float32 C-contiguous array (a memory map
+    included) is returned without a copy.
     """
     if not isinstance(x, np.ndarray):
         try:
@@ -45,7 +46,8 @@ def as_matrix(
         if kind == "f" and np.abs(x).max(initial=0) > np.finfo(np.float32).max:
             raise InvalidInputError(f"{name} hold values too large for float32")
         x = np.ascontiguousarray(x, dtype=np.float32)
-    check_finite(x, name)
+    if finite:
+        check_finite(x, name)
     return x
 
 
