@@ -1,15 +1,22 @@
-"""Side-by-side benchmark: irli configurations against FAISS and hnswlib.
+"""Side-by-side benchmark: irli configurations against FAISS, hnswlib,
+ScaNN and USearch, in the three ways users search.
 
     python benchmarks/bench.py                                 # glove-50, default systems
+    python benchmarks/bench.py --dataset minilm                # 384-d MiniLM sentence embeddings
     python benchmarks/bench.py --dataset synthetic:1000000:64  # synthetic, n=1M, d=64
     python benchmarks/bench.py --dataset file:items.npy:queries.npy
     python benchmarks/bench.py --systems irli:ivf irli:irli:start=kmeans,epochs=10 hnswlib --out runs/mine
+    python benchmarks/bench.py --modes batch single            # a subset of the three modes
 
-Follows ../shared/BENCHMARKS.md: fixed-seed split, exact top-100 ground truth
-(cached on disk), every system built in its own process on 2 threads and
-searched in one batched call per setting on 1 thread (median of 3 timings).
+Follows BENCHMARKS.md: fixed-seed split, exact top-100 ground truth (cached
+on disk), every system built in its own process on all cores, then for every
+query setting:
+  batch     one batched call of all queries on 1 thread (median of 3 timings)
+  parallel  the same call with every library allowed all cores (median of 3)
+  single    one call per query vector on 1 thread, as an online service (and
+            the ann-benchmarks runner) searches: QPS, p50 and p99 latency.
 Writes results.json (every point, with the machine line), table.md (each
-system at recall@10 0.90 and 0.95) and two plots into --out.
+system at recall@10 0.90 and 0.95 in each mode) and plots into --out.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 DEFAULT_SYSTEMS = ["irli:fast", "irli:ivf", "irli:ivf-ltr", "irli:irli", "faiss-ivfflat", "faiss-ivfpqfs",
-                   "hnswlib", "faiss-flat"]
+                   "hnswlib", "scann", "usearch", "faiss-flat"]
+MODES = ("batch", "parallel", "single")
 
 
 # -- data ---------------------------------------------------------------------
@@ -49,6 +57,10 @@ def prepare(dataset: str, cache: Path, n_test: int, progress=None) -> tuple[Path
     metric = "cosine"
     if kind == "glove":
         x, q, _, _ = glove_split(n_test=n_test)
+    elif kind == "minilm":
+        from irli.datasets import minilm_split
+
+        x, q, _, _ = minilm_split(n_test=n_test, callback=progress)
     elif kind == "synthetic":
         n, dim = int(args[0]), int(args[1]) if len(args) > 1 else 64
         # as hard as GloVe for IVF: about 0.92 recall@10 at 32 probes of sqrt(N) lists
@@ -85,7 +97,7 @@ def machine() -> dict:
         pass
     versions = {"python": platform.python_version(), "numpy": numpy.__version__, "faiss": faiss.__version__,
                 "numba": numba.__version__}
-    for mod in ("torch", "hnswlib", "irli"):
+    for mod in ("torch", "hnswlib", "scann", "usearch", "irli"):
         try:
             versions[mod] = getattr(__import__(mod), "__version__", "installed")
         except ImportError:
@@ -98,24 +110,28 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker(spec: str, data_dir: Path, metric: str, n_buckets: int, k: int, out: Path) -> None:
+def worker(spec: str, data_dir: Path, metric: str, n_buckets: int, k: int, out: Path, modes: list[str],
+           single_n: int) -> None:
     import systems
     from irli.metrics import recall_at_k
+    from irli.threads import cpu_count
 
     x = np.load(data_dir / "items.npy")
     q = np.load(data_dir / "queries.npy")
     truth = np.load(data_dir / "truth.npy")
+    cores = cpu_count()
     rss_data = _rss_mb()
     sysm = systems.make(spec)
-    sysm.set_threads(2)
+    sysm.set_threads(cores)
     peer_metric = metric if spec.startswith("irli") else ("l2" if metric == "l2" else "ip")
     t = time.perf_counter()
     sysm.build(x, peer_metric, n_buckets)
     build_s = time.perf_counter() - t
     rss_build = _rss_mb()
-    sysm.set_threads(1)
     points = []
+    ns = min(single_n, q.shape[0])
     for setting in sysm.settings():
+        sysm.set_threads(1)
         sysm.search(q[:64], k, setting)  # warm-up: compile, page in
         (ids, cand, read), secs = systems.timed(lambda: sysm.search(q, k, setting))
         if cand is None and read is None:
@@ -123,13 +139,35 @@ def worker(spec: str, data_dir: Path, metric: str, n_buckets: int, k: int, out: 
         point = {"setting": setting, f"recall@{k}": recall_at_k(ids, truth, k), "qps": q.shape[0] / secs,
                  "candidates": None if cand is None else float(np.mean(cand)),
                  "scanned": None if read is None else float(np.mean(read))}
+        if "parallel" in modes:
+            sysm.set_threads(cores)
+            sysm.search(q[:64], k, setting)
+            (pids, _, _), psecs = systems.timed(lambda: sysm.search(q, k, setting))
+            point.update(qps_parallel=q.shape[0] / psecs, threads=cores,
+                         same_as_batch=bool(np.array_equal(pids, ids)))
+            sysm.set_threads(1)
+        if "single" in modes:
+            sysm.prepare_single(setting)
+            lat = np.empty(ns)
+            found = np.full((ns, k), -1, dtype=np.int64)
+            for i in range(min(ns, 64)):
+                sysm.search_one(q[i], k, setting)
+            for i in range(ns):
+                v = q[i]
+                t0 = time.perf_counter()
+                r = sysm.search_one(v, k, setting)
+                lat[i] = time.perf_counter() - t0
+                found[i, : len(r)] = r[:k]
+            point.update(qps_single=ns / lat.sum(), p50_us=float(np.median(lat) * 1e6),
+                         p99_us=float(np.percentile(lat, 99) * 1e6), single_n=ns,
+                         **{f"recall@{k}_single": recall_at_k(found, truth[:ns], k)})
         points.append(point)
         print(json.dumps({"progress": spec, **point}), file=sys.stderr, flush=True)
         if point[f"recall@{k}"] >= 0.995 and len(points) > 1 and "k_factor" not in setting \
-                and "refine" not in setting:
+                and "refine" not in setting and "reorder" not in setting:
             break  # the rest of the sweep only costs time
-    result = {"system": spec, "build_s": build_s, "index_bytes": sysm.index_bytes(), "rss_data_mb": rss_data,
-              "rss_build_mb": rss_build, "rss_peak_mb": _rss_mb(), "points": points}
+    result = {"system": spec, "build_s": build_s, "build_threads": cores, "index_bytes": sysm.index_bytes(),
+              "rss_data_mb": rss_data, "rss_build_mb": rss_build, "rss_peak_mb": _rss_mb(), "points": points}
     out.write_text(json.dumps(result, indent=1))
 
 
@@ -143,6 +181,10 @@ def main(argv=None) -> int:
                    "(default: irli's default for the collection size)")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--n-test", type=int, default=10_000)
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
+                   help="search modes to time (default: all three)")
+    p.add_argument("--single-n", type=int, default=10_000,
+                   help="queries timed one call at a time in the single mode (default: all of them)")
     p.add_argument("--cache", default=os.environ.get("IRLI_BENCH_CACHE", str(Path.home() / ".cache" / "irli-bench")))
     p.add_argument("--out", default=None, help="results directory (default runs/bench-<dataset>-<time>)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -151,7 +193,7 @@ def main(argv=None) -> int:
     p.add_argument("--result", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
-        worker(a.worker, Path(a.data_dir), a.metric, a.buckets, a.k, Path(a.result))
+        worker(a.worker, Path(a.data_dir), a.metric, a.buckets, a.k, Path(a.result), a.modes, a.single_n)
         return 0
 
     from tqdm import tqdm
@@ -172,7 +214,8 @@ def main(argv=None) -> int:
     for spec in tqdm(specs, desc="systems", file=sys.stderr):
         res_file = out / f"{spec.replace(':', '_').replace(',', '_').replace('=', '-')}.json"
         cmd = [sys.executable, __file__, "--worker", spec, "--data-dir", str(data_dir), "--metric", metric,
-               "--buckets", str(n_buckets), "-k", str(a.k), "--result", str(res_file)]
+               "--buckets", str(n_buckets), "-k", str(a.k), "--result", str(res_file), "--modes", *a.modes,
+               "--single-n", str(a.single_n)]
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
         with tqdm(desc=spec, unit=" settings", file=sys.stderr, leave=False) as bar:
             for line in proc.stderr:
@@ -186,7 +229,7 @@ def main(argv=None) -> int:
             tqdm.write(f"{spec}: FAILED (exit {proc.returncode}); left out of the report", file=sys.stderr)
             continue
         results.append(json.loads(res_file.read_text()))
-    run = {"dataset": meta, "n_buckets": n_buckets, "k": a.k, "machine": machine(),
+    run = {"dataset": meta, "n_buckets": n_buckets, "k": a.k, "machine": machine(), "modes": a.modes,
            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "results": results}
     (out / "results.json").write_text(json.dumps(run, indent=1))
     write_report(run, out)

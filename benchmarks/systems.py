@@ -1,17 +1,22 @@
 """The systems a benchmark compares: irli configurations and their peers.
 
-Each system is built from a spec string and answers `sweep()`: the query
+Each system is built from a spec string and answers `settings()`: the query
 settings to try, and `search(queries, k, setting)` -> (ids, candidates, scanned):
 candidates are items scored exactly, scanned the entries read from inverted
 lists (vectors or codes), both per query or None where a system has no such
-count. `search` is what gets timed; a system whose counts cost extra work
-returns None there and computes them in `counts(queries, k, setting)`, untimed.
+count. `search` is what gets timed in the batched modes (on the threads
+`set_threads` allows); `search_one(vector, k, setting)` -> ids is what gets
+timed, once per query, in the single-query mode. A system whose counts cost
+extra work returns None there and computes them in `counts(queries, k,
+setting)`, untimed.
 
 Spec strings:
   irli:<preset>[:key=value,...]   an irli Index with overrides, e.g. irli:ivf-ltr:epochs=10
   faiss-ivfflat                   FAISS IndexIVFFlat, spherical k-means, nlist = B
   faiss-ivfpqfs                   FAISS IVF{B},PQ{d}x4fs,RFlat (fast-scan PQ, exact refine)
   hnswlib                         hnswlib, M=16, ef_construction=200
+  scann                           ScaNN: tree(B leaves, spherical) + score_ah(2, threshold 0.2) + reorder(100)
+  usearch                         USearch HNSW, connectivity 16, expansion_add 200
   faiss-flat                      FAISS IndexFlat (exact)
 """
 
@@ -55,6 +60,14 @@ class System:
     def index_bytes(self) -> int:
         raise NotImplementedError
 
+    def search_one(self, v: np.ndarray, k: int, setting: dict) -> np.ndarray:
+        """ids of one query vector v (d,): the single-query mode. The default
+        searches a batch of one."""
+        return self.search(v[None], k, setting)[0][0]
+
+    def prepare_single(self, setting: dict) -> None:
+        """Apply `setting` before a run of search_one calls (untimed)."""
+
     def counts(self, q: np.ndarray, k: int, setting: dict) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(candidates, scanned) per query, computed outside the timed search."""
         return None, None
@@ -65,8 +78,11 @@ class System:
         import numba
         from threadpoolctl import threadpool_limits
 
+        self.threads = n
         faiss.omp_set_num_threads(n)
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        if getattr(self, "_limits", None) is not None:
+            self._limits.restore_original_limits()
         self._limits = threadpool_limits(n)
         try:
             import torch
@@ -105,9 +121,18 @@ class IrliSystem(System):
             return [{"probes": p, "min_votes": v} for p in probes for v in (1, 2)]
         return [{"probes": p} for p in probes]
 
+    def set_threads(self, n):
+        import irli
+
+        super().set_threads(n)
+        irli.set_num_threads(n)
+
     def search(self, q, k, setting):
-        res = self.index.search(q, k=k, **setting)
+        res = self.index.search(q, k=k, threads=self.threads, **setting)
         return res.ids, res.candidates, res.scanned
+
+    def search_one(self, v, k, setting):
+        return self.index.search(v, k=k, **setting).ids[0]
 
     def index_bytes(self):
         return _dir_bytes(Path(self._dir) / "index")
@@ -138,6 +163,12 @@ class FaissIVFFlat(System):
         self.ivf.nprobe = setting["nprobe"]
         _, ids = self.index.search(q, k)
         return ids, None, None
+
+    def prepare_single(self, setting):
+        self.search(np.zeros((1, self.index.d), np.float32), 1, setting)  # sets nprobe (and k_factor)
+
+    def search_one(self, v, k, setting):
+        return self.index.search(v[None], k)[1][0]
 
     def counts(self, q, k, setting):
         # every item of the lists the quantizer picks is scored exactly
@@ -195,8 +226,15 @@ class Hnswlib(System):
 
     def search(self, q, k, setting):
         self.index.set_ef(max(setting["ef"], k))
-        ids, _ = self.index.knn_query(q, k=k)
+        ids, _ = self.index.knn_query(q, k=k, num_threads=self.threads)
         return ids.astype(np.int64), None, None
+
+    def prepare_single(self, setting):
+        self.index.set_ef(max(setting["ef"], 10))
+        self.index.set_num_threads(1)
+
+    def search_one(self, v, k, setting):
+        return self.index.knn_query(v, k=k)[0][0]
 
     def index_bytes(self):
         with tempfile.TemporaryDirectory() as d:
@@ -227,10 +265,89 @@ class FaissFlat(System):
         return int(faiss.serialize_index(self.index).size)
 
 
+class Scann(System):
+    """ScaNN as BENCHMARKS.md configures it: a spherical tree of B leaves,
+    anisotropic 4-bit AH on 2-dimension blocks, exact re-ordering of the
+    best `pre_reorder_num_neighbors`."""
+
+    name = "scann"
+    LEAVES = [4, 6, 8, 10, 12, 15, 18, 20, 25, 30, 35, 40, 50, 60, 80, 100]
+    REORDER = [30, 50, 100, 200]
+
+    def build(self, x, metric, n_buckets):
+        import scann
+
+        dist = "squared_l2" if metric == "l2" else "dot_product"
+        self.k_build = 10
+        self.searcher = (scann.scann_ops_pybind.builder(x, self.k_build, dist)
+                         .tree(num_leaves=n_buckets, num_leaves_to_search=16, training_sample_size=x.shape[0],
+                               spherical=metric != "l2")
+                         .score_ah(2, anisotropic_quantization_threshold=0.2 if metric != "l2" else float("nan"))
+                         .reorder(100).build())
+        self.n_leaves = n_buckets
+
+    def set_threads(self, n):
+        super().set_threads(n)
+        if hasattr(self, "searcher"):
+            self.searcher.set_num_threads(n)
+
+    def settings(self):
+        return [{"leaves": lv, "reorder": r} for lv in self.LEAVES if lv <= self.n_leaves for r in self.REORDER]
+
+    def search(self, q, k, setting):
+        kw = dict(final_num_neighbors=k, pre_reorder_num_neighbors=max(k, setting["reorder"]),
+                  leaves_to_search=setting["leaves"])
+        if self.threads > 1:
+            ids, _ = self.searcher.search_batched_parallel(q, **kw)
+        else:
+            ids, _ = self.searcher.search_batched(q, **kw)
+        return ids.astype(np.int64), None, None
+
+    def search_one(self, v, k, setting):
+        return self.searcher.search(v, final_num_neighbors=k, pre_reorder_num_neighbors=max(k, setting["reorder"]),
+                                    leaves_to_search=setting["leaves"])[0]
+
+    def index_bytes(self):
+        with tempfile.TemporaryDirectory() as d:
+            self.searcher.serialize(d)
+            return _dir_bytes(Path(d))
+
+
+class USearch(System):
+    """USearch's HNSW: connectivity 16, expansion_add 200."""
+
+    name = "usearch"
+
+    def build(self, x, metric, n_buckets):
+        from usearch.index import Index
+
+        self.index = Index(ndim=x.shape[1], metric="l2sq" if metric == "l2" else "ip", dtype="f32",
+                           connectivity=16, expansion_add=200)
+        self.index.add(np.arange(x.shape[0]), x, threads=2)
+
+    def settings(self):
+        return [{"ef": e} for e in EFS]
+
+    def search(self, q, k, setting):
+        self.index.expansion_search = max(setting["ef"], k)
+        return self.index.search(q, k, threads=self.threads).keys.astype(np.int64), None, None
+
+    def prepare_single(self, setting):
+        self.index.expansion_search = max(setting["ef"], 10)
+
+    def search_one(self, v, k, setting):
+        return self.index.search(v, k).keys
+
+    def index_bytes(self):
+        with tempfile.TemporaryDirectory() as d:
+            self.index.save(os.path.join(d, "u.usearch"))
+            return os.path.getsize(os.path.join(d, "u.usearch"))
+
+
 def make(spec: str) -> System:
     if spec.startswith("irli"):
         return IrliSystem(spec)
-    table = {c.name: c for c in (FaissIVFFlat, FaissIVFPQFastScan, Hnswlib, FaissFlat)}
+    table = {c.name: c for c in (FaissIVFFlat, FaissIVFPQFastScan, Hnswlib, Scann, USearch, FaissFlat)}
     if spec not in table:
         raise ValueError(f"unknown system {spec!r}; use irli:<preset>[:k=v,...] or one of {', '.join(table)}")
     return table[spec]()

@@ -6,7 +6,8 @@ picks the few buckets a query should open.
 
     import irli
     index = irli.Index("irli", metric="cosine").fit(vectors)
-    ids, scores = index.search(queries, k=10, probes=16)
+    ids, scores = index.search(queries, k=10, probes=16)   # all cores; threads=1 pins
+    irli.set_num_threads(4)                                  # the default for every call
     index.save("my.index"); index = irli.load("my.index")
 
 Extreme multi-label classification (the items are labels):
@@ -25,8 +26,10 @@ from .index import Index, SearchResult, load  # noqa: E402
 from .build import build  # noqa: E402
 from .labels import LabelConfig, LabelIndex  # noqa: E402
 from .progress import Progress  # noqa: E402
+from .threads import get_num_threads, set_num_threads  # noqa: E402
 
 __all__ = [
     "Index", "SearchResult", "load", "build", "LabelIndex", "LabelConfig", "IndexConfig", "PRESETS", "Progress",
     "IrliError", "ConfigError", "InvalidInputError", "NotFittedError", "IndexFormatError",
+    "set_num_threads", "get_num_threads",
 ]

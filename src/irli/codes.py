@@ -236,15 +236,11 @@ class PQ4Codes:
         return out
 
     # -- searching -----------------------------------------------------------------
-    def search_block(self, q, lo, hi, cosine, routing, m, x, sqnorms, keep, ids, kk, k, outs) -> int:
-        """Rows lo .. hi - 1 of the whole compressed search of raw queries q
-        (see pqscan.pq_block) into outs = (ids, scores, candidates,
-        scanned); returns -1 or the first row holding NaN or inf."""
-        from .pqscan import pq_block
-
-        return pq_block(q, lo, hi, cosine, routing.a1, routing.b1, routing.a2, routing.b2, m, self.centres,
-                        self.books, self.n_sub, self.blocks, self.block_pos, self.bstart, self.bsizes, x, sqnorms,
-                        keep, ids, kk, k, self.l2, self.residual, *outs)
+    def kernel_args(self, cosine: bool, routing, x, sqnorms, keep, ids) -> tuple:
+        """The index's arguments of pqscan.pq_block, from cosine to ids."""
+        return (cosine, self.l2, self.residual, self.n_sub, routing.a1, routing.b1, routing.a2, routing.b2,
+                self.centres, self.books, self.blocks, self.block_pos, self.bstart, self.bsizes, x, sqnorms, keep,
+                ids)
 
     # -- persistence ---------------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:

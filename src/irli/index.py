@@ -22,7 +22,8 @@ from .progress import Callback, report
 from .routers import Router
 from .codes import PQ4Codes, default_pq_m
 from .search import Routing, _marks, _outputs, exact_block, prepare, scan, scanned, subset
-from .threads import limit, run_blocks
+from .pqscan import pq_block
+from .threads import limit, resolve, run_blocks
 from .storage import read_index, write_index
 from .training import learn
 from .updates import Drift, grow, measure, place, sample_rows
@@ -46,6 +47,9 @@ class _State(NamedTuple):
     idmap: IdMap
     copies: int
     n_live: int
+    dim: int
+    n_buckets: int
+    kernel_args: tuple  # the index's arguments of the search kernel (pq_block or exact_block)
 
 
 class _Pair(NamedTuple):
@@ -317,24 +321,31 @@ class Index:
         Returns SearchResult(ids, scores) with `.candidates`; see its doc.
         """
         st = self.__dict__.get("_state") or self._snapshot()
-        q = self._raw_queries(queries)
-        k = k if type(k) is int and k > 0 else positive_int(k, "k")
-        m = self._probes(probes)
+        if (type(queries) is np.ndarray and queries.dtype == np.float32 and queries.ndim == 1
+                and queries.shape[0] == st.dim and queries.flags.c_contiguous):
+            q = queries.reshape(1, st.dim)  # one query per request: the common case, checked in the kernel
+        else:
+            q = self._raw_queries(queries)
+        if type(k) is not int or k <= 0:
+            k = positive_int(k, "k")
+        m = self.config.probes if probes is None else positive_int(probes, "probes")
+        m = min(m, st.n_buckets)
         votes = self.config.min_votes if min_votes is None else positive_int(min_votes, "min_votes")
-        if votes > self.n_reps:
-            raise InvalidInputError(f"min_votes={votes} exceeds the {self.n_reps} repetitions")
+        if votes > self.config.n_reps:
+            raise InvalidInputError(f"min_votes={votes} exceeds the {self.config.n_reps} repetitions")
         cut = self.config.top_c if top_c is None else positive_int(top_c, "top_c")
         if st.codes is not None and (votes > 1 or cut is not None):
             raise InvalidInputError("min_votes and top_c filter exact candidates; this index scans PQ codes")
         factor = self.config.refine if refine is None else positive_int(refine, "refine")
         if batch_size != 4096:
             batch_size = positive_int(batch_size, "batch_size")
+        if threads is not None:
+            resolve(threads)
         nq = q.shape[0]
-        l2 = self.config.metric == "l2"
         if allow is None:  # the kernels write every entry, padding included
             outs = (np.empty((nq, k), np.int64), np.empty((nq, k), np.float32), np.empty(nq, np.int64),
                     np.empty(nq, np.int64))
-            if nq <= 16 and threads is None:  # one query per request: no pool, no closure
+            if nq <= 16:  # one query per request (or a few): no pool, no closure
                 bad = self._block(st, q, 0, nq, k, m, votes, cut, factor, outs)
                 bad = [bad] if bad >= 0 else []
             else:
@@ -354,7 +365,7 @@ class Index:
             raise InvalidInputError(f"queries hold NaN or inf (first in row {row})")
         pos, sc, cand, read = self._filtered(st, q, k, m, votes, cut, allow, threads, batch_size)
         ids = np.where(pos >= 0, st.ids[np.maximum(pos, 0)], -1)
-        scores = -sc if l2 else sc  # negative squared distance -> squared distance (+inf pads)
+        scores = -sc if self.config.metric == "l2" else sc  # negative squared distance -> squared distance
         return SearchResult(ids, scores, cand, read)
 
     def _snapshot(self) -> "_State":
@@ -370,8 +381,16 @@ class Index:
         under the update lock at the end of every change."""
         with self._lock:
             keep = self.live_.view(np.uint8) if self.n_removed else np.zeros(0, dtype=np.uint8)
+            cosine, l2 = self.config.metric == "cosine", self.config.metric == "l2"
+            r = self.routing_
+            if self.codes_ is not None:
+                args = self.codes_.kernel_args(cosine, r, self.vectors_, self.sqnorms_, keep, self.ids_)
+            else:
+                args = (cosine, l2, r.a1, r.b1, r.a2, r.b2, self.vectors_, self.sqnorms_, self.lists_.offsets,
+                        self.lists_.lists, keep, self.ids_)
             st = _State(self.vectors_, self.sqnorms_, self.ids_, self.live_, keep, self.lists_, self.codes_,
-                        self.routing_, self.idmap_, self.assign_.shape[1], len(self.idmap_))
+                        self.routing_, self.idmap_, self.assign_.shape[1], len(self.idmap_),
+                        self.vectors_.shape[1], self.lists_.offsets.shape[1] - 1, args)
             self._state = st
             return st
 
@@ -393,19 +412,13 @@ class Index:
         """Raw queries lo .. hi - 1, unfiltered, into rows lo .. hi - 1 of
         outs = (ids, scores, candidates, entries read): one compiled call.
         Returns -1, or the first row holding NaN or inf."""
-        cosine = self.config.metric == "cosine"
-        l2 = self.config.metric == "l2"
         if st.codes is not None:  # approximate scan of codes, exact re-rank of the best refine x k distinct
             kk = max(1, min(factor * k, st.n_live))
-            return st.codes.search_block(q, lo, hi, cosine, st.routing, m, st.vectors, st.sqnorms, st.keep,
-                                         st.ids, kk, k, outs)
+            return pq_block(q, lo, hi, m, kk, k, *st.kernel_args, *outs)
         # exact scan of the lists; removed items are skipped
         dedup = st.routing.n_reps > 1 or cut is not None or st.copies > 1
         _, mark, cnt, stamp0 = _marks(dedup, False, st.vectors.shape[0], hi - lo)
-        r = st.routing
-        return exact_block(q, lo, hi, cosine, r.a1, r.b1, r.a2, r.b2, m, cut is not None, st.vectors, st.sqnorms,
-                           st.lists.offsets, st.lists.lists, st.keep, st.ids, k, votes, cut or 0, l2, dedup, mark,
-                           cnt, stamp0, *outs)
+        return exact_block(q, lo, hi, m, k, votes, cut or 0, dedup, mark, cnt, stamp0, *st.kernel_args, *outs)
 
     def _filtered(self, st: "_State", q, k, m, votes, cut, allow, threads, batch_size):
         """Search prepared queries with allow-lists: an exact scan of the

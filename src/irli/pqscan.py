@@ -25,7 +25,7 @@ from .search import FAST, _dot, _emit_ids, _prepare_rows, _push, _route_rows, _s
 from .simd import ctz32, lut16, prefetch
 
 
-_SEEN = 1 << 12
+_SEEN = 1 << 10
 
 
 @numba.njit(inline="always")
@@ -67,13 +67,15 @@ def _tables(v, book, n_sub, l2, lutf, lut, maxv):
 
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True)
-def pq_block(q, lo, hi, cosine, a1, b1, a2, b2, m, centres, books, n_sub, blocks, block_pos, bstart, bsizes,
-             x, sqn, keep, ids, kk, k, l2, residual, out_ids, out_score, out_ncand, out_scanned):
+def pq_block(q, lo, hi, m, kk, k, cosine, l2, residual, n_sub, a1, b1, a2, b2, centres, books, blocks, block_pos,
+             bstart, bsizes, x, sqn, keep, ids, out_ids, out_score, out_ncand, out_scanned):
     """The whole compressed search of queries lo .. hi - 1 of raw q float32
     (n, d): check and prepare them (normalised for cosine), route them with
     the layers a1, b1, a2, b2 (irli.search.Routing) to m buckets per
-    repetition, scan, re-rank, and map positions to `ids` int64 (N,).
-    Returns -1, or the first row holding NaN or inf (nothing is searched).
+    repetition, scan, re-rank the best kk distinct items, keep k and map
+    positions to `ids` int64 (N,). The arguments from cosine to ids are the
+    index's (PQ4Codes.kernel_args). Returns -1, or the first row holding NaN
+    or inf (nothing is searched).
     """
     n = hi - lo
     qb = np.empty((n, q.shape[1]), dtype=np.float32)

@@ -492,14 +492,16 @@ def scan(
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FAST)
-def exact_block(q, lo, hi, cosine, a1, b1, a2, b2, m, with_probs, x, sqn, offsets, lists, keep, ids, k,
-                min_votes, top_c, l2, dedup, mark, cnt, stamp0, out_ids, out_scores, out_ncand, out_scanned):
+def exact_block(q, lo, hi, m, k, min_votes, top_c, dedup, mark, cnt, stamp0, cosine, l2, a1, b1, a2, b2, x, sqn,
+                offsets, lists, keep, ids, out_ids, out_scores, out_ncand, out_scanned):
     """The whole exact search of queries lo .. hi - 1 of raw q float32 (n,
     d): check and prepare (normalise for cosine), route to m buckets per
     repetition, scan, keep the top k and map positions to `ids`, into rows
     lo .. hi - 1 of out_ids int64 (n, k), out_scores float32 (n, k) (the
     user's scores: distances for l2), out_ncand and out_scanned int64 (n,).
-    Returns -1, or the first row holding NaN or inf (nothing is searched)."""
+    The arguments from cosine to ids are the index's. Returns -1, or the
+    first row holding NaN or inf (nothing is searched)."""
+    with_probs = top_c > 0
     n = hi - lo
     qb = np.empty((n, q.shape[1]), dtype=np.float32)
     bad = _prepare_rows(q, lo, hi, cosine, qb)
