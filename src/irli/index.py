@@ -74,9 +74,8 @@ class SearchResult(_Pair):
 
     def __new__(cls, ids: np.ndarray, scores: np.ndarray, candidates: np.ndarray,
                 scanned: np.ndarray) -> "SearchResult":
-        self = super().__new__(cls, ids, scores)
-        self.candidates = candidates
-        self.scanned = scanned
+        self = tuple.__new__(cls, (ids, scores))
+        self.__dict__.update(candidates=candidates, scanned=scanned)
         return self
 
 

@@ -9,12 +9,13 @@ D = R * h):
   offsets int64 (R, B+1), members int32 (R, L)  the labels of every bucket
   v float32 (L, D), c (L,)         the optional per-label re-rank scorer
 
-Prediction: hidden = relu(X w1 + b1); per repetition, bucket probabilities
-(sigmoid or softmax of hidden_r w2_r + b2_r) and the top `probes` buckets;
-the candidate labels are those in any probed bucket, seen in at least
-`min_votes` repetitions; each is scored by its mean bucket probability over
-all R repetitions, or with the scorer by sigmoid(hidden . v_l + c_l) blended
-with that mean; the top k come back.
+Prediction (`predict_block`, one compiled call per block of points): hidden
+= relu(X w1 + b1); per repetition, bucket probabilities (sigmoid or softmax
+of hidden_r w2_r + b2_r) and the top `probes` buckets; the candidate labels
+are those in any probed bucket, seen in at least `min_votes` repetitions;
+each is scored by its mean bucket probability over all R repetitions, or
+with the scorer by sigmoid(hidden . v_l + c_l) blended with that mean; the
+top k come back.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from .search import _dot, _push, _sift_down, _top_m
+from .errors import InvalidInputError
+from .search import FAST, _affine, _dot, _push, _sift_down, _top_row
+from .threads import run_blocks, stamps
 
 
 @dataclass
@@ -57,56 +60,52 @@ class LabelModel:
     def n_features(self) -> int:
         return self.w1.shape[0]
 
-    def hidden(self, x) -> np.ndarray:
-        """relu(x w1 + b1) for CSR float32 x (n, F): float32 (n, D)."""
-        h = np.empty((x.shape[0], self.w1.shape[1]), dtype=np.float32)
-        _sparse_hidden(x.indptr, x.indices, np.asarray(x.data, dtype=np.float32), self.w1, self.b1, h)
-        return h
-
-    def bucket_probs(self, h: np.ndarray) -> np.ndarray:
-        """Bucket probabilities float32 (R, n, B) from hidden (n, D)."""
-        reps, hid, _ = self.w2.shape
-        out = np.empty((reps, h.shape[0], self.n_buckets), dtype=np.float32)
-        for r in range(reps):
-            s = h[:, r * hid:(r + 1) * hid] @ self.w2[r]
-            s += self.b2[r]
-            if self.loss == "sigmoid":
-                np.negative(s, out=s)
-                np.exp(s, out=s)
-                s += 1
-                np.reciprocal(s, out=s)
-            else:
-                s -= s.max(axis=1, keepdims=True)
-                np.exp(s, out=s)
-                s /= s.sum(axis=1, keepdims=True)
-            out[r] = s
-        return out
-
     def predict(self, x, k: int, probes: int, min_votes: int = 1, rerank: bool = True,
-                blend: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                blend: float = 0.0, normalize: bool = False,
+                threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top-k labels for CSR x (n, F): (ids int64 (n, k), scores float32
         (n, k), candidates int64 (n,)); -1 / -inf pad rows with fewer than k
-        candidates."""
-        h = self.hidden(x)
-        probs = self.bucket_probs(h)
-        reps, n, _ = probs.shape
-        top = np.empty((reps, n, probes), dtype=np.int32)
-        val = np.empty((reps, n, probes), dtype=np.float32)
-        for r in range(reps):
-            _top_m(probs[r], top[r], val[r])
+        candidates. With `normalize`, rows are scaled to unit length first.
+        One compiled call per block of rows (`predict_block`), the same for
+        one point as inside a batch; blocks run on `threads`."""
+        n = x.shape[0]
         use = rerank and self.v is not None
-        v = self.v if use else np.zeros((1, 1), np.float32)
-        c = self.c if use else np.zeros(1, np.float32)
-        hh = h if use else np.zeros((1, 1), np.float32)
-        chunks = max(1, min(n, numba.get_num_threads()))
-        ids = np.full((n, k), -1, dtype=np.int64)
-        scores = np.full((n, k), -np.inf, dtype=np.float32)
-        ncand = np.zeros(n, dtype=np.int64)
-        _label_scan(probs, top, self.offsets, self.members, self.assign, hh, v, c, use, np.float32(blend),
-                    k, min_votes, np.full((chunks, self.n_labels), -1, np.int64),
-                    np.zeros((chunks, self.n_labels), np.int32), np.empty((chunks, self.n_labels), np.int32),
-                    np.empty((chunks, k), np.float32), np.empty((chunks, k), np.int64), ids, scores, ncand)
+        ids = np.empty((n, k), dtype=np.int64)
+        scores = np.empty((n, k), dtype=np.float32)
+        ncand = np.empty(n, dtype=np.int64)
+        args = self._kernel_args(use)
+        data = np.asarray(x.data, dtype=np.float32)
+        bad = []
+
+        def block(lo, hi):
+            (mark, vote), stamp0 = stamps().take(("label-mark", "label-vote"), self.n_labels, hi - lo)
+            row = predict_block(x.indptr, x.indices, data, lo, hi, probes, k, min_votes, normalize, use,
+                                np.float32(blend), mark, vote, stamp0, *args, ids, scores, ncand)
+            if row >= 0:
+                bad.append(row)
+
+        if n <= 16:
+            block(0, n)
+        else:
+            run_blocks(block, n, threads, min_block=16, max_block=1024)
+        if bad:
+            r = min(bad)
+            raise InvalidInputError(f"X row {r}: a feature index outside [0, {self.n_features}) "
+                                    "or a NaN / infinite value")
         return ids, scores, ncand
+
+    def _kernel_args(self, use_scorer: bool) -> tuple:
+        """The model's arguments of predict_block (cached)."""
+        key = f"_args_{use_scorer}"
+        args = self.__dict__.get(key)
+        if args is None:
+            v = self.v if use_scorer else np.zeros((1, 1), np.float32)
+            c = self.c if use_scorer else np.zeros(1, np.float32)
+            widest = int(np.diff(self.offsets, axis=1).max())
+            args = (self.w1, self.b1, self.w2, self.b2, self.loss == "sigmoid", self.offsets, self.members,
+                    self.assign, v, c, widest)
+            self.__dict__[key] = args
+        return args
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"w1": self.w1, "b1": self.b1, "w2": self.w2, "b2": self.b2, "assign": self.assign}
@@ -126,72 +125,117 @@ def bucket_lists(assign: np.ndarray, n_buckets: int) -> tuple[np.ndarray, np.nda
     return offsets, members
 
 
-@numba.njit(cache=True, fastmath=True, parallel=True)
-def _sparse_hidden(indptr, indices, data, w, b, out):
-    # out[i] = relu(b + sum_t data[t] * w[indices[t]]), rows in parallel
-    for i in numba.prange(out.shape[0]):
-        o = out[i]
-        o[:] = b
-        for t in range(indptr[i], indptr[i + 1]):
-            v = data[t]
-            row = w[indices[t]]
-            for j in range(o.shape[0]):
-                o[j] += v * row[j]
-        for j in range(o.shape[0]):
-            if o[j] < 0:
-                o[j] = 0
+_ROWS = 4  # points that share each pass over a router's output layer
 
 
-@numba.njit(cache=True, fastmath=True, parallel=True)
-def _label_scan(probs, top, offsets, members, assign, h, v, c, use_scorer, blend, k, min_votes,
-                marks, votes, cand, heap_s, heap_i, out_ids, out_scores, out_ncand):
-    # scratch rows come from the caller, one per chunk (see search._scan)
-    reps, n, m = top.shape
-    n_chunks = marks.shape[0]
-    chunk = (n + n_chunks - 1) // n_chunks
-    for ch in numba.prange(n_chunks):
-        mark = marks[ch]
-        vote = votes[ch]
-        cd = cand[ch]
-        hs = heap_s[ch]
-        hi = heap_i[ch]
-        for qi in range(ch * chunk, min(n, (ch + 1) * chunk)):
+@numba.njit(cache=True, nogil=True, fastmath=FAST)
+def predict_block(indptr, indices, data, lo, hi, m, k, min_votes, normalize, use_scorer, blend, mark, vote,
+                  stamp0, w1, b1, w2, b2, sigmoid, offsets, members, assign, v, c, widest, out_ids, out_scores,
+                  out_ncand):
+    """Predict rows lo .. hi - 1 of a CSR matrix (indptr, indices, data
+    float32): check each row (feature ids in range, values finite), scale
+    it to unit length when `normalize`, compute the hidden layer, every
+    repetition's bucket probabilities and top m buckets, gather the labels of
+    those buckets seen in at least min_votes repetitions, score them (mean
+    bucket probability, or the scorer blended with it) and keep the top k,
+    into rows lo .. hi - 1 of the outputs. mark / vote int32 (L,) are
+    stamped scratch (stamps stamp0 + row - lo). Returns -1, or the first row
+    that failed its check (nothing is written for it)."""
+    n_features, dh = w1.shape
+    reps, hid, width = w2.shape
+    hh = np.empty((_ROWS, dh), dtype=np.float32)
+    logits = np.empty((_ROWS, width), dtype=np.float32)
+    probs = np.empty((reps, _ROWS, width), dtype=np.float32)
+    top = np.empty((reps, _ROWS, m), dtype=np.int32)
+    val = np.empty(m, dtype=np.float32)
+    buf_v = np.empty(width, dtype=np.float32)
+    buf_i = np.empty(width, dtype=np.int64)
+    cand = np.empty(reps * m * widest, dtype=np.int32)
+    hs = np.empty(k, dtype=np.float32)
+    hi_ = np.empty(k, dtype=np.int64)
+    for g in range(lo, hi, _ROWS):
+        n = min(_ROWS, hi - g)
+        for t in range(n):
+            row = g + t
+            scale = np.float32(1.0)
+            sq = 0.0
+            for p in range(indptr[row], indptr[row + 1]):
+                f = indices[p]
+                bits = np.int32(data[p:p + 1].view(np.int32)[0])
+                if f < 0 or f >= n_features or (bits & 0x7F800000) == 0x7F800000:
+                    return row
+                sq += np.float64(data[p]) * np.float64(data[p])
+            if normalize and sq > 0:
+                scale = np.float32(1.0 / np.sqrt(sq))
+            for j in range(dh):
+                hh[t, j] = b1[j]
+            for p in range(indptr[row], indptr[row + 1]):
+                a = data[p] * scale
+                wr = w1[indices[p]]
+                for j in range(dh):
+                    hh[t, j] += a * wr[j]
+            for j in range(dh):
+                hh[t, j] = max(hh[t, j], np.float32(0.0))
+        for r in range(reps):
+            _affine(hh[:, r * hid:(r + 1) * hid], 0, n, w2[r], b2[r], logits, False)
+            for t in range(n):
+                pr = probs[r, t]
+                if sigmoid:
+                    for b in range(width):
+                        pr[b] = np.float32(1.0) / (np.float32(1.0) + np.exp(-logits[t, b]))
+                else:
+                    mx = logits[t, 0]
+                    for b in range(width):
+                        mx = max(mx, logits[t, b])
+                    z = np.float32(0.0)
+                    for b in range(width):
+                        pr[b] = np.exp(logits[t, b] - mx)
+                        z += pr[b]
+                    for b in range(width):
+                        pr[b] /= z
+                _top_row(pr, m, buf_v, buf_i, top[r, t], val)
+        for t in range(n):
+            qi = g + t
+            stamp = stamp0 + qi - lo
             nc = 0
-            hq = h[qi] if use_scorer else h[0]
             for r in range(reps):
                 for j in range(m):
-                    b = top[r, qi, j]
-                    for t in range(offsets[r, b], offsets[r, b + 1]):
-                        lab = members[r, t]
-                        if mark[lab] != qi:
-                            mark[lab] = qi
+                    b = top[r, t, j]
+                    for p in range(offsets[r, b], offsets[r, b + 1]):
+                        lab = members[r, p]
+                        if mark[lab] != stamp:
+                            mark[lab] = stamp
                             vote[lab] = 1
-                            cd[nc] = lab
+                            cand[nc] = lab
                             nc += 1
                         else:
                             vote[lab] += 1
             keep = 0
             size = 0
-            for t in range(nc):
-                lab = cd[t]
+            for p in range(nc):
+                lab = cand[p]
                 if vote[lab] < min_votes:
                     continue
                 s = np.float32(0.0)
                 for r in range(reps):
-                    s += probs[r, qi, assign[r, lab]]
+                    s += probs[r, t, assign[r, lab]]
                 s /= reps
                 if use_scorer:
-                    z = c[lab] + _dot(hq, v[lab])
+                    z = c[lab] + _dot(hh[t], v[lab])
                     s = (1 - blend) / (1 + np.exp(-z)) + blend * s
                 keep += 1
-                size = _push(hs, hi, size, k, s, lab)
+                size = _push(hs, hi_, size, k, s, lab)
             out_ncand[qi] = keep
+            for p in range(size, k):
+                out_ids[qi, p] = -1
+                out_scores[qi, p] = -np.inf
             # pop the heap (smallest first) into the row from the back
-            for t in range(size - 1, -1, -1):
-                out_ids[qi, t] = hi[0]
-                out_scores[qi, t] = hs[0]
+            for p in range(size - 1, -1, -1):
+                out_ids[qi, p] = hi_[0]
+                out_scores[qi, p] = hs[0]
                 last = size - 1
                 hs[0] = hs[last]
-                hi[0] = hi[last]
+                hi_[0] = hi_[last]
                 size = last
-                _sift_down(hs, hi, size)
+                _sift_down(hs, hi_, size)
+    return -1

@@ -100,6 +100,16 @@ def default_label_probes(n_buckets: int) -> int:
     return int(max(2, round(np.sqrt(n_buckets) / 3)))
 
 
+def _csr_fast(x):
+    """x itself when it is already a canonical float32 CSR matrix (the common
+    case when serving one point at a time), else None."""
+    import scipy.sparse as sp
+
+    if isinstance(x, (sp.csr_matrix, sp.csr_array)) and x.dtype == np.float32 and x.has_canonical_format:
+        return x
+    return None
+
+
 class LabelIndex:
     """Extreme multi-label classifier built as an IRLI index over labels.
 
@@ -136,6 +146,16 @@ class LabelIndex:
         return self
 
     def _features(self, X, fitting: bool = False):
+        """X as CSR float32, checked; rows scaled to unit length (when the
+        config says so) only for fitting: prediction scales inside its kernel."""
+        x = _csr_fast(X) if not fitting else None
+        if x is not None:
+            self._check_fitted()
+            if x.shape[1] != self.model_.n_features:
+                raise InvalidInputError(f"X has {x.shape[1]} features, the index was fitted on {self.model_.n_features}")
+            if x.shape[0] == 0:
+                raise InvalidInputError("X has no rows")
+            return x
         x = as_csr(X)
         if x.shape[0] == 0:
             raise InvalidInputError("X has no rows")
@@ -146,7 +166,7 @@ class LabelIndex:
                 raise InvalidInputError(f"X has {x.shape[1]} features, the index was fitted on {f}")
         elif x.shape[1] == 0:
             raise InvalidInputError("X has no feature columns")
-        if self.config.normalize:
+        if self.config.normalize and fitting:
             norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
             norms[norms == 0] = 1.0
             x = x.multiply(1.0 / norms[:, None]).tocsr().astype(np.float32)
@@ -158,13 +178,16 @@ class LabelIndex:
 
     # -- prediction ------------------------------------------------------------
     def predict(self, X, k: int = 5, probes: int | None = None, min_votes: int | None = None,
-                rerank: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k labels of each row of X: (ids int64 (n, k), scores float32 (n, k))."""
-        ids, scores, _ = self.predict_with_counts(X, k, probes, min_votes, rerank)
+                rerank: bool | None = None, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k labels of each row of X: (ids int64 (n, k), scores float32 (n, k)).
+        One point costs one compiled call; batches run on `threads` (None:
+        all cores, see irli.threads), with the same results for any value."""
+        ids, scores, _ = self.predict_with_counts(X, k, probes, min_votes, rerank, threads)
         return ids, scores
 
     def predict_with_counts(self, X, k: int = 5, probes: int | None = None, min_votes: int | None = None,
-                            rerank: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                            rerank: bool | None = None,
+                            threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`predict` plus the number of candidate labels scored per point, int64 (n,)."""
         self._check_fitted()
         cfg = self.fitted_config_
@@ -178,7 +201,8 @@ class LabelIndex:
             raise InvalidInputError(f"min_votes={votes!r} out of range: need 1 <= min_votes <= {cfg.n_reps}")
         x = self._features(X)
         return self.model_.predict(x, int(k), int(probes), int(votes),
-                                   rerank=cfg.scorer if rerank is None else bool(rerank), blend=cfg.blend)
+                                   rerank=cfg.scorer if rerank is None else bool(rerank), blend=cfg.blend,
+                                   normalize=self.config.normalize, threads=threads)
 
     def __len__(self) -> int:
         return 0 if self.model_ is None else self.model_.n_labels

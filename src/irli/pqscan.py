@@ -10,6 +10,13 @@ buckets takes one slot, with its better score), then scores the heap's items
 exactly on their float32 vectors and keeps the top k. A running threshold from
 the heap lets a block be dismissed with one vector compare.
 
+One query is scanned bucket by bucket, best bucket first. A batch is scanned
+bucket-major, in chunks of queries: each probed bucket is read once for all
+the chunk's queries that probe it, which saves memory traffic (what limits
+the scan). The two orders give the same answers, because the heaps order
+entries by (score, position), so the best kk are the same set whatever the
+order they arrive in, and ties in the final top k also break by position.
+
 Approximate scores are higher-is-better: the inner product with the
 reconstructed vector for ip / cosine, the negative squared distance for l2.
 Residual codes encode x - c_b for the item's bucket b (the bucket's term q.c_b
@@ -66,6 +73,143 @@ def _tables(v, book, n_sub, l2, lutf, lut, maxv):
     return lo_sum, scale
 
 
+_CHUNK = 256  # queries scanned together, bucket-major, in a batch
+
+
+@numba.njit(inline="always")
+def _beats(s, i, hs0, hi0):
+    """(s, i) ranks above (hs0, hi0): a higher score, or the same score and a
+    lower position."""
+    return s > hs0 or (s == hs0 and i < hi0)
+
+
+@numba.njit(inline="always")
+def _sift_lex(hs, hi, size, j):
+    """Restore the min-heap on (score, -position) of `size` entries after
+    entry j went up."""
+    while True:
+        a = 2 * j + 1
+        if a >= size:
+            break
+        c = a
+        b = a + 1
+        if b < size and _beats(hs[a], hi[a], hs[b], hi[b]):
+            c = b
+        if not _beats(hs[j], hi[j], hs[c], hi[c]):
+            break
+        hs[c], hs[j] = hs[j], hs[c]
+        hi[c], hi[j] = hi[j], hi[c]
+        j = c
+
+
+@numba.njit(inline="always")
+def _push_lex(hs, hi, size, k, s, i):
+    """Offer (s, i) to the min-heap of the best k by (score, -position);
+    returns the new size."""
+    if size < k:
+        j = size
+        hs[j] = s
+        hi[j] = i
+        while j > 0:
+            p = (j - 1) // 2
+            if not _beats(hs[p], hi[p], hs[j], hi[j]):
+                break
+            hs[p], hs[j] = hs[j], hs[p]
+            hi[p], hi[j] = hi[j], hi[p]
+            j = p
+        return size + 1
+    if not _beats(s, i, hs[0], hi[0]):
+        return size
+    hs[0] = s
+    hi[0] = i
+    _sift_lex(hs, hi, size, 0)
+    return size
+
+
+@numba.njit(inline="always")
+def _scan_bucket(blocks, block_pos, pos_col, stride, npairs, b0, b1, lut, sums, base, scale, keep, has_keep,
+                 hs, hid, size, kk, seen):
+    """Offer the entries of blocks b0 .. b1 - 1 to one query's heap (hs,
+    hid, size of kk; seen: a hint of which positions may be in it). Returns
+    the heap's new size."""
+    inv = np.float32(1.0) / scale
+    for blk in range(b0, b1):
+        thr = -1  # 8-bit sums must beat it: one step under the heap's floor, once the heap is full
+        if size == kk:
+            t = (hs[0] - base) * scale - np.float32(1.0)
+            if t >= np.float32(65535.0):
+                break  # nothing left in this bucket can enter the heap
+            if t >= 0:
+                thr = int(t)
+        mask = lut16(blocks, blk * stride, npairs, lut, sums, max(thr, 0))
+        if thr < 0:
+            mask = np.uint32(0xFFFFFFFF)
+        while mask != 0:
+            s = ctz32(mask)
+            mask &= mask - np.uint32(1)
+            i = np.int64(block_pos[blk, pos_col + s])
+            if i < 0:
+                continue
+            if has_keep:
+                if keep[i] == 0:
+                    continue
+            sc = base + np.float32(sums[s]) * inv
+            if size == kk and not _beats(sc, i, hs[0], hid[0]):
+                continue
+            if seen[i & (_SEEN - 1)]:  # perhaps a spilled copy already taken
+                found = -1
+                for h in range(size):
+                    if hid[h] == i:
+                        found = h
+                if found >= 0:
+                    if sc > hs[found]:
+                        hs[found] = sc
+                        _sift_lex(hs, hid, size, found)
+                    continue
+            seen[i & (_SEEN - 1)] = 1
+            size = _push_lex(hs, hid, size, kk, sc, i)
+    return size
+
+
+@numba.njit(inline="always")
+def _bucket_base(qv, r, b, base0, scale0, book, n_sub, centres, residual, per_bucket, rq, lutf, lut, maxv):
+    """(base, scale) of bucket b for query qv: the shared tables' with the
+    bucket's exact term q.c_b for residual codes, or (l2, residual) the
+    bucket's own tables, built into lutf / lut."""
+    if per_bucket:
+        for t in range(qv.shape[0]):
+            rq[t] = qv[t] - centres[r, b, t]
+        return _tables(rq, book, n_sub, True, lutf, lut, maxv)
+    if residual:
+        return base0 + _dot(qv, centres[r, b]), scale0
+    return base0, scale0
+
+
+@numba.njit(inline="always")
+def _finish(qv, hs, hid, size, x, sqn, ids, l2, ks, ki, k, out_ids, out_score, qi):
+    """Score the heap's items exactly, keep the best k by (score, position)
+    and write row qi: ids (-1 padding), scores (distances for l2)."""
+    d = qv.shape[0]
+    for h in range(size):
+        prefetch(x, hid[h] * d)
+    qn = _dot(qv, qv) if l2 else np.float32(0.0)
+    ksize = 0
+    for h in range(size):
+        i = hid[h]
+        ksize = _push_lex(ks, ki, ksize, k, _score(qv, qn, x, sqn, i, l2), i)
+    for t in range(ksize - 1, -1, -1):  # pop the worst first, into the row from the back
+        out_ids[qi, t] = ids[ki[0]]
+        out_score[qi, t] = -ks[0] if l2 else ks[0]
+        last = ksize - 1
+        ks[0] = ks[last]
+        ki[0] = ki[last]
+        ksize = last
+        _sift_lex(ks, ki, ksize, 0)
+    for t in range(size if size < k else k, k):
+        out_ids[qi, t] = -1
+        out_score[qi, t] = np.inf if l2 else -np.inf
+
+
 @numba.njit(nogil=True, fastmath=FAST, cache=True)
 def pq_block(q, lo, hi, m, kk, k, cosine, l2, residual, n_sub, a1, b1, a2, b2, centres, books, blocks, block_pos,
              bstart, bsizes, x, sqn, keep, ids, out_ids, out_score, out_ncand, out_scanned):
@@ -73,123 +217,102 @@ def pq_block(q, lo, hi, m, kk, k, cosine, l2, residual, n_sub, a1, b1, a2, b2, c
     (n, d): check and prepare them (normalised for cosine), route them with
     the layers a1, b1, a2, b2 (irli.search.Routing) to m buckets per
     repetition, scan, re-rank the best kk distinct items, keep k and map
-    positions to `ids` int64 (N,). The arguments from cosine to ids are the
+    positions to `ids` int64 (N,), into rows lo .. hi - 1 of out_ids int64
+    (n, k), out_score float32 (n, k) (similarity, or squared distance for l2;
+    padding -1 / -inf, +inf for l2), out_ncand (items re-ranked) and
+    out_scanned (entries in the probed buckets), int64 (n,).
+
+    centres float32 (R, B, d); books float32 (R, M, 16, dsub) codebooks,
+    n_sub = M; blocks uint8 (nblocks * stride,) flat code blocks and
+    block_pos int32 (nblocks, stride / 4), whose columns from 4 * M2 hold the
+    32 item positions of each block (-1 padding); bstart int64 (R, B + 1)
+    each bucket's first block; bsizes int64 (R, B) entries per bucket; x
+    float32 (N, d), sqn float32 (N,) for l2; keep uint8 (N,) or empty: only
+    positions with keep != 0 count. The arguments from cosine to ids are the
     index's (PQ4Codes.kernel_args). Returns -1, or the first row holding NaN
     or inf (nothing is searched).
     """
     n = hi - lo
-    qb = np.empty((n, q.shape[1]), dtype=np.float32)
+    d = q.shape[1]
+    qb = np.empty((n, d), dtype=np.float32)
     bad = _prepare_rows(q, lo, hi, cosine, qb)
     if bad >= 0:
         return bad
-    probed = np.empty((a1.shape[0], n, m), dtype=np.int32)
-    _route_rows(qb, 0, n, a1, b1, a2, b2, probed, np.empty((a1.shape[0], 0, 0), dtype=np.float32), 0)
-    _pq_rows(qb, probed, centres, books, n_sub, blocks, block_pos, bstart, bsizes, x, sqn, keep, ids, kk, k,
-             l2, residual, out_ids[lo:hi], out_score[lo:hi], out_ncand[lo:hi], out_scanned[lo:hi])
-    return -1
-
-
-@numba.njit(inline="always")
-def _pq_rows(q, probed, centres, books, n_sub, blocks, block_pos, bstart, bsizes, x, sqn, keep, ids, kk, k,
-             l2, residual, out_ids, out_score, out_ncand, out_scanned):
-    """All rows of prepared queries q (float32 (n, d)).
-
-    probed int32 (R, n, m) buckets per repetition; centres float32 (R, B, d);
-    books float32 (R, M, 16, dsub) codebooks, n_sub = M; blocks uint8
-    (nblocks * stride,) flat code blocks and block_pos int32 (nblocks, stride
-    / 4), whose columns from 8 * M2 / 2 hold the 32 item positions of each block
-    (-1 padding); bstart int64 (R, B + 1) each bucket's first block; bsizes
-    int64 (R, B) entries per bucket; x float32 (N, d), sqn float32 (N,) for
-    l2; keep uint8 (N,) or empty: only positions with keep != 0 count. kk
-    items are re-ranked exactly, k returned. Writes out_ids int64 (n, k),
-    out_score float32 (n, k) (similarity, or squared distance for l2; the
-    caller fills the padding), out_ncand (items re-ranked) and out_scanned
-    (entries in the probed buckets), int64 (n,).
-    """
-    d = q.shape[1]
-    reps, _, m = probed.shape
+    reps = a1.shape[0]
+    probed = np.empty((reps, n, m), dtype=np.int32)
+    _route_rows(qb, 0, n, a1, b1, a2, b2, probed, np.empty((reps, 0, 0), dtype=np.float32), 0)
     m2 = n_sub + (n_sub & 1)
     npairs = m2 // 2
     stride = block_pos.shape[1] * 4
     pos_col = 8 * npairs  # int32 column of the first position (after 32 npairs code bytes)
     maxv = min(255, 65535 // m2)
+    per_bucket = l2 and residual
+    has_keep = keep.shape[0] > 0
+    chunk = min(n, _CHUNK)
     lutf = np.empty((m2, 16), dtype=np.float32)
-    lut = np.empty(npairs * 32, dtype=np.uint8)
+    luts = np.empty((chunk, npairs * 32), dtype=np.uint8)
+    base0 = np.empty(chunk, dtype=np.float32)
+    scale0 = np.empty(chunk, dtype=np.float32)
     sums = np.empty(32, dtype=np.uint16)
-    hs = np.empty(kk, dtype=np.float32)
-    hid = np.empty(kk, dtype=np.int64)
+    hs = np.empty((chunk, kk), dtype=np.float32)
+    hid = np.empty((chunk, kk), dtype=np.int64)
+    size = np.zeros(chunk, dtype=np.int64)
+    seen = np.zeros((chunk, _SEEN), dtype=np.uint8)
     ks = np.empty(k, dtype=np.float32)
     ki = np.empty(k, dtype=np.int64)
     rq = np.empty(d, dtype=np.float32)
-    has_keep = keep.shape[0] > 0
-    per_bucket = l2 and residual
-    seen = np.zeros(_SEEN, dtype=np.uint8)  # a hint: positions that may be in the heap, by low bits
-    for qi in range(q.shape[0]):
-        qv = q[qi]
-        size = 0
-        seen[:] = 0
-        scanned = 0
+    nb = bstart.shape[1] - 1
+    count = np.zeros(nb + 1, dtype=np.int64)
+    who = np.empty(chunk * m, dtype=np.int64)
+    for c0 in range(0, n, chunk):
+        cn = min(chunk, n - c0)
+        size[:cn] = 0
+        seen[:cn] = 0
+        for t in range(cn):
+            out_scanned[lo + c0 + t] = 0
         for r in range(reps):
             book = books[r]
-            base0 = np.float32(0.0)
-            scale = np.float32(1.0)
-            if not per_bucket:
-                base0, scale = _tables(qv, book, n_sub, l2, lutf, lut, maxv)
-            for j in range(m):
-                b = probed[r, qi, j]
-                scanned += bsizes[r, b]
-                if bstart[r, b] == bstart[r, b + 1]:
-                    continue
-                base = base0
-                if per_bucket:
-                    for t in range(d):
-                        rq[t] = qv[t] - centres[r, b, t]
-                    base, scale = _tables(rq, book, n_sub, True, lutf, lut, maxv)
-                elif residual:
-                    base += _dot(qv, centres[r, b])
-                inv = np.float32(1.0) / scale
-                for blk in range(bstart[r, b], bstart[r, b + 1]):
-                    thr = -1  # 8-bit sums must beat it: the heap's floor, once the heap is full
-                    if size == kk:
-                        t = (hs[0] - base) * scale
-                        if t >= np.float32(65535.0):
-                            break  # nothing left in this bucket can enter the heap
-                        if t >= 0:
-                            thr = int(t)
-                    mask = lut16(blocks, blk * stride, npairs, lut, sums, max(thr, 0))
-                    if thr < 0:
-                        mask = np.uint32(0xFFFFFFFF)
-                    while mask != 0:
-                        s = ctz32(mask)
-                        mask &= mask - np.uint32(1)
-                        i = np.int64(block_pos[blk, pos_col + s])
-                        if i < 0:
-                            continue
-                        if has_keep:
-                            if keep[i] == 0:
-                                continue
-                        sc = base + np.float32(sums[s]) * inv
-                        if size == kk and sc <= hs[0]:
-                            continue
-                        if seen[i & (_SEEN - 1)]:  # perhaps a spilled copy already taken
-                            found = -1
-                            for h in range(size):
-                                if hid[h] == i:
-                                    found = h
-                            if found >= 0:
-                                if sc > hs[found]:
-                                    hs[found] = sc
-                                    _sift(hs, hid, size, found)
-                                continue
-                        seen[i & (_SEEN - 1)] = 1
-                        size = _push(hs, hid, size, kk, sc, i)
-        for h in range(size):
-            prefetch(x, hid[h] * d)
-        qn = _dot(qv, qv) if l2 else np.float32(0.0)
-        ksize = 0
-        for h in range(size):
-            i = hid[h]
-            ksize = _push(ks, ki, ksize, k, _score(qv, qn, x, sqn, i, l2), i)
-        out_ncand[qi] = size
-        out_scanned[qi] = scanned
-        _emit_ids(ks, ki, ksize, ids, l2, out_ids, out_score, qi)
+            for t in range(cn):
+                if not per_bucket:
+                    base0[t], scale0[t] = _tables(qb[c0 + t], book, n_sub, l2, lutf, luts[t], maxv)
+                for j in range(m):
+                    out_scanned[lo + c0 + t] += bsizes[r, probed[r, c0 + t, j]]
+            if cn == 1:  # one query: its buckets best first, so its floor rises fast
+                qv = qb[c0]
+                for j in range(m):
+                    b = probed[r, c0, j]
+                    base, scale = _bucket_base(qv, r, b, base0[0], scale0[0], book, n_sub, centres, residual,
+                                               per_bucket, rq, lutf, luts[0], maxv)
+                    size[0] = _scan_bucket(blocks, block_pos, pos_col, stride, npairs, bstart[r, b],
+                                           bstart[r, b + 1], luts[0], sums, base, scale, keep, has_keep, hs[0],
+                                           hid[0], size[0], kk, seen[0])
+                continue
+            # bucket-major: the queries of each probed bucket, together (a counting sort by bucket)
+            count[:] = 0
+            for t in range(cn):
+                for j in range(m):
+                    count[probed[r, c0 + t, j] + 1] += 1
+            for b in range(nb):
+                count[b + 1] += count[b]
+            for t in range(cn):
+                for j in range(m):
+                    b = probed[r, c0 + t, j]
+                    who[count[b]] = t
+                    count[b] += 1
+            start = 0
+            for b in range(nb):  # count[b] is now the end of bucket b's queries
+                end = count[b]
+                for w in range(start, end):
+                    t = who[w]
+                    qv = qb[c0 + t]
+                    base, scale = _bucket_base(qv, r, b, base0[t], scale0[t], book, n_sub, centres, residual,
+                                               per_bucket, rq, lutf, luts[t], maxv)
+                    size[t] = _scan_bucket(blocks, block_pos, pos_col, stride, npairs, bstart[r, b],
+                                           bstart[r, b + 1], luts[t], sums, base, scale, keep, has_keep, hs[t],
+                                           hid[t], size[t], kk, seen[t])
+                start = end
+        for t in range(cn):
+            qi = lo + c0 + t
+            out_ncand[qi] = size[t]
+            _finish(qb[c0 + t], hs[t], hid[t], size[t], x, sqn, ids, l2, ks, ki, k, out_ids, out_score, qi)
+    return -1

@@ -227,22 +227,6 @@ def _route_kernel(q, lo, hi, a1, b1, a2, b2, probed, probs):
     _route_rows(q, lo, hi, a1, b1, a2, b2, probed, probs, lo)
 
 
-@numba.njit(cache=True, parallel=True, fastmath=FAST)
-def _top_m_kernel(s, out_idx, out_val):
-    n, width = s.shape
-    m = out_idx.shape[1]
-    for i in numba.prange(n):
-        # scratch per row: arrays allocated in a prange body are per iteration
-        _top_row(s[i], m, np.empty(width, np.float32), np.empty(width, np.int64), out_idx[i], out_val[i])
-
-
-def _top_m(s: np.ndarray, out_idx: np.ndarray, out_val: np.ndarray) -> None:
-    """Per row of s float32 (n, B): the m = out_idx.shape[1] largest, best
-    first, ties to the lower bucket, into out_idx (int, (n, m)) and out_val
-    (float32 (n, m)), on numba's threads."""
-    _top_m_kernel(s, out_idx, out_val)
-
-
 # -- top-k heaps ---------------------------------------------------------------------
 @numba.njit(inline="always")
 def _dot(a, b):

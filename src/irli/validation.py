@@ -62,6 +62,8 @@ def check_finite(x: np.ndarray, name: str, chunk: int = 1 << 16) -> None:
 
 def positive_int(v, name: str) -> int:
     """`v` as a positive Python int, or a clear error."""
+    if type(v) is int and v > 0:  # the common case, first
+        return v
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise InvalidInputError(f"{name} must be a positive integer, got {v!r}")
     if v <= 0:
