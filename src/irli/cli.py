@@ -138,7 +138,7 @@ def cmd_build(a) -> int:
             x = _read(a.vectors, a.key)
             tq = _read(a.train_queries, "train") if a.train_queries else None
             index = Index(a.preset, metric=a.metric, **_overrides(a.set)).fit(
-                x, train_queries=tq, callback=bars, executor=executor)
+                x, train_queries=tq, callback=bars, executor=executor, threads=a.threads)
     finally:
         bars.close()
     built = time.perf_counter() - t
@@ -198,7 +198,7 @@ def cmd_search(a) -> int:
     index = load(a.index)
     if not hasattr(index, "search"):  # a label index: print label ids
         x, _ = _read_xc(a.queries, a.labels)
-        ids, scores = index.predict(x, k=a.k, probes=a.probes, min_votes=a.min_votes)
+        ids, scores = index.predict(x, k=a.k, probes=a.probes, min_votes=a.min_votes, threads=a.threads)
         for i in range(ids.shape[0]):
             print(f"{i}\t" + " ".join(f"{j}:{s:.4f}" for j, s in zip(ids[i], scores[i]) if j >= 0))
         return 0
@@ -212,7 +212,7 @@ def cmd_search(a) -> int:
         res = sharded.search(q, k=a.k, probes=a.probes)
         sharded.close()
     else:
-        res = index.search(q, k=a.k, probes=a.probes, min_votes=a.min_votes, top_c=a.top_c)
+        res = index.search(q, k=a.k, probes=a.probes, min_votes=a.min_votes, top_c=a.top_c, threads=a.threads)
     if a.out:
         prefix = Path(a.out)
         np.save(f"{prefix}.ids.npy", res.ids)
@@ -334,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ray-address", default=None,
                    help="train the repetitions as Ray tasks on this cluster ('auto': the one `ray start` made)")
     b.add_argument("--workers", type=int, default=None, help="parallel Ray tasks (default: the cluster's CPUs)")
+    b.add_argument("--threads", type=int, default=None, help="threads for the build (default: all cores)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_build)
 
@@ -352,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-address", default=None,
                    help="search shards of the index in Ray actors on this cluster ('auto': an existing one)")
     s.add_argument("--shards", type=int, default=2, help="shards (Ray actors) with --ray-address")
+    s.add_argument("--threads", type=int, default=None, help="threads for the search (default: all cores)")
     s.set_defaults(func=cmd_search)
 
     e = sub.add_parser("eval", help="recall@k, candidates and QPS over a sweep of probes",
@@ -398,6 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     try:
+        if getattr(a, "threads", None) is not None:
+            from .threads import resolve
+
+            resolve(a.threads)  # a clear error for --threads 0
         return a.func(a)
     except (IrliError, OSError, ValueError) as e:
         msg = " ".join(str(e).split()) or type(e).__name__

@@ -1,5 +1,6 @@
-"""Timed evaluation: one batched search at pinned threads, and probe sweeps
-reporting recall@k, candidates per query and QPS."""
+"""Timed evaluation: one batched search at pinned threads, probe sweeps
+reporting recall@k, candidates per query and QPS, and one query per call
+(QPS and latency percentiles), the way an online service searches."""
 
 from __future__ import annotations
 
@@ -37,6 +38,27 @@ def timed_search(index, queries: np.ndarray, k: int, probes: int, threads: int |
     finally:
         numba.set_num_threads(old)
         faiss.omp_set_num_threads(old_omp)
+
+
+def single_queries(index, queries: np.ndarray, probes: int, k: int = 10, n: int | None = None,
+                   **kw) -> dict:
+    """Search the first `n` queries one call each, on one thread, as a
+    service (and the ann-benchmarks runner) does: {"qps", "p50_us",
+    "p99_us", "n"}. A few untimed calls first compile and page in."""
+    from threadpoolctl import threadpool_limits
+
+    q = queries[:n] if n else queries
+    lat = np.empty(q.shape[0])
+    with threadpool_limits(1):
+        for i in range(min(16, q.shape[0])):
+            index.search(q[i], k=k, probes=probes, **kw)
+        for i in range(q.shape[0]):
+            v = q[i]
+            t = time.perf_counter()
+            index.search(v, k=k, probes=probes, **kw)
+            lat[i] = time.perf_counter() - t
+    return {"qps": q.shape[0] / lat.sum(), "p50_us": float(np.median(lat) * 1e6),
+            "p99_us": float(np.percentile(lat, 99) * 1e6), "n": int(q.shape[0])}
 
 
 def sweep(index, queries: np.ndarray, truth: np.ndarray, k: int, probes: list[int],

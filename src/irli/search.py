@@ -227,6 +227,26 @@ def _route_kernel(q, lo, hi, a1, b1, a2, b2, probed, probs):
     _route_rows(q, lo, hi, a1, b1, a2, b2, probed, probs, lo)
 
 
+@numba.njit(cache=True, nogil=True, fastmath=FAST)
+def _top_m_rows(s, out_idx, out_val):
+    width = s.shape[1]
+    bv = np.empty(width, np.float32)
+    bi = np.empty(width, np.int64)
+    for i in range(s.shape[0]):
+        _top_row(s[i], out_idx.shape[1], bv, bi, out_idx[i], out_val[i])
+
+
+def top_m(s: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The m largest of each row of s float32 (n, B), best first, ties to the
+    lower column: (columns int32 (n, m), values float32 (n, m)). The
+    selection routing uses."""
+    s = np.ascontiguousarray(s, dtype=np.float32)
+    idx = np.empty((s.shape[0], m), dtype=np.int32)
+    val = np.empty((s.shape[0], m), dtype=np.float32)
+    _top_m_rows(s, idx, val)
+    return idx, val
+
+
 # -- top-k heaps ---------------------------------------------------------------------
 @numba.njit(inline="always")
 def _dot(a, b):
