@@ -37,6 +37,12 @@ def test_harness_protocol(data, metric, preset):
     algo.set_query_arguments(1, extra)
     assert (f"refine={extra}" if preset == "fast" else f"min_votes={extra}") in str(algo)
     assert len(algo.query(q[0], 5)) == 5
+    # approximate settings too: one query per call answers as the batch does
+    algo.set_query_arguments(3, extra)
+    single = [algo.query(v, 10) for v in q]
+    algo.batch_query(q, 10)
+    for a, b in zip(single, algo.get_batch_results()):
+        np.testing.assert_array_equal(a, b)
     algo.done()
 
 

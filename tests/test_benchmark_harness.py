@@ -9,6 +9,8 @@ import pytest
 
 pytest.importorskip("hnswlib")
 pytest.importorskip("matplotlib")
+pytest.importorskip("scann")
+pytest.importorskip("usearch")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,7 +19,8 @@ def test_bench_runs_every_peer(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--dataset", "synthetic:3000:16",
            "--n-test", "100", "--buckets", "32", "--cache", str(tmp_path / "cache"), "--out", str(out),
-           "--systems", "irli:fast", "irli:ivf:spill=1", "faiss-ivfflat", "faiss-ivfpqfs", "hnswlib", "faiss-flat"]
+           "--single-n", "50", "--systems", "irli:fast", "irli:ivf:spill=1", "faiss-ivfflat", "faiss-ivfpqfs",
+           "hnswlib", "scann", "usearch", "faiss-flat"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     run = json.loads((out / "results.json").read_text())
@@ -27,11 +30,19 @@ def test_bench_runs_every_peer(tmp_path):
         assert r["build_s"] >= 0 and r["index_bytes"] > 0 and r["points"]
         for pt in r["points"]:
             assert 0 <= pt["recall@10"] <= 1 and pt["qps"] > 0
+            # the three modes: batched on 1 thread, batched on every core, one query per call
+            assert pt["qps_parallel"] > 0 and pt["qps_single"] > 0 and pt["threads"] >= 1
+            assert 0 < pt["p50_us"] <= pt["p99_us"] and pt["single_n"] == 50
+            assert 0 <= pt["recall@10_single"] <= 1
+        if r["system"].startswith("irli"):  # irli gives one answer in every mode
+            assert all(pt["same_as_batch"] for pt in r["points"])
     flat = next(r for r in run["results"] if r["system"] == "faiss-flat")
     assert flat["points"][0]["recall@10"] == 1.0 and flat["points"][0]["candidates"] == 3000
     table = (out / "table.md").read_text()
-    assert "| irli:fast |" in table and "QPS @0.95" in table
-    for png in ("recall_qps.png", "recall_candidates.png", "recall_scanned.png"):
+    assert "| irli:fast |" in table and "| scann |" in table and "| usearch |" in table
+    assert "batch QPS @0.95" in table and "all-cores QPS @0.95" in table and "single QPS @0.95" in table
+    for png in ("recall_qps.png", "recall_qps_parallel.png", "recall_qps_single.png", "recall_candidates.png",
+                "recall_scanned.png"):
         assert (out / png).stat().st_size > 1000
     # the ground truth is cached: a second run reuses it
     assert len(list((tmp_path / "cache").glob("*/truth.npy"))) == 1

@@ -123,3 +123,32 @@ def test_glove_package_when_installed():
     assert x.shape == (400_000, 50) and x.dtype == np.float32 and len(words) == 400_000
     np.testing.assert_allclose(np.linalg.norm(x[:100], axis=1), 1, atol=1e-5)
     assert "king" in words[:5000]
+
+
+def test_embedded_texts_are_cached_on_disk(tmp_path):
+    """The MiniLM set's cache: computed once (with progress), then read back."""
+    from irli.datasets import embed_texts
+    from irli.errors import InvalidInputError
+
+    texts = [f"word{i}" for i in range(50)]
+    calls, reports = [], []
+
+    def fake(batch):
+        calls.append(len(batch))
+        v = np.array([[len(t), hash(t) % 7, 1.0] for t in batch], dtype=np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    path = tmp_path / "cache" / "vec.npy"
+    a = embed_texts(texts, path, fake, 3, callback=reports.append, chunk=16)
+    assert a.shape == (50, 3) and calls == [16, 16, 16, 2] and path.exists()
+    assert reports[0].stage == "embed" and reports[-1].done == 50 == reports[-1].total
+    b = embed_texts(texts, path, fake, 3, chunk=16)
+    assert calls == [16, 16, 16, 2]  # the cache answered
+    np.testing.assert_array_equal(a, b)
+    c = embed_texts(texts[:10], path, fake, 3)  # a different set: the cache does not fit, so it is recomputed
+    assert c.shape == (10, 3) and len(calls) == 5
+    path.write_bytes(b"garbage")
+    assert embed_texts(texts[:10], path, fake, 3).shape == (10, 3)  # an unreadable cache is replaced
+    with pytest.raises(InvalidInputError, match="embedder returned shape"):
+        embed_texts(texts, tmp_path / "x.npy", lambda t: np.zeros((1, 3), np.float32), 3)
+    assert not list(tmp_path.glob("*.tmp*"))

@@ -228,6 +228,43 @@ def test_bad_input_errors(planted, fitted):
         LabelIndex(bogus=1)
 
 
+def test_one_point_per_call_equals_its_row_of_a_batch(planted, fitted):
+    _, (xt, _) = planted
+    ids, scores, cand = fitted.predict_with_counts(xt, k=5, threads=1)
+    for i in range(40):
+        a, s, c = fitted.predict_with_counts(xt[i], k=5)  # one CSR row
+        np.testing.assert_array_equal(a[0], ids[i])
+        np.testing.assert_array_equal(s[0], scores[i])
+        assert c[0] == cand[i]
+    dense = fitted.predict(xt[:3].toarray(), k=5)
+    np.testing.assert_array_equal(dense[0], ids[:3])
+    # rows that are not yet unit length, or stored in float64 / unsorted, give the same answers
+    scaled = sp.csr_matrix(xt[:20].multiply(3.5), dtype=np.float64)
+    np.testing.assert_array_equal(fitted.predict(scaled, k=5)[0], ids[:20])
+
+
+def test_predictions_do_not_depend_on_threads(planted, fitted):
+    _, (xt, _) = planted
+    one = fitted.predict_with_counts(xt, k=5, threads=1)
+    for t in (2, 3, None):
+        many = fitted.predict_with_counts(xt, k=5, threads=t)
+        for a, b in zip(one, many):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("col", [600, 100_000, -3])
+def test_feature_ids_out_of_range_are_refused(fitted, col):
+    """scipy builds such matrices without checking; a prediction must refuse
+    them (it once read past the weights: NaN scores or a crash)."""
+    m = sp.csr_matrix((np.ones(1, np.float32), np.array([col]), np.array([0, 1])), shape=(1, 600))
+    with pytest.raises(InvalidInputError, match=r"X row 0: a feature index outside \[0, 600\)"):
+        fitted.predict(m)
+    rows = sp.vstack([sp.csr_matrix((1, 600), dtype=np.float32)] * 3 + [m]).tocsr()
+    rows.indices[-1] = col  # vstack may check: put the bad index back
+    with pytest.raises(InvalidInputError, match="X row 3"):
+        fitted.predict(rows)
+
+
 def test_cli_build_eval_info(tmp_path, planted, capsys):
     (x, y), (xt, yt) = planted
     write_xc(tmp_path / "train.txt", x[:800], y[:800])

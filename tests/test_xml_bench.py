@@ -28,6 +28,7 @@ def test_xml_bench_runs_and_scores(tmp_path):
     assert irli_row["system"] == "irli" and 0.5 <= irli_row["P@1"] <= 1.0
     assert irli_row["P@5"] <= irli_row["P@1"] and 0 < irli_row["PSP@1"] <= 1.0
     assert irli_row["ms_per_point"] > 0 and irli_row["model_bytes"] > 0
+    assert irli_row["single_ms_per_point"] > 0  # one point per call, timed too
     assert "error" in peer_row  # no peer interpreter: reported, not a crash
     table = (out / "table.md").read_text()
     assert "| irli |" in table and "failed" in table

@@ -238,6 +238,14 @@ def _minilm_embedder(batch: int):
         ) from None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships in the package: never reach for a hub
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the library never prints
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - sentence-transformers brings transformers
+        pass
     model = pkg.load_model(device="cpu")
 
     def embed(texts: list[str]) -> np.ndarray:
@@ -247,8 +255,7 @@ def _minilm_embedder(batch: int):
     return embed
 
 
-def load_minilm(callback: Callback = None, embed=None, batch: int = 1024,
-                chunk: int = 16_384) -> tuple[np.ndarray, list[str]]:
+def load_minilm(callback: Callback = None, embed=None, batch: int = 1024) -> tuple[np.ndarray, list[str]]:
     """The 400,000 GloVe vocabulary words embedded by all-MiniLM-L6-v2
     (float32 (400000, 384), unit rows) and the words.
 
@@ -260,24 +267,46 @@ def load_minilm(callback: Callback = None, embed=None, batch: int = 1024,
     """
     _, words = load_glove(normalize=False)
     path = cache_dir() / f"minilm-l6-v2-glove-words-{len(words)}.npy"
+    return embed_texts(words, path, embed or (lambda: _minilm_embedder(batch)), MINILM_DIM, callback), words
+
+
+def embed_texts(texts: list[str], path: str | os.PathLike, embedder, dim: int, callback: Callback = None,
+                chunk: int = 16_384) -> np.ndarray:
+    """Vectors of `texts`, float32 (len(texts), dim), cached in the .npy file
+    `path`: read from it when it holds the right shape, else computed with
+    `embedder` (a callable texts -> float32 (n, dim), or a zero-argument
+    factory of one, called only when needed), `chunk` texts at a time with
+    "embed" progress reports, and written atomically."""
+    path = Path(path)
     if path.exists():
-        x = np.load(path, mmap_mode="r")
-        if x.shape == (len(words), MINILM_DIM) and x.dtype == np.float32:
-            return np.ascontiguousarray(x), words
-    embed = embed or _minilm_embedder(batch)
-    out = np.empty((len(words), MINILM_DIM), dtype=np.float32)
-    report(callback, "embed", 0, len(words))
-    for s in range(0, len(words), chunk):
-        part = embed(words[s : s + chunk])
-        if part.shape != (min(chunk, len(words) - s), MINILM_DIM):
-            raise InvalidInputError(f"the embedder returned shape {part.shape} for {min(chunk, len(words) - s)} texts")
-        out[s : s + chunk] = part
-        report(callback, "embed", min(len(words), s + chunk), len(words))
+        try:
+            x = np.load(path, mmap_mode="r", allow_pickle=False)
+            if x.shape == (len(texts), dim) and x.dtype == np.float32:
+                return np.ascontiguousarray(x)
+        except (ValueError, OSError, EOFError):
+            pass  # unreadable: computed again below
+    embed = embedder
+    try:
+        import inspect
+
+        if not inspect.signature(embedder).parameters:  # a factory: build the model now
+            embed = embedder()
+    except (TypeError, ValueError):
+        pass
+    out = np.empty((len(texts), dim), dtype=np.float32)
+    report(callback, "embed", 0, len(texts))
+    for s in range(0, len(texts), chunk):
+        want = min(chunk, len(texts) - s)
+        part = np.asarray(embed(list(texts[s : s + chunk])), dtype=np.float32)
+        if part.shape != (want, dim):
+            raise InvalidInputError(f"the embedder returned shape {part.shape} for {want} texts, expected ({want}, {dim})")
+        out[s : s + want] = part
+        report(callback, "embed", s + want, len(texts))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
     np.save(tmp, out)
     os.replace(tmp, path)  # a reader never sees half a file
-    return out, words
+    return out
 
 
 def minilm_split(n_test: int = 10_000, seed: int = 0, callback: Callback = None, embed=None):
