@@ -116,7 +116,8 @@ class IrliSystem(System):
     def settings(self):
         probes = [p for p in PROBES if p <= self.index.n_buckets]
         if self.index.codes_:  # the re-rank factor is a query knob too, as FAISS's k_factor
-            return [{"probes": p, "refine": f} for p in probes for f in (2, 4, 8)]
+            fine = sorted(set(probes) | {p for p in (10, 14, 18, 28) if p <= self.index.n_buckets})
+            return [{"probes": p, "refine": f} for p in fine if p >= 4 for f in (2, 3, 4, 6)]
         if self.index.n_reps > 1 and "min_votes" not in self.overrides:  # the vote filter across repetitions
             return [{"probes": p, "min_votes": v} for p in probes for v in (1, 2)]
         return [{"probes": p} for p in probes]
@@ -271,7 +272,7 @@ class Scann(System):
     best `pre_reorder_num_neighbors`."""
 
     name = "scann"
-    LEAVES = [4, 6, 8, 10, 12, 15, 18, 20, 25, 30, 35, 40, 50, 60, 80, 100]
+    LEAVES = [4, 6, 8, 10, 12, 15, 18, 20, 22, 25, 28, 30, 35, 40, 50, 60, 80, 100]
     REORDER = [30, 50, 100, 200]
 
     def build(self, x, metric, n_buckets):

@@ -43,8 +43,9 @@ class IndexConfig:
     scans 4-bit product-quantised codes of the probed buckets (`pq_m`
     sub-quantisers, default d up to 64 dimensions, then d / 2; `pq_residual`:
     encode x - bucket centre, or x itself, or None to choose at fit by
-    measuring both on a sample) and re-scores the best `refine` x k distinct
-    items exactly.
+    measuring both on a sample; `pq_anisotropic`: ScaNN's threshold T for
+    score-aware codes under ip / cosine, None or 0 for plain PQ) and
+    re-scores the best `refine` x k distinct items exactly.
     Search defaults: `probes` buckets per repetition, keep candidates seen in at
     least `min_votes` repetitions, optionally only the `top_c` with the highest
     summed router probability ("exact" scan only).
@@ -78,6 +79,7 @@ class IndexConfig:
     refine: int = 4
     pq_m: int | None = None
     pq_residual: bool | None = None
+    pq_anisotropic: float | None = None
     probes: int = 16
     min_votes: int = 1
     top_c: int | None = None
@@ -168,10 +170,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # the fastest configuration we measured on GloVe: k-means buckets, each item
     # also spilled to a second (SOAR) bucket, 4-bit PQ fast-scan of the probed
-    # buckets, exact re-rank of the best 4 x k
+    # buckets (score-aware codes, ScaNN's threshold 0.2), exact re-rank of the
+    # best 4 x k distinct items
     "fast": dict(
         start="kmeans", router="centroid", n_reps=1, epochs=0, spill=1, scan="pq4", refine=4,
-        probes=24,
+        probes=24, pq_anisotropic=0.2,
     ),
 }
 
@@ -249,6 +252,8 @@ def _validate(c: IndexConfig) -> None:
     for name in ("repartition",):
         if not isinstance(getattr(c, name), bool):
             raise ConfigError(f"{name} must be true or false, got {getattr(c, name)!r}")
+    if c.pq_anisotropic is not None:
+        _float(c, "pq_anisotropic", 0.0, 1.0, hi_open=True)
     if c.pq_residual is not None and not isinstance(c.pq_residual, bool):
         raise ConfigError(f"pq_residual must be true, false or None, got {c.pq_residual!r}")
     if c.router_bias is not None and not isinstance(c.router_bias, bool):

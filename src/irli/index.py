@@ -157,7 +157,8 @@ class Index:
         if cfg.scan == "pq4":
             report(callback, "codes", 0, 1)
             codes_ = PQ4Codes.build(vectors_, assign_, result.centres, cfg.metric, cfg.pq_m,
-                                    residual=cfg.pq_residual, seed=cfg.seed, queries=tq, lists=lists_)
+                                    residual=cfg.pq_residual, seed=cfg.seed, queries=tq, lists=lists_,
+                                    anisotropic=cfg.pq_anisotropic)
             report(callback, "codes", 1, 1)
         rows = sample_rows(n, 20_000, cfg.seed)
         moved, imbalance, _ = measure(vectors_[rows], assign_[:, 0, rows], assign_[:, 0], result.routers, cfg, b)
@@ -661,6 +662,7 @@ class Index:
         }
         if self.codes_ is not None:
             manifest["pq_residual"] = self.codes_.residual
+            manifest["pq_eta"] = self.codes_.eta
         return write_index(path, arrays, routers, manifest, staged=staged)
 
     @classmethod
@@ -725,7 +727,8 @@ class Index:
                                         config.metric, lists, arrays["assign"])
         elif config.scan == "pq4":
             codes = PQ4Codes.from_arrays(arrays["pq_books"], arrays["pq_codes"], centres, config.metric,
-                                         bool(man.get("pq_residual", True)), lists, arrays["assign"], n)
+                                         bool(man.get("pq_residual", True)), lists, arrays["assign"], n,
+                                         eta=float(man.get("pq_eta", 0.0)))
         next_id = man.get("next_id", int(ids.max()) + 1 if ids.size else 0)
         self._install(arrays["vectors"], arrays["ids"], arrays["assign"], centres, lists, routers, codes,
                       man.get("history", {}),

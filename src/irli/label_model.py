@@ -149,7 +149,7 @@ def predict_block(indptr, indices, data, lo, hi, m, k, min_votes, normalize, use
     top = np.empty((reps, _ROWS, m), dtype=np.int32)
     val = np.empty(m, dtype=np.float32)
     buf_v = np.empty(width, dtype=np.float32)
-    buf_i = np.empty(width, dtype=np.int64)
+    buf_i = np.empty(width, dtype=np.int32)
     cand = np.empty(reps * m * widest, dtype=np.int32)
     hs = np.empty(k, dtype=np.float32)
     hi_ = np.empty(k, dtype=np.int64)

@@ -262,8 +262,8 @@ def pq_block(q, lo, hi, m, kk, k, cosine, l2, residual, n_sub, a1, b1, a2, b2, c
     ki = np.empty(k, dtype=np.int64)
     rq = np.empty(d, dtype=np.float32)
     nb = bstart.shape[1] - 1
-    count = np.zeros(nb + 1, dtype=np.int64)
-    who = np.empty(chunk * m, dtype=np.int64)
+    count = np.zeros(nb + 1 if n > 1 else 0, dtype=np.int64)  # one query needs no bucket-major order
+    who = np.empty(chunk * m if n > 1 else 0, dtype=np.int64)
     for c0 in range(0, n, chunk):
         cn = min(chunk, n - c0)
         size[:cn] = 0

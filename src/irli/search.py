@@ -197,11 +197,12 @@ def _route_rows(q, lo, hi, a1, b1, a2, b2, probed, probs, plo):
     two = a2.shape[1] > 0
     width = a2.shape[2] if two else a1.shape[2]
     m = probed.shape[2]
-    hidden = np.empty((_GROUP, a1.shape[2]), dtype=np.float32)
-    logits = np.empty((_GROUP, width), dtype=np.float32) if two else hidden
+    rows = min(_GROUP, hi - lo)
+    hidden = np.empty((rows, a1.shape[2]), dtype=np.float32)
+    logits = np.empty((rows, width), dtype=np.float32) if two else hidden
     val = np.empty(m, dtype=np.float32)
     buf_v = np.empty(width, dtype=np.float32)
-    buf_i = np.empty(width, dtype=np.int64)
+    buf_i = np.empty(width, dtype=np.int32)
     with_probs = probs.shape[1] > 0
     for r in range(reps):
         for g in range(lo, hi, _GROUP):
@@ -231,7 +232,7 @@ def _route_kernel(q, lo, hi, a1, b1, a2, b2, probed, probs):
 def _top_m_rows(s, out_idx, out_val):
     width = s.shape[1]
     bv = np.empty(width, np.float32)
-    bi = np.empty(width, np.int64)
+    bi = np.empty(width, np.int32)
     for i in range(s.shape[0]):
         _top_row(s[i], out_idx.shape[1], bv, bi, out_idx[i], out_val[i])
 
