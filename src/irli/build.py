@@ -14,9 +14,12 @@ directory, in bounded memory.
    and everything is written into the directory atomically; the returned
    index memory-maps the vectors for the exact re-rank.
 
-Memory holds the sample and its training state, the assignments, the lists
-and the PQ codes (d/2 bytes per item and copy), never the vectors: pages of
-the mapped input are released after each batch. Items keep their input
+Memory holds the sample and its training state (freed before the pass),
+the assignments, the lists and one copy of the PQ codes, in their scan
+layout; never the vectors: the vectors and the codes are streamed into
+their files, and pages of the mapped files are released after each batch.
+The finished files are moved into the directory and the returned index
+maps them. Items keep their input
 order on disk (a streamed build cannot regroup them by bucket without a
 second pass), so the `fast` preset, which reads vectors only to re-rank a few
 candidates, is the natural choice for such collections.
@@ -40,7 +43,7 @@ from .index import Index
 from .partition import InvertedLists
 from .progress import Callback, report
 from .updates import place, sample_rows
-from .validation import as_matrix, normalize_rows, positive_int
+from .validation import as_matrix, check_norms, normalize_rows, positive_int
 
 
 def release(x: np.ndarray) -> None:
@@ -103,46 +106,65 @@ def build(vectors, path: str | os.PathLike, preset: str = "fast", metric: str = 
 
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staged = dest.parent / f".{dest.name}.vectors-{uuid.uuid4().hex[:12]}.npy"
+    tag = uuid.uuid4().hex[:12]
+    staged = dest.parent / f".{dest.name}.vectors-{tag}.npy"
+    staged_codes = dest.parent / f".{dest.name}.pq_codes-{tag}.npy"
+    encoder = learned.codes_.encoder() if learned.codes_ is not None else None
+    routers, centres, learned_history = learned.routers_, learned.centres_, learned.history_
+    del learned  # the sample's index: its vectors and codes are not needed any more
+    index = vec = None
     try:
         np.lib.format.open_memmap(staged, mode="w+", dtype=np.float32, shape=(n, d)).flush()  # header, size
-        encoder = learned.codes_.encoder() if learned.codes_ is not None else None
+        if encoder is not None:  # codes go to their file as they are made, like the vectors
+            cc = cfg.copies if encoder.residual else 1
+            np.lib.format.open_memmap(staged_codes, mode="w+", dtype=np.uint8,
+                                      shape=(cfg.n_reps, cc, n, (encoder.n_sub + 1) // 2)).flush()
         if executor is None:
-            assign, sqnorms, codes = _stream(x, 0, n, staged, cfg, learned.routers_, learned.centres_, encoder,
-                                             batch, callback)
+            assign, sqnorms, codes = _stream(x, 0, n, staged, cfg, routers, centres, encoder, batch, callback,
+                                             staged_codes=staged_codes if encoder is not None else None)
         else:  # row ranges (whole batches) as parallel Ray tasks; codes merged in range order
             if not isinstance(vectors, (str, os.PathLike)):
                 raise InvalidInputError("a build on Ray reads the vectors from a file: pass its path")
             spans = [(s, min(n, s + step)) for step in [batch * max(1, -(-n // batch) // executor.n_workers())]
                      for s in range(0, n, step)]
             parts = executor.map(_stream_task, spans, path=str(vectors), staged=str(staged), cfg=cfg,
-                                 routers=learned.routers_, centres=learned.centres_, encoder=encoder, batch=batch)
+                                 routers=routers, centres=centres, encoder=encoder, batch=batch)
             assign = np.concatenate([p[0] for p in parts], axis=2)
             sqnorms = np.concatenate([p[1] for p in parts]) if cfg.metric == "l2" else None
-            codes = np.concatenate([p[2] for p in parts], axis=2) if encoder is not None else None
+            if encoder is not None:
+                out = np.load(staged_codes, mmap_mode="r+")
+                for at, p in zip(np.cumsum([0] + [q[2].shape[2] for q in parts[:-1]]), parts):
+                    out[:, :, at : at + p[2].shape[2]] = p[2]
+                out.flush()
+                del out, parts
         report(callback, "lists", 0, 1)
         lists = InvertedLists.from_assignments(assign, b)
         report(callback, "lists", 1, 1)
-        if encoder is not None:
-            codes = learned.codes_.extended(codes, lists, assign)
+        codes = None
+        if encoder is not None:  # the scan layout is the one copy of the codes held in memory
+            flat = np.load(staged_codes, mmap_mode="r")
+            codes = encoder.extended(flat, lists, assign)
+            release(flat)
         vec = np.load(staged, mmap_mode="r")
-        history = {**learned.history_, "fit_seconds": time.perf_counter() - t0, "sample": int(rows.size),
+        history = {**learned_history, "fit_seconds": time.perf_counter() - t0, "sample": int(rows.size),
                    "out_of_core": True}
         index = Index.from_config(cfg, preset=preset)
-        index._install(vec, uid, assign, learned.centres_, lists, learned.routers_, codes, history,
+        index._install(vec, uid, assign, centres, lists, routers, codes, history,
                        live=None, next_id=int(uid.max()) + 1, sqnorms=sqnorms)
         report(callback, "write", 0, 1)
-        index._write(dest, staged={"vectors": staged})
+        # the staged files are moved in; the index's maps of them stay valid
+        index._write(dest, staged={"vectors": staged, **({"pq_codes": staged_codes} if codes is not None else {})})
         report(callback, "write", 1, 1)
     finally:
-        if staged.exists():
-            staged.unlink()
-    del index, vec
-    return Index.load(dest, mmap=True, verify=False)
+        for f in (staged, staged_codes):
+            if f.exists():
+                f.unlink()
+    return index
 
 
 def _stream(x, start: int, stop: int, staged, cfg: IndexConfig, routers, centres, encoder: PQ4Codes | None,
-            batch: int, callback: Callback = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+            batch: int, callback: Callback = None, staged_codes=None
+            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Place, encode and store rows start .. stop - 1 of `x`, `batch` at a
     time: writes their vectors into the .npy file `staged` (opened in place)
     and encodes their PQ codes with `encoder` (when the index has codes).
@@ -153,13 +175,15 @@ def _stream(x, start: int, stop: int, staged, cfg: IndexConfig, routers, centres
     assign = np.empty((cfg.n_reps, cfg.copies, stop - start), dtype=np.int32)
     loads = np.zeros((cfg.n_reps, b), dtype=np.int64)
     sqnorms = np.empty(stop - start, dtype=np.float32) if cfg.metric == "l2" else None
-    codes = None
+    codes = np.load(staged_codes, mmap_mode="r+") if staged_codes is not None else None
     for s in range(start, stop, batch):
         e = min(stop, s + batch)
         xb = as_matrix(np.ascontiguousarray(x[s:e]), "vectors")
         release(x)
         if cfg.metric == "cosine":
             xb = normalize_rows(xb)
+        else:
+            check_norms(xb, f"vectors (rows {s}..{e - 1})")
         where = place(xb, routers, cfg, loads, centres, seed=cfg.seed + s)
         assign[:, :, s - start : e - start] = where
         for r in range(cfg.n_reps):
@@ -169,6 +193,9 @@ def _stream(x, start: int, stop: int, staged, cfg: IndexConfig, routers, centres
             if codes is None:
                 codes = np.empty(part.shape[:2] + (stop - start, part.shape[3]), dtype=np.uint8)
             codes[:, :, s - start : e - start] = part
+            if staged_codes is not None:
+                codes.flush()
+                release(codes)
         out[s:e] = xb
         if sqnorms is not None:
             sqnorms[s - start : e - start] = np.einsum("ij,ij->i", xb, xb)
@@ -176,6 +203,9 @@ def _stream(x, start: int, stop: int, staged, cfg: IndexConfig, routers, centres
         release(out)
         report(callback, "assign", e, stop)
     del out
+    if staged_codes is not None:
+        del codes
+        return assign, sqnorms, None
     return assign, sqnorms, codes
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -127,7 +128,7 @@ def cmd_build(a) -> int:
     bars = Bars(not a.quiet)
     t = time.perf_counter()
     try:
-        if a.sample:  # out of core: stream the file into the index directory
+        if a.sample is not None:  # out of core: stream the file into the index directory
             from .build import build
 
             if a.train_queries:
@@ -142,7 +143,7 @@ def cmd_build(a) -> int:
     finally:
         bars.close()
     built = time.perf_counter() - t
-    if not a.sample:
+    if a.sample is None:
         index.save(a.output)
     print(f"built {index!r} in {built:.1f} s -> {a.output}")
     return 0
@@ -305,6 +306,17 @@ def cmd_demo(a) -> int:
 
 
 # -- parser ----------------------------------------------------------------------
+def _positive(text: str) -> int:
+    """argparse type: a positive integer."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="irli", description="Learning to index: learned partitions and "
                                 "routing for nearest-neighbour search.")
@@ -328,13 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ann: nearest-neighbour index of vectors; xml: label index from an Extreme "
                    "Classification Repository file (auto: detected from the file's header)")
     b.add_argument("--labels", help="xml split format: the labels file (VECTORS is then the features file)")
-    b.add_argument("--sample", type=int, default=None,
+    b.add_argument("--sample", type=_positive, default=None,
                    help="out-of-core build: learn from this many sampled items and stream the file "
                    "into the index in bounded memory")
     b.add_argument("--ray-address", default=None,
                    help="train the repetitions as Ray tasks on this cluster ('auto': the one `ray start` made)")
-    b.add_argument("--workers", type=int, default=None, help="parallel Ray tasks (default: the cluster's CPUs)")
-    b.add_argument("--threads", type=int, default=None, help="threads for the build (default: all cores)")
+    b.add_argument("--workers", type=_positive, default=None, help="parallel Ray tasks (default: the cluster's CPUs)")
+    b.add_argument("--threads", type=_positive, default=None, help="threads for the build (default: all cores)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_build)
 
@@ -353,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-address", default=None,
                    help="search shards of the index in Ray actors on this cluster ('auto': an existing one)")
     s.add_argument("--shards", type=int, default=2, help="shards (Ray actors) with --ray-address")
-    s.add_argument("--threads", type=int, default=None, help="threads for the search (default: all cores)")
+    s.add_argument("--threads", type=_positive, default=None, help="threads for the search (default: all cores)")
     s.set_defaults(func=cmd_search)
 
     e = sub.add_parser("eval", help="recall@k, candidates and QPS over a sweep of probes",
@@ -369,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--labels", help="label index, split format: the labels file of QUERIES")
     e.add_argument("--min-votes", type=int, default=None)
     e.add_argument("--top-c", type=int, default=None)
-    e.add_argument("--threads", type=int, default=1, help="threads for the timed search (default 1)")
+    e.add_argument("--threads", type=_positive, default=1, help="threads for the timed search (default 1)")
     e.add_argument("--json", help="also write the table as JSON here")
     e.add_argument("-q", "--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
@@ -387,11 +399,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--presets", default="fast,irli,ivf", help="comma-separated presets to compare")
     d.add_argument("--probes", default="1,2,4,8,16,32", help="comma-separated probe counts")
     d.add_argument("--words", default="king,paris,computer,coffee", help="words to look up")
-    d.add_argument("--n-test", type=int, default=10_000, help="held-out queries")
+    d.add_argument("--n-test", type=_positive, default=10_000, help="held-out queries")
     d.add_argument("--save", help="directory to save the indexes in (one per preset)")
     d.add_argument("-q", "--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
     return p
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so the interpreter's
+    final flush does not report the pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # pragma: no cover - stdout already gone
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -405,13 +428,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             resolve(a.threads)  # a clear error for --threads 0
         return a.func(a)
-    except (IrliError, OSError, ValueError) as e:
+    except BrokenPipeError:  # output piped into `head` and the like; before OSError, its base
+        _quiet_stdout()
+        return 0
+    except (IrliError, OSError, ValueError, MemoryError) as e:
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"irli: error: {msg}", file=sys.stderr)
         return 1
-    except BrokenPipeError:  # output piped into `head` and the like
-        sys.stderr.close()
-        return 0
     except KeyboardInterrupt:
         print("irli: interrupted", file=sys.stderr)
         return 130

@@ -46,9 +46,13 @@ def default_pq_m(d: int) -> int:
 def _train_pq(x: np.ndarray, m: int, seed: int) -> np.ndarray:
     """Codebook float32 (m, 16, d / m) trained on the rows of x (float32 (n, d))."""
     d = x.shape[1]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.shape[0] < 16:  # fewer rows than codes: repeat them (the codebook then holds every row)
+        x = np.tile(x, (-(-16 // x.shape[0]), 1))
     pq = faiss.ProductQuantizer(d, m, 4)
     pq.cp.seed = seed
-    pq.train(np.ascontiguousarray(x, dtype=np.float32))
+    pq.cp.min_points_per_centroid = 1  # small data: no warning on stderr (the library never prints)
+    pq.train(x)
     return faiss.vector_to_array(pq.centroids).reshape(m, 16, d // m).astype(np.float32)
 
 

@@ -77,7 +77,14 @@ def parse_allow(allow, n_queries: int, idmap: IdMap, ids: np.ndarray, live: np.n
         lens = np.array([p.shape[0] for p in parts], dtype=np.int64)
         flat = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         return _per_query(np.repeat(np.arange(n_queries), lens), idmap.find(flat), n_queries)
-    a = _ids_array(allow, "allow") if isinstance(allow, (set, frozenset, range)) else np.asarray(allow)
+    if isinstance(allow, (set, frozenset, range)):
+        a = _ids_array(allow, "allow")
+    else:
+        try:
+            a = np.asarray(allow)
+        except (ValueError, TypeError):
+            raise InvalidInputError("allow mixes ids and id lists; give one id list per query, "
+                                    "or one id list for all") from None
     if a.dtype == bool:
         if a.ndim == 1:  # a mask by id, shared by all queries
             keep = np.zeros(ids.shape[0], dtype=bool)

@@ -24,10 +24,12 @@ def as_ids(ids, n: int | None = None, name: str = "ids") -> np.ndarray:
     if a.ndim != 1:
         raise InvalidInputError(f"{name} must be a 1-D array, got shape {a.shape}")
     if a.size and a.dtype.kind not in "iu":
-        if a.dtype.kind == "f" and np.isfinite(a).all() and (a == np.round(a)).all():
-            a = a.astype(np.int64)
-        else:
-            raise InvalidInputError(f"{name} must be integers, got dtype {a.dtype}")
+        if a.dtype.kind != "f" or not np.isfinite(a).all() or (a != np.round(a)).any():
+            bad = f"dtype {a.dtype}" if a.dtype.kind != "f" else f"{float(a[~(np.isfinite(a) & (a == np.round(a)))][0])!r}"
+            raise InvalidInputError(f"{name} must be integers, got {bad}")
+        if np.abs(a).max() >= 2.0 ** 63:
+            raise InvalidInputError(f"{name} must fit in int64, got {a[np.argmax(np.abs(a))]:g}")
+        a = a.astype(np.int64)
     if a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max:
         raise InvalidInputError(f"{name} must fit in int64")
     a = a.astype(np.int64, copy=False)

@@ -3,6 +3,7 @@ other modules (training, partition, search, storage); the math lives there."""
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -21,16 +22,32 @@ from .partition import InvertedLists
 from .progress import Callback, report
 from .routers import Router
 from .codes import PQ4Codes, default_pq_m
-from .search import Routing, _marks, _outputs, exact_block, prepare, scan, scanned, subset
+from .search import Routing, _marks, _outputs, exact_block, prepare, query_error, scan, scanned, subset
 from .pqscan import pq_block
 from .threads import limit, resolve, run_blocks
 from .storage import read_index, write_index
 from .training import learn
 from .updates import Drift, grow, measure, place, sample_rows
-from .validation import as_matrix, normalize_rows, positive_int
+from .validation import as_matrix, check_norms, normalize_rows, positive_int
 
 
 _LOCKS = threading.Lock()
+# k may exceed the items stored (rows are padded with -1) up to this many
+K_MAX = 4096
+
+
+def _exclusive(method):
+    """Run a method that changes (or saves) the index under its update
+    lock: such calls from several threads run one at a time, each on the
+    state the previous one left. Searches never wait for it: they read the
+    published snapshot (see Index._publish)."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 class _State(NamedTuple):
@@ -103,6 +120,7 @@ class Index:
         return self
 
     # -- fitting ------------------------------------------------------------------
+    @_exclusive
     def fit(self, vectors, ids=None, train_queries=None, callback: Callback = None,
             executor=None, threads: int | None = None) -> "Index":
         """Learn partitions and routers for `vectors` (n, d) and store them.
@@ -142,6 +160,10 @@ class Index:
         if cfg.metric == "cosine":
             x = normalize_rows(x)
             tq = normalize_rows(tq) if tq is not None else None
+        else:
+            check_norms(x, "vectors")
+            if tq is not None:
+                check_norms(tq, "train_queries")
         if cfg.scan == "pq4" and d % (cfg.pq_m or default_pq_m(d)):
             raise InvalidInputError(f"pq_m={cfg.pq_m} must divide the dimension d={d}")
         result = learn(x, cfg, b, tq, callback, executor=executor)
@@ -277,9 +299,10 @@ class Index:
         """Queries checked and prepared as searches prepare them (unit
         length for cosine): float32 (n, d)."""
         self._check_fitted()
-        q, bad = prepare(self._raw_queries(queries), self.config.metric == "cosine")
+        raw = self._raw_queries(queries)
+        q, bad = prepare(raw, self.config.metric == "cosine")
         if bad >= 0:
-            raise InvalidInputError(f"queries hold NaN or inf (first in row {bad})")
+            raise query_error(raw, bad)
         return q
 
     def _probes(self, probes) -> int:
@@ -328,6 +351,9 @@ class Index:
             q = self._raw_queries(queries)
         if type(k) is not int or k <= 0:
             k = positive_int(k, "k")
+        if k > K_MAX and k > st.vectors.shape[0]:
+            raise InvalidInputError(f"k={k} out of range: the index holds {st.n_live} items "
+                                    f"(k may exceed them, with -1 padding, up to {max(K_MAX, st.vectors.shape[0])})")
         m = self.config.probes if probes is None else positive_int(probes, "probes")
         m = min(m, st.n_buckets)
         votes = self.config.min_votes if min_votes is None else positive_int(min_votes, "min_votes")
@@ -358,13 +384,14 @@ class Index:
 
                 run_blocks(block, nq, threads, max_block=batch_size)
             if bad:
-                raise InvalidInputError(f"queries hold NaN or inf (first in row {min(bad)})")
+                raise query_error(q, min(bad))
             return SearchResult(*outs)
-        q, row = prepare(q, self.config.metric == "cosine")
+        raw = q
+        q, row = prepare(raw, self.config.metric == "cosine")
         if row >= 0:
-            raise InvalidInputError(f"queries hold NaN or inf (first in row {row})")
+            raise query_error(raw, row)
         pos, sc, cand, read = self._filtered(st, q, k, m, votes, cut, allow, threads, batch_size)
-        ids = np.where(pos >= 0, st.ids[np.maximum(pos, 0)], -1)
+        ids = np.where(pos >= 0, st.ids[np.maximum(pos, 0)], -1) if st.ids.size else np.full(pos.shape, -1)
         scores = -sc if self.config.metric == "l2" else sc  # negative squared distance -> squared distance
         return SearchResult(ids, scores, cand, read)
 
@@ -383,11 +410,14 @@ class Index:
             keep = self.live_.view(np.uint8) if self.n_removed else np.zeros(0, dtype=np.uint8)
             cosine, l2 = self.config.metric == "cosine", self.config.metric == "l2"
             r = self.routing_
+            # the kernels emit ids when given a non-empty id array (positions otherwise): an index
+            # with no slots left (all removed, then compacted) passes one unused id
+            ids = self.ids_ if self.ids_.shape[0] else np.full(1, -1, dtype=np.int64)
             if self.codes_ is not None:
-                args = self.codes_.kernel_args(cosine, r, self.vectors_, self.sqnorms_, keep, self.ids_)
+                args = self.codes_.kernel_args(cosine, r, self.vectors_, self.sqnorms_, keep, ids)
             else:
                 args = (cosine, l2, r.a1, r.b1, r.a2, r.b2, self.vectors_, self.sqnorms_, self.lists_.offsets,
-                        self.lists_.lists, keep, self.ids_)
+                        self.lists_.lists, keep, ids)
             st = _State(self.vectors_, self.sqnorms_, self.ids_, self.live_, keep, self.lists_, self.codes_,
                         self.routing_, self.idmap_, self.assign_.shape[1], len(self.idmap_),
                         self.vectors_.shape[1], self.lists_.offsets.shape[1] - 1, args)
@@ -483,6 +513,7 @@ class Index:
         return pos, (-d if l2 else d), np.full(nq, p.size, dtype=np.int64)
 
     # -- changing the items ----------------------------------------------------------
+    @_exclusive
     def add(self, vectors, ids=None, replace: bool = False, callback: Callback = None,
             threads: int | None = None) -> "Index":
         """Add items without retraining: each goes to the bucket(s) its
@@ -501,9 +532,17 @@ class Index:
 
     def _add(self, vectors, ids, replace, callback) -> "Index":
         self._check_fitted()
+        # everything is checked and computed first, then applied in one step
+        # under the lock: a failed add leaves the index as it was
+        cfg = self.config
         x = as_matrix(vectors, "vectors", dim=self.dim)
         n = x.shape[0]
-        uid = np.arange(self.next_id_, self.next_id_ + n, dtype=np.int64) if ids is None else as_ids(ids, n)
+        if ids is None:
+            if self.next_id_ > np.iinfo(np.int64).max - n + 1:
+                raise InvalidInputError(f"no ids left after {self.next_id_ - 1}; pass ids explicitly")
+            uid = np.arange(self.next_id_, self.next_id_ + n, dtype=np.int64)
+        else:
+            uid = as_ids(ids, n)
         dup = first_duplicate(uid)
         if dup is not None:
             raise InvalidInputError(f"ids repeat id {dup} within one call; ids must be unique")
@@ -511,13 +550,17 @@ class Index:
         if present.any() and not replace:
             raise InvalidInputError(f"id {int(uid[np.argmax(present)])} is already in the index; "
                                     "remove it first or pass replace=True")
-        cfg = self.config
         if cfg.metric == "cosine":
             x = normalize_rows(x)
-        if present.any():
-            self.remove(uid[present])
+        else:
+            check_norms(x, "vectors")
+        replaced = self.idmap_.find(uid[present]) if present.any() else np.zeros(0, np.int64)
         report(callback, "add", 0, n)
-        loads = np.stack([np.bincount(self.assign_[r, 0][self.live_], minlength=self.n_buckets)
+        staying = self.live_
+        if replaced.size:
+            staying = self.live_.copy()
+            staying[replaced] = False
+        loads = np.stack([np.bincount(self.assign_[r, 0][staying], minlength=self.n_buckets)
                           for r in range(self.n_reps)])
         where = place(x, self.routers_, cfg, loads, self.centres_, seed=cfg.seed + self.next_id_ + len(self))
         first = self.vectors_.shape[0]
@@ -535,12 +578,17 @@ class Index:
             codes = self.codes_.extended(self._append("pq_codes", self.codes_.codes, new_codes, axis=2),
                                          lists, assign)
         with self._lock:
+            if replaced.size:
+                self.idmap_.delete(uid[present])
+                live[replaced] = False
             self.vectors_, self.ids_, self.live_, self.assign_ = vectors, ids_, live, assign
             self.sqnorms_, self.lists_, self.codes_ = sqnorms, lists, codes
             self.idmap_.insert(uid, np.arange(first, first + n, dtype=np.int64))
             self._publish()
         self.next_id_ = max(self.next_id_, int(uid.max()) + 1)
         self.history_["added"] = self.history_.get("added", 0) + n
+        if replaced.size:
+            self.history_["removed"] = self.history_.get("removed", 0) + int(replaced.size)
         report(callback, "add", n, n)
         return self
 
@@ -560,6 +608,7 @@ class Index:
         at[axis] = slice(0, used + new.shape[axis])
         return buf[tuple(at)]
 
+    @_exclusive
     def remove(self, ids, missing: str = "raise") -> int:
         """Remove items by id; they vanish from results at once (their slots
         are reclaimed by `compact`). An id not in the index is an error, or
@@ -583,6 +632,7 @@ class Index:
             self.history_["removed"] = self.history_.get("removed", 0) + int(pos.size)
         return int(pos.size)
 
+    @_exclusive
     def compact(self) -> int:
         """Reclaim the slots of removed items: rewrite the stored arrays, lists
         and codes without them (positions change, ids do not) and regroup the
@@ -619,6 +669,7 @@ class Index:
                      added=int(self.history_.get("added", 0)), removed=int(self.history_.get("removed", 0)),
                      sample=int(rows.size))
 
+    @_exclusive
     def refresh(self, train_queries=None, callback: Callback = None) -> "Index":
         """Retrain the routers and re-partition on the items in the index now
         (a `fit` on them, in id order, with the same configuration and ids).
@@ -633,6 +684,7 @@ class Index:
         return self
 
     # -- persistence ---------------------------------------------------------------
+    @_exclusive
     def save(self, path: str | os.PathLike) -> Path:
         """Write the index to the directory `path`, atomically (see storage)."""
         return self._write(path)
@@ -730,8 +782,16 @@ class Index:
                                          bool(man.get("pq_residual", True)), lists, arrays["assign"], n,
                                          eta=float(man.get("pq_eta", 0.0)))
         next_id = man.get("next_id", int(ids.max()) + 1 if ids.size else 0)
+        history = man.get("history", {})
+        if type(next_id) is not int or not 0 <= next_id <= 2**63:
+            raise IndexFormatError(f"{path}: next_id in the manifest must be an integer >= 0, got {next_id!r}")
+        if alive.size and next_id <= int(alive.max()):
+            raise IndexFormatError(f"{path}: next_id {next_id} is not above the largest id {int(alive.max())}")
+        if not isinstance(history, dict) or any(type(history.get(c, 0)) is not int for c in ("added", "removed")) \
+                or not isinstance(history.get("drift_at_fit", {}), dict):
+            raise IndexFormatError(f"{path}: history in the manifest is malformed (corrupted)")
         self._install(arrays["vectors"], arrays["ids"], arrays["assign"], centres, lists, routers, codes,
-                      man.get("history", {}),
+                      history,
                       live=live, next_id=next_id, sqnorms=arrays.get("sqnorms"))
         return self
 

@@ -64,6 +64,8 @@ class LabelConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1):
                 raise ConfigError(f"{name} must be a positive integer or None, got {v!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         if self.loss not in ("sigmoid", "softmax"):
             raise ConfigError(f"loss must be 'sigmoid' or 'softmax', got {self.loss!r}")
         if self.device not in ("cpu", "cuda", "auto"):
@@ -249,6 +251,8 @@ class LabelIndex:
               and b == man.get("n_buckets") and f == man.get("n_features")
               and a["label_counts"].shape == (n_labels,)
               and (not cfg.scorer or (a["v"].shape == (n_labels, d) and a["c"].shape == (n_labels,))))
+        ok = ok and cfg.n_buckets == b and cfg.probes is not None and 1 <= cfg.probes <= b
+        ok = ok and man.get("loss", cfg.loss) in ("sigmoid", "softmax") and type(man.get("n_train", 0)) is int
         if not ok or a["assign"].size and (a["assign"].min() < 0 or a["assign"].max() >= b):
             raise IndexFormatError(f"{path}: array shapes or bucket ids do not agree with each other or the manifest")
         self = cls(cfg)

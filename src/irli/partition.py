@@ -172,9 +172,9 @@ def soar_spill(x: np.ndarray, centroids: np.ndarray, primary: np.ndarray, extra:
             for j in range(width):
                 diff = part - centroids[near[:, j]]
                 cost[:, j] = np.einsum("nd,nd->n", diff, diff)
-                for r in res:
-                    cost[:, j] += lam * np.einsum("nd,nd->n", r, diff) ** 2 / np.maximum(
-                        np.einsum("nd,nd->n", r, r), 1e-12)
+                for r in res:  # the projection is squared after dividing: no overflow near the norm limit
+                    proj = np.einsum("nd,nd->n", r, diff) / np.sqrt(np.maximum(np.einsum("nd,nd->n", r, r), 1e-12))
+                    cost[:, j] += lam * proj * proj
             for u in used:
                 cost[near == u[:, None]] = np.inf
             pick = near[np.arange(part.shape[0]), np.argmin(cost, axis=1)]

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from .errors import InvalidInputError
 from .routers import Router
 from .threads import run_blocks, stamps
+from .validation import MAX_NORM
 
 # fast-math for the search kernels, without "ninf": top-m and the heaps use
 # infinities as sentinels. Inputs are checked finite before any of it runs.
@@ -40,7 +42,8 @@ def _prepare_rows(q, lo, hi, cosine, out):
     """Copy rows lo .. hi - 1 of q float32 (n, d) into out (hi - lo, d),
     scaled to unit length for cosine (norms summed in float64, so huge
     values do not overflow). Returns -1, or the first row holding NaN or inf
-    (checked on the bits, which no fast-math can fold away)."""
+    (checked on the bits, which no fast-math can fold away) or, for l2 and
+    ip, a norm above MAX_NORM (see query_error)."""
     d = q.shape[1]
     for r in range(lo, hi):
         bits = q[r].view(np.int32)
@@ -49,17 +52,28 @@ def _prepare_rows(q, lo, hi, cosine, out):
             bad |= (bits[j] & 0x7F800000) == 0x7F800000
         if bad:
             return r
+        s = 0.0
+        for j in range(d):
+            v = np.float64(q[r, j])
+            s += v * v
         if cosine:
-            s = 0.0
-            for j in range(d):
-                v = np.float64(q[r, j])
-                s += v * v
             norm = np.sqrt(s) if s > 0 else 1.0
             for j in range(d):
                 out[r - lo, j] = np.float32(q[r, j] / norm)
+        elif s > MAX_NORM * MAX_NORM:
+            return r
         else:
             out[r - lo] = q[r]
     return -1
+
+
+def query_error(q: np.ndarray, row: int) -> InvalidInputError:
+    """The error for row `row` of the raw queries q, which a kernel refused."""
+    v = np.asarray(q[row], dtype=np.float64)
+    if not np.isfinite(v).all():
+        return InvalidInputError(f"queries hold NaN or inf (first in row {row})")
+    return InvalidInputError(f"queries row {row} has norm {np.sqrt(v @ v):.3g}, too large: "
+                             f"l2 and ip distances need norms <= {MAX_NORM:g}")
 
 
 def prepare(q: np.ndarray, cosine: bool) -> tuple[np.ndarray, int]:

@@ -9,18 +9,24 @@ Layout of a directory:
   live.npy             bool (N,) False where an item was removed (only if any was)
   routers.safetensors  router weights, keys "<rep>.<name>"
 
-Nothing is pickled. A save writes a hidden temporary sibling directory, fsyncs
-it, and swaps it in with one atomic exchange (or two renames where the file
-system cannot exchange), so an index saved earlier at the path is never left
-half-written.
+Nothing is pickled. A save writes a hidden temporary sibling directory
+(`.NAME.tmp-*`, locked while written), fsyncs it, and swaps it in with one
+atomic exchange (or two renames where the file system cannot exchange), so
+an index saved earlier at the path is never left half-written; a later save
+deletes the temporary directories of saves whose process died. A read pins
+the directory and opens each file once, so it never mixes two saves. A
+manifest may name only plain files inside its directory.
 """
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -38,6 +44,9 @@ FORMAT = "irli-index"
 FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 ROUTERS = "routers.safetensors"
+# what a manifest may name: plain files of the index directory itself
+_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.(npy|safetensors)")
+_LOCK = ".saving"
 
 
 def sha256(path: Path, chunk: int = 1 << 22) -> str:
@@ -77,8 +86,10 @@ def write_index(path: str | os.PathLike, arrays: dict[str, np.ndarray],
         if any(dest.iterdir()) and not (dest / MANIFEST).exists():
             raise IndexFormatError(f"{dest}: a non-empty directory that is not an irli index; refusing to overwrite")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned(dest)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
+    lock = _hold(tmp)
     try:
         files: dict[str, dict[str, Any]] = {}
         for name, arr in arrays.items():
@@ -105,10 +116,54 @@ def write_index(path: str | os.PathLike, arrays: dict[str, np.ndarray],
             os.fsync(fh.fileno())
         _fsync(tmp)
         _swap_in(tmp, dest)
+        try:  # not part of the index (its lock is held until the end)
+            os.unlink(dest / _LOCK)
+        except OSError:  # pragma: no cover
+            pass
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        os.close(lock)
     return dest
+
+
+def _hold(tmp: Path) -> int:
+    """Mark `tmp` as being written by this process: an exclusively locked
+    file `.saving` in it (locked before it gets its name, so no other
+    process sees it unlocked). The lock dies with the process."""
+    staging = tmp / f"{_LOCK}.{uuid.uuid4().hex[:8]}"
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.rename(staging, tmp / _LOCK)
+    return fd
+
+
+def remove_abandoned(dest: Path) -> list[Path]:
+    """Delete the temporary directories of saves to `dest` whose process
+    died: those whose `.saving` file nobody holds locked. Directories
+    without one are left alone (they cannot be proven abandoned). Returns
+    the directories removed."""
+    gone = []
+    try:
+        siblings = list(dest.parent.glob(f".{glob.escape(dest.name)}.tmp-*"))
+    except OSError:
+        return gone
+    for d in siblings:
+        try:
+            fd = os.open(d / _LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: a save in progress
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(d, ignore_errors=True)
+            gone.append(d)
+        finally:
+            os.close(fd)
+    return gone
 
 
 _RENAME_EXCHANGE = 2
@@ -140,30 +195,119 @@ def _swap_in(tmp: Path, dest: Path) -> None:
     _fsync(dest.parent)
 
 
-def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """The checked manifest of the index directory at `path`."""
-    p = Path(path)
-    if not p.exists():
-        raise IndexFormatError(f"{p}: no such index directory")
-    if not p.is_dir():
-        raise IndexFormatError(f"{p}: not a directory; an irli index is a directory")
-    mf = p / MANIFEST
-    if not mf.exists():
-        raise IndexFormatError(f"{p}: not an irli index (no {MANIFEST})")
+def _valid_version(v) -> bool:
+    return type(v) is int and 1 <= v <= FORMAT_VERSION
+
+
+def _parse_manifest(p: Path, text: bytes) -> dict[str, Any]:
     try:
-        man = json.loads(mf.read_text())
+        man = json.loads(text.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise IndexFormatError(f"{p}: corrupted {MANIFEST} ({e})") from None
     if not isinstance(man, dict) or man.get("format") != FORMAT:
         raise IndexFormatError(f"{p}: {MANIFEST} is not an irli index manifest")
-    if not isinstance(man.get("format_version"), int) or man["format_version"] > FORMAT_VERSION:
-        raise IndexFormatError(
-            f"{p}: index format version {man.get('format_version')!r} is not supported "
-            f"(this irli reads up to {FORMAT_VERSION}); upgrade irli"
-        )
-    if not isinstance(man.get("files"), dict) or not isinstance(man.get("config"), dict):
+    if not _valid_version(man.get("format_version")):
+        v = man.get("format_version")
+        if type(v) is int and v > FORMAT_VERSION:
+            raise IndexFormatError(f"{p}: index format version {v} is not supported "
+                                   f"(this irli reads up to {FORMAT_VERSION}); upgrade irli")
+        raise IndexFormatError(f"{p}: {MANIFEST} has an invalid format_version {v!r} (corrupted)")
+    files = man.get("files")
+    if not isinstance(files, dict) or not isinstance(man.get("config"), dict):
         raise IndexFormatError(f"{p}: {MANIFEST} lacks its file list or config")
+    for fname, meta in files.items():
+        if not _FILE_NAME.fullmatch(fname) or not isinstance(meta, dict):
+            raise IndexFormatError(f"{p}: {MANIFEST} names a file {fname!r} that is not a plain file "
+                                   "of the index directory (corrupted or crafted)")
     return man
+
+
+def _open_dir(p: Path) -> int:
+    if not p.exists():
+        raise IndexFormatError(f"{p}: no such index directory")
+    if not p.is_dir():
+        raise IndexFormatError(f"{p}: not a directory; an irli index is a directory")
+    return os.open(p, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _read_at(dfd: int, p: Path, name: str) -> int:
+    """An fd of the file `name` in the directory held by `dfd` (no links)."""
+    try:
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
+    except FileNotFoundError:
+        if _replaced(dfd, p):
+            raise _Replaced() from None
+        raise IndexFormatError(f"{p}: missing file {name}") from None
+    except OSError as e:
+        raise IndexFormatError(f"{p}: cannot open {name} ({e.strerror}); not a plain file") from None
+
+
+def _replaced(dfd: int, p: Path) -> bool:
+    """Whether `p` no longer names the directory held open by `dfd`."""
+    try:
+        now, held = os.stat(p), os.fstat(dfd)
+    except OSError:
+        return True
+    return (now.st_ino, now.st_dev) != (held.st_ino, held.st_dev)
+
+
+class _Replaced(Exception):
+    """The directory was swapped for a newer save while it was being read."""
+
+
+def _read_all(fd: int) -> bytes:
+    with os.fdopen(os.dup(fd), "rb") as fh:
+        return fh.read()
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The checked manifest of the index directory at `path`."""
+    p = Path(path)
+    dfd = _open_dir(p)
+    try:
+        try:
+            fd = os.open(MANIFEST, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
+        except FileNotFoundError:
+            raise IndexFormatError(f"{p}: not an irli index (no {MANIFEST})") from None
+        except OSError as e:
+            raise IndexFormatError(f"{p}: cannot read {MANIFEST} ({e.strerror})") from None
+        try:
+            return _parse_manifest(p, _read_all(fd))
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dfd)
+
+
+def _sha256_fd(fd: int, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    off = 0
+    while block := os.pread(fd, chunk, off):
+        h.update(block)
+        off += len(block)
+    return h.hexdigest()
+
+
+def _load_npy(fd: int, mmap: bool) -> np.ndarray:
+    """The array in the .npy file open as `fd`, memory-mapped from that very
+    file (not re-opened by name) when `mmap`."""
+    fmt = np.lib.format
+    with os.fdopen(os.dup(fd), "rb") as fh:
+        version = fmt.read_magic(fh)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise ValueError(f"unsupported .npy version {version}")
+        reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran, dtype = reader(fh)
+        if dtype.hasobject:
+            raise ValueError("object arrays are not allowed")
+        if not mmap:
+            fh.seek(0)
+            return fmt.read_array(fh, allow_pickle=False)
+        offset = fh.tell()
+        order = "F" if fortran else "C"
+        if int(np.prod(shape)) == 0:
+            return np.zeros(shape, dtype=dtype, order=order)
+        return np.memmap(fh, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
 
 
 def read_index(path: str | os.PathLike, mmap: bool = True, verify: bool = True
@@ -171,33 +315,57 @@ def read_index(path: str | os.PathLike, mmap: bool = True, verify: bool = True
     """Read the directory at `path`: (manifest, arrays by name, router tensors).
 
     Large arrays are memory-mapped when `mmap`. Every file must exist with the
-    size the manifest records, and with `verify` its sha256 must match.
+    size the manifest records, and with `verify` its sha256 must match. The
+    directory is pinned by a file descriptor and each file opened once, so
+    a save that replaces the directory meanwhile cannot mix two versions:
+    the read starts over on the new one (up to 3 times).
     """
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
     p = Path(path)
-    man = read_manifest(p)
-    arrays: dict[str, np.ndarray] = {}
-    routers: dict[str, np.ndarray] = {}
-    for fname, meta in man["files"].items():
-        f = p / fname
-        if not f.is_file():
-            raise IndexFormatError(f"{p}: missing file {fname}")
-        if f.stat().st_size != meta.get("bytes"):
-            raise IndexFormatError(
-                f"{p}: {fname} has {f.stat().st_size} bytes, the manifest says {meta.get('bytes')} (truncated or replaced)"
-            )
-        if verify and sha256(f) != meta.get("sha256"):
-            raise IndexFormatError(f"{p}: checksum mismatch in {fname} (corrupted)")
+    for _ in range(3):
         try:
-            if fname == ROUTERS:
-                routers = load_file(str(f))
-                continue
-            arr = np.load(f, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except (ValueError, OSError, EOFError, SafetensorError) as e:
-            raise IndexFormatError(f"{p}: unreadable {fname} ({e})") from None
-        if list(arr.shape) != meta.get("shape") or str(arr.dtype) != meta.get("dtype"):
-            raise IndexFormatError(f"{p}: {fname} has shape {arr.shape} {arr.dtype}, manifest says {meta.get('shape')} {meta.get('dtype')}")
-        arrays[fname[:-4]] = arr
-    return man, arrays, routers
+            return _read_pinned(p, mmap, verify)
+        except _Replaced:
+            continue
+    raise IndexFormatError(f"{p}: the index was replaced 3 times while being read (another process "
+                           "saving to it?); try again")
+
+
+def _read_pinned(p: Path, mmap: bool, verify: bool):
+    from safetensors import SafetensorError
+    from safetensors.numpy import load as load_safetensors
+
+    dfd = _open_dir(p)
+    fds: dict[str, int] = {}
+    try:
+        fds[MANIFEST] = _read_at(dfd, p, MANIFEST)
+        man = _parse_manifest(p, _read_all(fds[MANIFEST]))
+        for fname in man["files"]:  # open them all first: this pins one version of the index
+            fds[fname] = _read_at(dfd, p, fname)
+        if _replaced(dfd, p):
+            raise _Replaced()
+        arrays: dict[str, np.ndarray] = {}
+        routers: dict[str, np.ndarray] = {}
+        for fname, meta in man["files"].items():
+            fd = fds[fname]
+            size = os.fstat(fd).st_size
+            if size != meta.get("bytes"):
+                raise IndexFormatError(f"{p}: {fname} has {size} bytes, the manifest says {meta.get('bytes')} "
+                                       "(truncated or replaced)")
+            if verify and _sha256_fd(fd) != meta.get("sha256"):
+                raise IndexFormatError(f"{p}: checksum mismatch in {fname} (corrupted)")
+            try:
+                if fname == ROUTERS:
+                    routers = load_safetensors(_read_all(fd))
+                    continue
+                arr = _load_npy(fd, mmap)
+            except (ValueError, OSError, EOFError, SafetensorError) as e:
+                raise IndexFormatError(f"{p}: unreadable {fname} ({e})") from None
+            if list(arr.shape) != meta.get("shape") or str(arr.dtype) != meta.get("dtype"):
+                raise IndexFormatError(f"{p}: {fname} has shape {arr.shape} {arr.dtype}, manifest says "
+                                       f"{meta.get('shape')} {meta.get('dtype')}")
+            arrays[fname[:-4]] = arr
+        return man, arrays, routers
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+        os.close(dfd)

@@ -12,6 +12,7 @@ FAISS's OpenMP, numba, torch) for the length of a call.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -83,16 +84,28 @@ def run_blocks(fn: Callable[[int, int], None], n: int, threads: int | None, min_
         for lo, hi in spans:
             fn(lo, hi)
         return
-    pool = _executor(t)
-    futures = [pool.submit(_in_pool, fn, lo, hi) for lo, hi in spans[1:]]
-    fn(*spans[0])
-    for f in futures:
-        f.result()
+    # the caller and t - 1 pool threads take blocks in turn until none is left:
+    # t threads on t cores, and a slow block does not hold the others back
+    taken = itertools.count()
+
+    def work() -> None:
+        while (i := next(taken)) < len(spans):
+            fn(*spans[i])
+
+    pool = _executor(t - 1)
+    futures = [pool.submit(_in_pool, work) for _ in range(min(t - 1, len(spans) - 1))]
+    try:
+        work()
+    finally:
+        errors = [f.exception() for f in futures]
+    for e in errors:
+        if e is not None:
+            raise e
 
 
-def _in_pool(fn, lo, hi):
+def _in_pool(work) -> None:
     _local.in_pool = True
-    fn(lo, hi)
+    work()
 
 
 class Stamps:

@@ -60,6 +60,23 @@ def check_finite(x: np.ndarray, name: str, chunk: int = 1 << 16) -> None:
             raise InvalidInputError(f"{name} hold NaN or inf (first in row {bad})")
 
 
+# the largest vector norm l2 and ip indexes accept: squared norms and dot
+# products of such vectors stay far inside float32's range (3.4e38)
+MAX_NORM = 1e18
+
+
+def check_norms(x: np.ndarray, name: str, chunk: int = 1 << 16) -> None:
+    """Raise if a row of `x` (float32 (n, d), finite) has a norm above
+    MAX_NORM, where l2 distances and inner products would overflow."""
+    for s in range(0, x.shape[0], chunk):
+        part = x[s : s + chunk].astype(np.float64)
+        sq = np.einsum("ij,ij->i", part, part)
+        if (sq > MAX_NORM**2).any():
+            bad = s + int(np.argmax(sq > MAX_NORM**2))
+            raise InvalidInputError(f"{name} row {bad} has norm {np.sqrt(sq[bad - s]):.3g}, too large: "
+                                    f"l2 and ip distances need norms <= {MAX_NORM:g}")
+
+
 def positive_int(v, name: str) -> int:
     """`v` as a positive Python int, or a clear error."""
     if type(v) is int and v > 0:  # the common case, first
@@ -72,7 +89,14 @@ def positive_int(v, name: str) -> int:
 
 
 def normalize_rows(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Rows of `x` (float32 (n, d)) scaled to unit length; zero rows stay zero."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return np.divide(x, norms, out=out)
+    """Rows of `x` (float32 (n, d)) scaled to unit length; zero rows stay
+    zero. Norms are taken in float64, so rows of huge values do not overflow."""
+    if out is None:
+        out = np.empty_like(x)
+    for s in range(0, x.shape[0], 1 << 16):
+        part = x[s : s + (1 << 16)].astype(np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", part, part))[:, None]
+        norms[norms == 0] = 1.0
+        np.divide(part, norms, out=part)
+        out[s : s + part.shape[0]] = part
+    return out

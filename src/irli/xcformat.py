@@ -66,8 +66,11 @@ def _lines(path: str | os.PathLike) -> tuple[Path, list[str]]:
     p = Path(path)
     if not p.is_file():
         raise InvalidInputError(f"{p}: no such file")
-    with open(p, encoding="utf-8") as fh:
-        lines = fh.read().split("\n")
+    try:
+        with open(p, encoding="utf-8") as fh:
+            lines = fh.read().split("\n")
+    except UnicodeDecodeError as e:
+        raise InvalidInputError(f"{p}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
     if lines and lines[-1] == "":
         lines.pop()
     if not lines or not lines[0].strip():
@@ -199,6 +202,11 @@ def as_csr(x, name: str = "X"):
     return m
 
 
+# label ids above this are refused when the labels in use are few (16 x fewer
+# than the columns they would make): the model allocates per label column
+MAX_SPARSE_LABELS = 1 << 20
+
+
 def label_matrix(y, n_rows: int | None = None, n_labels: int | None = None):
     """Label sets as CSR float32 (n, L) of 0/1.
 
@@ -216,15 +224,36 @@ def label_matrix(y, n_rows: int | None = None, n_labels: int | None = None):
             raise InvalidInputError("Y must hold only 0 and 1")
         if n_labels is not None and m.shape[1] != n_labels:
             raise InvalidInputError(f"Y has {m.shape[1]} label columns, expected {n_labels}")
+        if n_labels is None and m.shape[1] > MAX_SPARSE_LABELS:
+            distinct = np.unique(m.indices).size
+            if m.shape[1] > 16 * distinct:
+                raise InvalidInputError(f"Y has {m.shape[1]} label columns for {distinct} distinct labels; "
+                                        "number the labels 0 .. L-1")
     else:
         try:
-            rows = [np.asarray(list(r), dtype=np.int64).ravel() for r in y]
+            raw = [np.asarray(list(r)).ravel() for r in y]
         except (TypeError, ValueError):
             raise InvalidInputError("Y must be a 0/1 matrix or a list of label-id lists of integers") from None
+        rows = []
+        for i, r in enumerate(raw):
+            if r.size and r.dtype.kind not in "iu":
+                if r.dtype.kind != "f" or not np.isfinite(r).all() or (r != np.round(r)).any():
+                    raise InvalidInputError(f"Y row {i}: label ids must be integers, got {r.tolist()[:5]!r}")
+                if np.abs(r).max() >= 2.0 ** 31:
+                    raise InvalidInputError(f"Y row {i}: label id {r[np.argmax(np.abs(r))]:g} is too large")
+            if r.dtype.kind == "u" and r.size and r.max() >= 2 ** 31:
+                raise InvalidInputError(f"Y row {i}: label id {int(r.max())} is too large")
+            rows.append(r.astype(np.int64))
         flat = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         if flat.size and flat.min() < 0:
             raise InvalidInputError(f"negative label id {int(flat.min())} in Y")
         top = int(flat.max()) + 1 if flat.size else 0
+        if n_labels is None and top > MAX_SPARSE_LABELS:
+            distinct = np.unique(flat).size
+            if top > 16 * distinct:
+                raise InvalidInputError(
+                    f"label id {top - 1} makes {top} label columns for {distinct} distinct labels; "
+                    "number the labels 0 .. L-1")
         n_labels = top if n_labels is None else n_labels
         if top > n_labels:
             raise InvalidInputError(f"label id {top - 1} out of range for {n_labels} labels")
