@@ -108,6 +108,15 @@ def machine() -> dict:
 
 # -- one system, in its own process ---------------------------------------------
 def _rss_mb() -> float:
+    """This worker's own peak resident memory (VmHWM), in MB: ru_maxrss of a
+    child started by fork + exec can report its parent's peak on Linux."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -191,6 +191,12 @@ CASES = [
      "lists.npy holds entries outside"),
     ("crafted assign.npy, unverified", lambda c: c.corrupt(_crafted_assign, verify=False), IndexFormatError,
      "assign.npy holds entries outside"),
+    ("NaN in centres.npy, unverified", lambda c: c.corrupt(
+        lambda p: _rewrite(p, "centres", lambda a: a.__setitem__((0, 1, 2), np.nan)), verify=False),
+     IndexFormatError, "centres holds NaN"),
+    ("NaN in the codebooks, unverified", lambda c: c.corrupt(
+        lambda p: _rewrite(p, "pq_books", lambda a: a.__setitem__((0, 1, 2, 0), np.inf)), verify=False),
+     IndexFormatError, "pq_books holds NaN"),
     ("next_id a string", lambda c: c.corrupt(lambda p: edit_manifest(p, next_id="x"), verify=False),
      IndexFormatError, "next_id"),
     ("next_id below the ids", lambda c: c.corrupt(lambda p: edit_manifest(p, next_id=3), verify=False),

@@ -255,6 +255,9 @@ class LabelIndex:
         ok = ok and man.get("loss", cfg.loss) in ("sigmoid", "softmax") and type(man.get("n_train", 0)) is int
         if not ok or a["assign"].size and (a["assign"].min() < 0 or a["assign"].max() >= b):
             raise IndexFormatError(f"{path}: array shapes or bucket ids do not agree with each other or the manifest")
+        for name, arr in a.items():
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise IndexFormatError(f"{path}: {name}.npy holds NaN or inf (corrupted)")
         self = cls(cfg)
         self.fitted_config_ = cfg
         self.model_ = LabelModel(w1=a["w1"], b1=a["b1"], w2=a["w2"], b2=a["b2"], assign=a["assign"],
