@@ -61,6 +61,21 @@ def release(x: np.ndarray) -> None:
             pass
 
 
+def _gather(x: np.ndarray, rows: np.ndarray, batch: int) -> np.ndarray:
+    """x[rows] for sorted row numbers `rows`, read `batch` rows of the file at
+    a time with the mapped pages released after each: a sample spread over
+    the whole file would otherwise leave most of its pages resident."""
+    out = np.empty((rows.size, x.shape[1]), dtype=x.dtype)
+    at = 0
+    for s in range(0, x.shape[0], batch):
+        stop = int(np.searchsorted(rows, s + batch))
+        if stop > at:
+            out[at:stop] = x[rows[at:stop]]
+            at = stop
+        release(x)
+    return out
+
+
 def _source(vectors) -> np.ndarray:
     if isinstance(vectors, (str, os.PathLike)):
         from .datasets import read_vectors
@@ -99,8 +114,7 @@ def build(vectors, path: str | os.PathLike, preset: str = "fast", metric: str = 
     cfg = cfg.replace(n_buckets=b)
     rows = sample_rows(n, max(sample, b), cfg.seed)
     report(callback, "sample", 0, 1)
-    xs = as_matrix(np.ascontiguousarray(x[rows]), "vectors")
-    release(x)
+    xs = as_matrix(_gather(x, rows, batch), "vectors")
     learned = Index.from_config(cfg, preset=preset).fit(xs, ids=uid[rows], callback=callback)
     del xs
 
