@@ -545,32 +545,8 @@ def test_loading_during_saves_never_mixes_versions(small, tmp_path):
             proc.kill()
 
 
-def test_compact_during_search_is_safe(small):
-    """C1: searches in one thread while another adds, removes and compacts."""
-    x, q = small
-    index = make("fast", x=x[:400])
-    errors, done = [], threading.Event()
-
-    def searcher():
-        try:
-            while not done.is_set():
-                ids, _ = index.search(q, k=10)
-                assert ((ids >= -1)).all()
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
-
-    t = threading.Thread(target=searcher)
-    t.start()
-    try:
-        for s in range(12):
-            index.add(x[400 + s * 30: 430 + s * 30])
-            index.remove(index.ids[:20])
-            if s % 3 == 2:
-                index.compact()
-    finally:
-        done.set()
-        t.join(timeout=120)
-    assert not t.is_alive() and not errors, errors
+# C1 (compact while another thread searches) is tested for every preset in
+# test_search_modes.py::test_search_while_another_thread_adds_removes_and_compacts
 
 
 def test_changes_from_several_threads_are_all_kept(small, tmp_path):
