@@ -752,10 +752,9 @@ class Index:
             a = np.asarray(arrays[name])
             if a.size and (a.min() < 0 or a.max() >= hi):
                 raise IndexFormatError(f"{path}: {name}.npy holds entries outside [0, {hi}) (corrupted)")
-        small = ["centres", "sqnorms", "pq_books"] + [k for k in tensors]
-        for name in small:
-            a = tensors[name] if name in tensors else arrays.get(name)
-            if a is not None and np.asarray(a).dtype.kind == "f" and not np.isfinite(a).all():
+        small = {name: arrays[name] for name in ("centres", "sqnorms", "pq_books") if name in arrays}
+        for name, a in {**small, **tensors}.items():  # vectors are left to the checksums: N x d
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
                 raise IndexFormatError(f"{path}: {name} holds NaN or inf (corrupted)")
         routers = []
         kind = man.get("router")

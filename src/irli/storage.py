@@ -49,12 +49,12 @@ _FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.(npy|safetensors)")
 _LOCK = ".saving"
 
 
-def sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256(path: Path) -> str:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _sha256_fd(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync(path: Path) -> None:
@@ -260,17 +260,24 @@ def _read_all(fd: int) -> bytes:
         return fh.read()
 
 
+def _open_manifest(dfd: int, p: Path) -> int:
+    """An fd of the manifest in the directory held by `dfd`."""
+    try:
+        return os.open(MANIFEST, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
+    except FileNotFoundError:
+        if _replaced(dfd, p):
+            raise _Replaced() from None
+        raise IndexFormatError(f"{p}: not an irli index (no {MANIFEST})") from None
+    except OSError as e:
+        raise IndexFormatError(f"{p}: cannot read {MANIFEST} ({e.strerror})") from None
+
+
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """The checked manifest of the index directory at `path`."""
     p = Path(path)
     dfd = _open_dir(p)
     try:
-        try:
-            fd = os.open(MANIFEST, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
-        except FileNotFoundError:
-            raise IndexFormatError(f"{p}: not an irli index (no {MANIFEST})") from None
-        except OSError as e:
-            raise IndexFormatError(f"{p}: cannot read {MANIFEST} ({e.strerror})") from None
+        fd = _open_manifest(dfd, p)
         try:
             return _parse_manifest(p, _read_all(fd))
         finally:
@@ -337,7 +344,7 @@ def _read_pinned(p: Path, mmap: bool, verify: bool):
     dfd = _open_dir(p)
     fds: dict[str, int] = {}
     try:
-        fds[MANIFEST] = _read_at(dfd, p, MANIFEST)
+        fds[MANIFEST] = _open_manifest(dfd, p)
         man = _parse_manifest(p, _read_all(fds[MANIFEST]))
         for fname in man["files"]:  # open them all first: this pins one version of the index
             fds[fname] = _read_at(dfd, p, fname)

@@ -207,6 +207,15 @@ def as_csr(x, name: str = "X"):
 MAX_SPARSE_LABELS = 1 << 20
 
 
+def _check_label_space(n_cols: int, used: np.ndarray) -> None:
+    """Refuse `n_cols` label columns when the label ids `used` are far fewer."""
+    if n_cols > MAX_SPARSE_LABELS:
+        distinct = np.unique(used).size
+        if n_cols > 16 * distinct:
+            raise InvalidInputError(f"label id {n_cols - 1} makes {n_cols} label columns for {distinct} "
+                                    "distinct labels; number the labels 0 .. L-1")
+
+
 def label_matrix(y, n_rows: int | None = None, n_labels: int | None = None):
     """Label sets as CSR float32 (n, L) of 0/1.
 
@@ -224,11 +233,8 @@ def label_matrix(y, n_rows: int | None = None, n_labels: int | None = None):
             raise InvalidInputError("Y must hold only 0 and 1")
         if n_labels is not None and m.shape[1] != n_labels:
             raise InvalidInputError(f"Y has {m.shape[1]} label columns, expected {n_labels}")
-        if n_labels is None and m.shape[1] > MAX_SPARSE_LABELS:
-            distinct = np.unique(m.indices).size
-            if m.shape[1] > 16 * distinct:
-                raise InvalidInputError(f"Y has {m.shape[1]} label columns for {distinct} distinct labels; "
-                                        "number the labels 0 .. L-1")
+        if n_labels is None:
+            _check_label_space(m.shape[1], m.indices)
     else:
         try:
             raw = [np.asarray(list(r)).ravel() for r in y]
@@ -248,12 +254,8 @@ def label_matrix(y, n_rows: int | None = None, n_labels: int | None = None):
         if flat.size and flat.min() < 0:
             raise InvalidInputError(f"negative label id {int(flat.min())} in Y")
         top = int(flat.max()) + 1 if flat.size else 0
-        if n_labels is None and top > MAX_SPARSE_LABELS:
-            distinct = np.unique(flat).size
-            if top > 16 * distinct:
-                raise InvalidInputError(
-                    f"label id {top - 1} makes {top} label columns for {distinct} distinct labels; "
-                    "number the labels 0 .. L-1")
+        if n_labels is None:
+            _check_label_space(top, flat)
         n_labels = top if n_labels is None else n_labels
         if top > n_labels:
             raise InvalidInputError(f"label id {top - 1} out of range for {n_labels} labels")
