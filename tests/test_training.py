@@ -97,7 +97,7 @@ def test_training_set_excludes_self(data):
 
 def _neighbour_mass(index, queries, neighbours):
     """Mean router probability of the buckets holding each query's neighbours."""
-    from irli.search import route
+    from irli.routers import route
 
     assign = index.assignments()
     qn = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)

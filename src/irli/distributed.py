@@ -216,7 +216,8 @@ class ShardedIndex:
         `.candidates` sums the items each shard scored, so an item held by
         two probed shards counts twice."""
         from .index import SearchResult
-        from .search import route, scanned
+        from .routers import route
+        from .search import scanned
         from .validation import positive_int
 
         ray = self.executor.ray()

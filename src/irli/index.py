@@ -20,9 +20,10 @@ from .filters import Allowed, parse_allow
 from .idmap import IdMap, as_ids, first_duplicate
 from .partition import InvertedLists
 from .progress import Callback, report
-from .routers import Router
+from .routers import Router, Routing
 from .codes import PQ4Codes, default_pq_m
-from .search import Routing, _marks, _outputs, exact_block, prepare, query_error, scan, scanned, subset
+from .scoring import prepare, query_error
+from .search import exact_block, marks, outputs, scan, scanned, subset
 from .pqscan import pq_block
 from .threads import limit, resolve, run_blocks
 from .storage import read_index, write_index
@@ -447,7 +448,7 @@ class Index:
             return pq_block(q, lo, hi, m, kk, k, *st.kernel_args, *outs)
         # exact scan of the lists; removed items are skipped
         dedup = st.routing.n_reps > 1 or cut is not None or st.copies > 1
-        _, mark, cnt, stamp0 = _marks(dedup, False, st.vectors.shape[0], hi - lo)
+        _, mark, cnt, stamp0 = marks(dedup, False, st.vectors.shape[0], hi - lo)
         return exact_block(q, lo, hi, m, k, votes, cut or 0, dedup, mark, cnt, stamp0, *st.kernel_args, *outs)
 
     def _filtered(self, st: "_State", q, k, m, votes, cut, allow, threads, batch_size):
@@ -457,7 +458,7 @@ class Index:
         allowed items probed. Returns (positions, scores higher-is-better,
         candidates, entries read)."""
         nq = q.shape[0]
-        pos, scores, cand = _outputs(nq, k)
+        pos, scores, cand = outputs(nq, k)
         read = np.zeros(nq, dtype=np.int64)
         l2 = self.config.metric == "l2"
         allowed = parse_allow(allow, nq, st.idmap, st.ids, st.live)

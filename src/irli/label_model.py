@@ -26,7 +26,10 @@ import numba
 import numpy as np
 
 from .errors import InvalidInputError
-from .search import FAST, _affine, _dot, _push, _sift_down, _top_row
+from .gather import gather_votes
+from .partition import InvertedLists
+from .scoring import FAST, affine, dot
+from .topk import pop_best_first, push, top_row
 from .threads import run_blocks, stamps
 
 
@@ -42,7 +45,8 @@ class LabelModel:
     c: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        self.offsets, self.members = bucket_lists(self.assign, self.n_buckets)
+        lists = InvertedLists.from_assignments(self.assign, self.n_buckets)
+        self.offsets, self.members = lists.offsets, lists.lists
 
     @property
     def n_reps(self) -> int:
@@ -78,9 +82,9 @@ class LabelModel:
         bad = []
 
         def block(lo, hi):
-            (mark, vote), stamp0 = stamps().take(("label-mark", "label-vote"), self.n_labels, hi - lo)
+            (mark, slot), stamp0 = stamps().take(("label-mark", "label-slot"), self.n_labels, hi - lo)
             row = predict_block(x.indptr, x.indices, data, lo, hi, probes, k, min_votes, normalize, use,
-                                np.float32(blend), mark, vote, stamp0, *args, ids, scores, ncand)
+                                np.float32(blend), mark, slot, stamp0, *args, ids, scores, ncand)
             if row >= 0:
                 bad.append(row)
 
@@ -114,22 +118,11 @@ class LabelModel:
         return out
 
 
-def bucket_lists(assign: np.ndarray, n_buckets: int) -> tuple[np.ndarray, np.ndarray]:
-    """Inverted lists of labels: offsets int64 (R, B+1), members int32 (R, L)."""
-    reps, n_labels = assign.shape
-    offsets = np.zeros((reps, n_buckets + 1), dtype=np.int64)
-    members = np.empty((reps, n_labels), dtype=np.int32)
-    for r in range(reps):
-        offsets[r, 1:] = np.cumsum(np.bincount(assign[r], minlength=n_buckets))
-        members[r] = np.argsort(assign[r], kind="stable")
-    return offsets, members
-
-
 _ROWS = 4  # points that share each pass over a router's output layer
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FAST)
-def predict_block(indptr, indices, data, lo, hi, m, k, min_votes, normalize, use_scorer, blend, mark, vote,
+def predict_block(indptr, indices, data, lo, hi, m, k, min_votes, normalize, use_scorer, blend, mark, slot,
                   stamp0, w1, b1, w2, b2, sigmoid, offsets, members, assign, v, c, widest, out_ids, out_scores,
                   out_ncand):
     """Predict rows lo .. hi - 1 of a CSR matrix (indptr, indices, data
@@ -138,7 +131,7 @@ def predict_block(indptr, indices, data, lo, hi, m, k, min_votes, normalize, use
     repetition's bucket probabilities and top m buckets, gather the labels of
     those buckets seen in at least min_votes repetitions, score them (mean
     bucket probability, or the scorer blended with it) and keep the top k,
-    into rows lo .. hi - 1 of the outputs. mark / vote int32 (L,) are
+    into rows lo .. hi - 1 of the outputs. mark / slot int32 (L,) are
     stamped scratch (stamps stamp0 + row - lo). Returns -1, or the first row
     that failed its check (nothing is written for it)."""
     n_features, dh = w1.shape
@@ -151,6 +144,10 @@ def predict_block(indptr, indices, data, lo, hi, m, k, min_votes, normalize, use
     buf_v = np.empty(width, dtype=np.float32)
     buf_i = np.empty(width, dtype=np.int32)
     cand = np.empty(reps * m * widest, dtype=np.int32)
+    votes = np.empty(reps * m * widest, dtype=np.int32)
+    no_probs = np.zeros((reps, 0, 0), dtype=np.float32)
+    no_keep = np.zeros(0, dtype=np.uint8)
+    no_ids = np.zeros(0, dtype=np.int64)
     hs = np.empty(k, dtype=np.float32)
     hi_ = np.empty(k, dtype=np.int64)
     for g in range(lo, hi, _ROWS):
@@ -177,7 +174,7 @@ def predict_block(indptr, indices, data, lo, hi, m, k, min_votes, normalize, use
             for j in range(dh):
                 hh[t, j] = max(hh[t, j], np.float32(0.0))
         for r in range(reps):
-            _affine(hh[:, r * hid:(r + 1) * hid], 0, n, w2[r], b2[r], logits, False)
+            affine(hh[:, r * hid:(r + 1) * hid], 0, n, w2[r], b2[r], logits, False)
             for t in range(n):
                 pr = probs[r, t]
                 if sigmoid:
@@ -193,49 +190,30 @@ def predict_block(indptr, indices, data, lo, hi, m, k, min_votes, normalize, use
                         z += pr[b]
                     for b in range(width):
                         pr[b] /= z
-                _top_row(pr, m, buf_v, buf_i, top[r, t], val)
+                top_row(pr, m, buf_v, buf_i, top[r, t], val)
         for t in range(n):
             qi = g + t
             stamp = stamp0 + qi - lo
-            nc = 0
-            for r in range(reps):
-                for j in range(m):
-                    b = top[r, t, j]
-                    for p in range(offsets[r, b], offsets[r, b + 1]):
-                        lab = members[r, p]
-                        if mark[lab] != stamp:
-                            mark[lab] = stamp
-                            vote[lab] = 1
-                            cand[nc] = lab
-                            nc += 1
-                        else:
-                            vote[lab] += 1
+            nc = gather_votes(offsets, members, top, t, no_probs, no_keep, mark, False, stamp, mark, slot, cand,
+                              no_probs[0, 0], votes)
             keep = 0
             size = 0
             for p in range(nc):
                 lab = cand[p]
-                if vote[lab] < min_votes:
+                if votes[p] < min_votes:
                     continue
                 s = np.float32(0.0)
                 for r in range(reps):
                     s += probs[r, t, assign[r, lab]]
                 s /= reps
                 if use_scorer:
-                    z = c[lab] + _dot(hh[t], v[lab])
+                    z = c[lab] + dot(hh[t], v[lab])
                     s = (1 - blend) / (1 + np.exp(-z)) + blend * s
                 keep += 1
-                size = _push(hs, hi_, size, k, s, lab)
+                size = push(hs, hi_, size, k, s, lab)
             out_ncand[qi] = keep
             for p in range(size, k):
                 out_ids[qi, p] = -1
                 out_scores[qi, p] = -np.inf
-            # pop the heap (smallest first) into the row from the back
-            for p in range(size - 1, -1, -1):
-                out_ids[qi, p] = hi_[0]
-                out_scores[qi, p] = hs[0]
-                last = size - 1
-                hs[0] = hs[last]
-                hi_[0] = hi_[last]
-                size = last
-                _sift_down(hs, hi_, size)
+            pop_best_first(hs, hi_, size, False, no_ids, False, out_ids, out_scores, qi)
     return -1

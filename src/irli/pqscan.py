@@ -28,7 +28,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .search import FAST, _dot, _emit_ids, _prepare_rows, _push, _route_rows, _score, _sift
+from .routers import route_rows
+from .scoring import FAST, dot, prepare_rows, score
+from .topk import beats, pop_best_first, push_lex, sift_lex
 from .simd import ctz32, lut16, prefetch
 
 
@@ -77,56 +79,6 @@ _CHUNK = 256  # queries scanned together, bucket-major, in a batch
 
 
 @numba.njit(inline="always")
-def _beats(s, i, hs0, hi0):
-    """(s, i) ranks above (hs0, hi0): a higher score, or the same score and a
-    lower position."""
-    return s > hs0 or (s == hs0 and i < hi0)
-
-
-@numba.njit(inline="always")
-def _sift_lex(hs, hi, size, j):
-    """Restore the min-heap on (score, -position) of `size` entries after
-    entry j went up."""
-    while True:
-        a = 2 * j + 1
-        if a >= size:
-            break
-        c = a
-        b = a + 1
-        if b < size and _beats(hs[a], hi[a], hs[b], hi[b]):
-            c = b
-        if not _beats(hs[j], hi[j], hs[c], hi[c]):
-            break
-        hs[c], hs[j] = hs[j], hs[c]
-        hi[c], hi[j] = hi[j], hi[c]
-        j = c
-
-
-@numba.njit(inline="always")
-def _push_lex(hs, hi, size, k, s, i):
-    """Offer (s, i) to the min-heap of the best k by (score, -position);
-    returns the new size."""
-    if size < k:
-        j = size
-        hs[j] = s
-        hi[j] = i
-        while j > 0:
-            p = (j - 1) // 2
-            if not _beats(hs[p], hi[p], hs[j], hi[j]):
-                break
-            hs[p], hs[j] = hs[j], hs[p]
-            hi[p], hi[j] = hi[j], hi[p]
-            j = p
-        return size + 1
-    if not _beats(s, i, hs[0], hi[0]):
-        return size
-    hs[0] = s
-    hi[0] = i
-    _sift_lex(hs, hi, size, 0)
-    return size
-
-
-@numba.njit(inline="always")
 def _scan_bucket(blocks, block_pos, pos_col, stride, npairs, b0, b1, lut, sums, base, scale, keep, has_keep,
                  hs, hid, size, kk, seen):
     """Offer the entries of blocks b0 .. b1 - 1 to one query's heap (hs,
@@ -154,7 +106,7 @@ def _scan_bucket(blocks, block_pos, pos_col, stride, npairs, b0, b1, lut, sums, 
                 if keep[i] == 0:
                     continue
             sc = base + np.float32(sums[s]) * inv
-            if size == kk and not _beats(sc, i, hs[0], hid[0]):
+            if size == kk and not beats(sc, i, hs[0], hid[0]):
                 continue
             if seen[i & (_SEEN - 1)]:  # perhaps a spilled copy already taken
                 found = -1
@@ -164,10 +116,10 @@ def _scan_bucket(blocks, block_pos, pos_col, stride, npairs, b0, b1, lut, sums, 
                 if found >= 0:
                     if sc > hs[found]:
                         hs[found] = sc
-                        _sift_lex(hs, hid, size, found)
+                        sift_lex(hs, hid, size, found)
                     continue
             seen[i & (_SEEN - 1)] = 1
-            size = _push_lex(hs, hid, size, kk, sc, i)
+            size = push_lex(hs, hid, size, kk, sc, i)
     return size
 
 
@@ -181,7 +133,7 @@ def _bucket_base(qv, r, b, base0, scale0, book, n_sub, centres, residual, per_bu
             rq[t] = qv[t] - centres[r, b, t]
         return _tables(rq, book, n_sub, True, lutf, lut, maxv)
     if residual:
-        return base0 + _dot(qv, centres[r, b]), scale0
+        return base0 + dot(qv, centres[r, b]), scale0
     return base0, scale0
 
 
@@ -192,19 +144,12 @@ def _finish(qv, hs, hid, size, x, sqn, ids, l2, ks, ki, k, out_ids, out_score, q
     d = qv.shape[0]
     for h in range(size):
         prefetch(x, hid[h] * d)
-    qn = _dot(qv, qv) if l2 else np.float32(0.0)
+    qn = dot(qv, qv) if l2 else np.float32(0.0)
     ksize = 0
     for h in range(size):
         i = hid[h]
-        ksize = _push_lex(ks, ki, ksize, k, _score(qv, qn, x, sqn, i, l2), i)
-    for t in range(ksize - 1, -1, -1):  # pop the worst first, into the row from the back
-        out_ids[qi, t] = ids[ki[0]]
-        out_score[qi, t] = -ks[0] if l2 else ks[0]
-        last = ksize - 1
-        ks[0] = ks[last]
-        ki[0] = ki[last]
-        ksize = last
-        _sift_lex(ks, ki, ksize, 0)
+        ksize = push_lex(ks, ki, ksize, k, score(qv, qn, x, sqn, i, l2), i)
+    pop_best_first(ks, ki, ksize, True, ids, l2, out_ids, out_score, qi)
     for t in range(size if size < k else k, k):
         out_ids[qi, t] = -1
         out_score[qi, t] = np.inf if l2 else -np.inf
@@ -215,7 +160,7 @@ def pq_block(q, lo, hi, m, kk, k, cosine, l2, residual, n_sub, a1, b1, a2, b2, c
              bstart, bsizes, x, sqn, keep, ids, out_ids, out_score, out_ncand, out_scanned):
     """The whole compressed search of queries lo .. hi - 1 of raw q float32
     (n, d): check and prepare them (normalised for cosine), route them with
-    the layers a1, b1, a2, b2 (irli.search.Routing) to m buckets per
+    the layers a1, b1, a2, b2 (irli.routers.Routing) to m buckets per
     repetition, scan, re-rank the best kk distinct items, keep k and map
     positions to `ids` int64 (N,), into rows lo .. hi - 1 of out_ids int64
     (n, k), out_score float32 (n, k) (similarity, or squared distance for l2;
@@ -235,12 +180,12 @@ def pq_block(q, lo, hi, m, kk, k, cosine, l2, residual, n_sub, a1, b1, a2, b2, c
     n = hi - lo
     d = q.shape[1]
     qb = np.empty((n, d), dtype=np.float32)
-    bad = _prepare_rows(q, lo, hi, cosine, qb)
+    bad = prepare_rows(q, lo, hi, cosine, qb)
     if bad >= 0:
         return bad
     reps = a1.shape[0]
     probed = np.empty((reps, n, m), dtype=np.int32)
-    _route_rows(qb, 0, n, a1, b1, a2, b2, probed, np.empty((reps, 0, 0), dtype=np.float32), 0)
+    route_rows(qb, 0, n, a1, b1, a2, b2, probed, np.empty((reps, 0, 0), dtype=np.float32), 0)
     m2 = n_sub + (n_sub & 1)
     npairs = m2 // 2
     stride = block_pos.shape[1] * 4

@@ -3,17 +3,22 @@
 Every router answers `logits(Q)`: float32 (n, d) -> float32 (n, B), higher is
 better, and round-trips through `state()` / `from_state()` (a dict of named
 float32 arrays, saved with safetensors). `layers()` gives the same function as
-affine layers for the compiled search path (irli.search.Routing). Inference is numpy only; training
+affine layers for the compiled search path (`Routing`, below). Inference is numpy only; training
 (training.py) builds torch twins of these and writes the weights back.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
+import numba
 import numpy as np
 
 from .errors import IndexFormatError
+from .scoring import FAST, affine
+from .threads import run_blocks
+from .topk import top_row
 
 
 class Router:
@@ -153,3 +158,104 @@ class MLPRouter(Router):
 ROUTER_KINDS: dict[str, type[Router]] = {
     c.kind: c for c in (CentroidRouter, LinearRouter, MLPRouter)
 }
+
+
+# -- compiled inference over all repetitions ------------------------------------------
+@dataclass
+class Routing:
+    """The R routers as stacked affine layers (see Router.layers): a1
+    float32 (R, d, H), b1 (R, H), a2 (R, H, B) and b2 (R, B) for two-layer
+    (MLP) routers, else empty (R, 0, 0) / (R, 0)."""
+
+    a1: np.ndarray
+    b1: np.ndarray
+    a2: np.ndarray
+    b2: np.ndarray
+
+    @classmethod
+    def from_routers(cls, routers: list[Router]) -> "Routing":
+        layers = [rt.layers() for rt in routers]
+        a1 = np.ascontiguousarray(np.stack([lay[0] for lay in layers]), dtype=np.float32)
+        b1 = np.ascontiguousarray(np.stack([lay[1] for lay in layers]), dtype=np.float32)
+        reps = len(layers)
+        if layers[0][2] is None:
+            a2, b2 = np.zeros((reps, 0, 0), np.float32), np.zeros((reps, 0), np.float32)
+        else:
+            a2 = np.ascontiguousarray(np.stack([lay[2] for lay in layers]), dtype=np.float32)
+            b2 = np.ascontiguousarray(np.stack([lay[3] for lay in layers]), dtype=np.float32)
+        return cls(a1, b1, a2, b2)
+
+    @property
+    def n_reps(self) -> int:
+        return self.a1.shape[0]
+
+    @property
+    def n_buckets(self) -> int:
+        return self.a2.shape[2] if self.a2.shape[1] else self.a1.shape[2]
+
+    def block(self, q: np.ndarray, lo: int, hi: int, probed: np.ndarray, probs: np.ndarray) -> None:
+        """Route prepared queries lo .. hi - 1 of q (float32 (n, d)) into
+        rows lo .. hi - 1 of probed int32 (R, n, m) and, when probs is (R, n,
+        m) rather than (R, 0, 0), their softmax probabilities."""
+        _route_kernel(q, lo, hi, self.a1, self.b1, self.a2, self.b2, probed, probs)
+
+
+def route(routers: list[Router] | Routing, q: np.ndarray, probes: int, with_probs: bool = False,
+          threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-`probes` buckets of every repetition for prepared queries `q`
+    (float32 (n, d), normalised for cosine).
+
+    Returns (buckets int32 (R, n, m), probs float32 (R, n, m)), buckets best
+    first (ties to the lower bucket); probs are the router's softmax
+    probabilities of those buckets when `with_probs`, else an empty (R, 0, 0)
+    array. `probes` must be <= B.
+    """
+    routing = routers if isinstance(routers, Routing) else Routing.from_routers(routers)
+    n = q.shape[0]
+    reps = routing.n_reps
+    buckets = np.empty((reps, n, probes), dtype=np.int32)
+    probs = np.empty((reps, n, probes) if with_probs else (reps, 0, 0), dtype=np.float32)
+    run_blocks(lambda lo, hi: routing.block(q, lo, hi, buckets, probs), n, threads)
+    return buckets, probs
+
+
+
+_GROUP = 4  # queries that share each pass over a layer's weights
+
+
+@numba.njit(inline="always")
+def route_rows(q, lo, hi, a1, b1, a2, b2, probed, probs, plo):
+    """Route rows lo .. hi - 1 of q into rows plo .. of probed / probs."""
+    reps = a1.shape[0]
+    two = a2.shape[1] > 0
+    width = a2.shape[2] if two else a1.shape[2]
+    m = probed.shape[2]
+    rows = min(_GROUP, hi - lo)
+    hidden = np.empty((rows, a1.shape[2]), dtype=np.float32)
+    logits = np.empty((rows, width), dtype=np.float32) if two else hidden
+    val = np.empty(m, dtype=np.float32)
+    buf_v = np.empty(width, dtype=np.float32)
+    buf_i = np.empty(width, dtype=np.int32)
+    with_probs = probs.shape[1] > 0
+    for r in range(reps):
+        for g in range(lo, hi, _GROUP):
+            n = min(_GROUP, hi - g)
+            affine(q, g, n, a1[r], b1[r], hidden, two)
+            if two:
+                affine(hidden, 0, n, a2[r], b2[r], logits, False)
+            for t in range(n):
+                row = logits[t, :width]
+                at = plo + g - lo + t
+                top_row(row, m, buf_v, buf_i, probed[r, at], val)
+                if with_probs:
+                    mx = val[0]
+                    z = np.float32(0.0)
+                    for c in range(width):
+                        z += np.exp(row[c] - mx)
+                    for j in range(m):
+                        probs[r, at, j] = np.exp(val[j] - mx) / z
+
+
+@numba.njit(nogil=True, fastmath=FAST, cache=True)
+def _route_kernel(q, lo, hi, a1, b1, a2, b2, probed, probs):
+    route_rows(q, lo, hi, a1, b1, a2, b2, probed, probs, lo)

@@ -18,8 +18,7 @@ import numpy as np
 
 from .config import IndexConfig
 from .partition import fallback_width, power_of_k, soar_spill
-from .routers import Router
-from .search import route
+from .routers import Router, route
 
 
 def grow(buf: np.ndarray, used: int, extra: int, axis: int = 0) -> np.ndarray:

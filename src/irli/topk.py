@@ -1,0 +1,219 @@
+"""Top-k and top-m selection for the compiled kernels.
+
+`push` / `sift` keep a min-heap of the best k (score, position) pairs;
+`push_lex` / `sift_lex` order ties by position too (lower first), so the
+best k are the same set in any arrival order. `emit`, `emit_ids` and
+`pop_best_first` write a heap out as a result row, best first.
+`top_row` / `top_m` pick the m largest of a row of bucket scores.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .scoring import FAST
+
+
+@numba.njit(inline="always")
+def top_row(row, m, bv, bi, out_idx, out_val):
+    """The m largest of row float32 (B,), best first, ties to the lower
+    bucket, into out_idx / out_val: group maxima give a threshold that at
+    least m scores reach; the few that do are insertion-sorted."""
+    width = row.shape[0]
+    if m > 64:  # insertion costs O(m^2)
+        order = np.argsort(-row, kind="mergesort")
+        for j in range(m):
+            out_idx[j] = order[j]
+            out_val[j] = row[order[j]]
+        return
+    thr = np.inf
+    for g in range(m):
+        mx = -np.inf
+        for b in range(g * width // m, (g + 1) * width // m):
+            mx = max(mx, row[b])
+        thr = min(thr, mx)
+    cnt = 0
+    for b in range(width):
+        if row[b] >= thr:
+            bv[cnt] = row[b]
+            bi[cnt] = b
+            cnt += 1
+    size = 0
+    for t in range(cnt):  # a strict > keeps ties in bucket order
+        v = bv[t]
+        if size == m and v <= out_val[m - 1]:
+            continue
+        j = size if size < m else m - 1
+        while j > 0 and out_val[j - 1] < v:
+            out_val[j] = out_val[j - 1]
+            out_idx[j] = out_idx[j - 1]
+            j -= 1
+        out_val[j] = v
+        out_idx[j] = bi[t]
+        if size < m:
+            size += 1
+
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FAST)
+def _top_m_rows(s, out_idx, out_val):
+    width = s.shape[1]
+    bv = np.empty(width, np.float32)
+    bi = np.empty(width, np.int32)
+    for i in range(s.shape[0]):
+        top_row(s[i], out_idx.shape[1], bv, bi, out_idx[i], out_val[i])
+
+
+def top_m(s: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The m largest of each row of s float32 (n, B), best first, ties to the
+    lower column: (columns int32 (n, m), values float32 (n, m)). The
+    selection routing uses."""
+    s = np.ascontiguousarray(s, dtype=np.float32)
+    idx = np.empty((s.shape[0], m), dtype=np.int32)
+    val = np.empty((s.shape[0], m), dtype=np.float32)
+    _top_m_rows(s, idx, val)
+    return idx, val
+
+
+
+# -- heaps ---------------------------------------------------------------------------
+@numba.njit(inline="always")
+def push(hs, hi, size, k, s, i):
+    """Offer (score s, id i) to a min-heap of the best k; returns the new size."""
+    if size < k:
+        j = size
+        hs[j] = s
+        hi[j] = i
+        while j > 0:
+            p = (j - 1) // 2
+            if hs[p] <= hs[j]:
+                break
+            hs[p], hs[j] = hs[j], hs[p]
+            hi[p], hi[j] = hi[j], hi[p]
+            j = p
+        return size + 1
+    if s <= hs[0]:
+        return size
+    hs[0] = s
+    hi[0] = i
+    sift_down(hs, hi, size)
+    return size
+
+
+@numba.njit(inline="always")
+def sift_down(hs, hi, size):
+    """Restore the min-heap of `size` entries after its root changed."""
+    sift(hs, hi, size, 0)
+
+
+@numba.njit(inline="always")
+def sift(hs, hi, size, j):
+    """Restore the min-heap of `size` entries after entry j grew."""
+    while True:
+        a = 2 * j + 1
+        if a >= size:
+            break
+        b = a + 1
+        c = b if b < size and hs[b] < hs[a] else a
+        if hs[j] <= hs[c]:
+            break
+        hs[c], hs[j] = hs[j], hs[c]
+        hi[c], hi[j] = hi[j], hi[c]
+        j = c
+
+
+@numba.njit(inline="always")
+def emit(hs, hid, size, out_pos, out_score, qi):
+    """Write a query's heap of `size` (scores hs, positions hid) into row qi
+    of the outputs, best first (ties keep heap order)."""
+    order = np.argsort(-hs[:size], kind="mergesort")
+    for s in range(size):
+        out_pos[qi, s] = hid[order[s]]
+        out_score[qi, s] = hs[order[s]]
+
+
+@numba.njit(inline="always")
+def emit_ids(hs, hid, size, ids, l2, out_ids, out_score, qi):
+    """Like emit, with positions mapped to ids and, for l2, scores turned
+    back into squared distances (lower is better); fills the padding too
+    (ids -1, scores -inf, or +inf for l2)."""
+    order = np.argsort(-hs[:size], kind="mergesort")
+    for s in range(size):
+        out_ids[qi, s] = ids[hid[order[s]]]
+        out_score[qi, s] = -hs[order[s]] if l2 else hs[order[s]]
+    for s in range(size, out_ids.shape[1]):
+        out_ids[qi, s] = -1
+        out_score[qi, s] = np.inf if l2 else -np.inf
+
+
+# -- heaps that break ties by position ---------------------------------------------------
+@numba.njit(inline="always")
+def beats(s, i, hs0, hi0):
+    """(s, i) ranks above (hs0, hi0): a higher score, or the same score and a
+    lower position."""
+    return s > hs0 or (s == hs0 and i < hi0)
+
+
+@numba.njit(inline="always")
+def sift_lex(hs, hi, size, j):
+    """Restore the min-heap on (score, -position) of `size` entries after
+    entry j went up."""
+    while True:
+        a = 2 * j + 1
+        if a >= size:
+            break
+        c = a
+        b = a + 1
+        if b < size and beats(hs[a], hi[a], hs[b], hi[b]):
+            c = b
+        if not beats(hs[j], hi[j], hs[c], hi[c]):
+            break
+        hs[c], hs[j] = hs[j], hs[c]
+        hi[c], hi[j] = hi[j], hi[c]
+        j = c
+
+
+@numba.njit(inline="always")
+def push_lex(hs, hi, size, k, s, i):
+    """Offer (s, i) to the min-heap of the best k by (score, -position);
+    returns the new size."""
+    if size < k:
+        j = size
+        hs[j] = s
+        hi[j] = i
+        while j > 0:
+            p = (j - 1) // 2
+            if not beats(hs[p], hi[p], hs[j], hi[j]):
+                break
+            hs[p], hs[j] = hs[j], hs[p]
+            hi[p], hi[j] = hi[j], hi[p]
+            j = p
+        return size + 1
+    if not beats(s, i, hs[0], hi[0]):
+        return size
+    hs[0] = s
+    hi[0] = i
+    sift_lex(hs, hi, size, 0)
+    return size
+
+
+@numba.njit(inline="always")
+def pop_best_first(hs, hid, size, lex, ids, neg, out_ids, out_score, qi):
+    """Empty a min-heap of `size` entries (by score, or by (score,
+    -position) when `lex`) into row qi of the outputs, best first: positions
+    mapped through `ids` (when not empty), scores negated when `neg` (l2
+    distances). Entries from `size` on are left as they are."""
+    mapped = ids.shape[0] > 0
+    for t in range(size - 1, -1, -1):  # pop the worst first, into the row from the back
+        p = hid[0]
+        out_ids[qi, t] = ids[p] if mapped else p
+        out_score[qi, t] = -hs[0] if neg else hs[0]
+        last = size - 1
+        hs[0] = hs[last]
+        hid[0] = hid[last]
+        size = last
+        if lex:
+            sift_lex(hs, hid, size, 0)
+        else:
+            sift(hs, hid, size, 0)
