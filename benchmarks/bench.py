@@ -215,7 +215,7 @@ def main(argv=None) -> int:
 
     from tqdm import tqdm
 
-    from irli.cli import Bars
+    from irli.bars import Bars
     from irli.config import default_buckets
     from report import write_report
 

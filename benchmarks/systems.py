@@ -98,11 +98,9 @@ class IrliSystem(System):
         self.preset = parts[1] if len(parts) > 1 else "irli"
         self.overrides: dict = {}
         if len(parts) > 2 and parts[2]:  # search options (probes, min_votes, top_c) are config defaults too
-            from irli.cli import _parse_value
+            from irli.config import IndexConfig
 
-            for pair in parts[2].split(","):
-                key, value = pair.split("=", 1)
-                self.overrides[key] = _parse_value(value)
+            self.overrides = IndexConfig.parse_overrides(parts[2].split(","))
         self.name = spec
 
     def build(self, x, metric, n_buckets):

@@ -5,12 +5,11 @@ import os
 
 import numpy as np
 import pytest
+from conftest import fitted
 
 import irli
 from irli import IndexFormatError
 from irli.storage import MANIFEST
-
-from conftest import fitted
 
 
 @pytest.fixture
@@ -164,52 +163,12 @@ def test_mismatched_router_weights(data, tmp_path):
         irli.load(a)
 
 
-def _faiss_codes_blob(index):
-    """The codes of repetition 0 as irli 0.1 saved them: a FAISS IndexIVFPQ
-    (residual, 4-bit) holding every entry at its bucket, serialised."""
-    import faiss
-
-    x = np.asarray(index.vectors_)
-    d = x.shape[1]
-    centres = index.centres_[0]
-    quantizer = faiss.IndexFlatIP(d)
-    quantizer.add(centres)
-    base = faiss.IndexIVFPQ(quantizer, d, centres.shape[0], d, 4, faiss.METRIC_INNER_PRODUCT)
-    base.by_residual = True
-    base.train(x)
-    base = faiss.deserialize_index(faiss.serialize_index(base))
-    for copy in np.asarray(index.assign_)[0]:
-        ids = np.arange(x.shape[0], dtype=np.int64)
-        lists = np.ascontiguousarray(copy, dtype=np.int64)
-        base.add_core(x.shape[0], faiss.swig_ptr(x), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
-    return faiss.serialize_index(base), faiss.vector_to_array(base.pq.centroids).reshape(d, 16, 1)
-
-
-def test_format_2_codes_still_load(data, truth, tmp_path):
-    """Indexes saved before irli had its own scan kept their codes as FAISS
-    blobs (codes<r>.npy, format 2): they load, with their codebooks kept."""
-    from irli.metrics import recall_at_k
-    from irli.storage import write_index
-
-    index = irli.Index("fast", n_buckets=32).fit(data[0])
-    path = index.save(tmp_path / "new")
-    man = json.loads((path / MANIFEST).read_text())
-    blob, books = _faiss_codes_blob(index)
-    arrays = {name: np.load(path / f"{name}.npy") for name in
-              ("vectors", "ids", "offsets", "lists", "assign", "centres")}
-    arrays["codes0"] = blob
-    from safetensors.numpy import load_file
-
-    routers = load_file(path / "routers.safetensors")
-    keep = {k: v for k, v in man.items() if k not in ("format", "format_version", "files", "pq_residual")}
-    old = write_index(tmp_path / "old", arrays, routers, keep)
-    m = json.loads((old / MANIFEST).read_text())
+def test_older_format_is_refused(data, tmp_path):
+    """Directories of format versions 1 and 2 (development builds) are
+    refused with a one-line error that says to rebuild."""
+    path = irli.Index("ivf", n_buckets=8).fit(data[0]).save(tmp_path / "idx")
+    m = json.loads((path / MANIFEST).read_text())
     m["format_version"] = 2
-    (old / MANIFEST).write_text(json.dumps(m))
-    loaded = irli.load(old)
-    assert loaded.codes_.residual
-    np.testing.assert_array_equal(loaded.codes_.books[0], books)
-    assert recall_at_k(loaded.search(data[1], k=10, probes=4).ids, truth) >= 0.9
-    loaded.save(tmp_path / "again")  # and it saves in the current format
-    assert json.loads((tmp_path / "again" / MANIFEST).read_text())["format_version"] == 3
-    assert (tmp_path / "again" / "pq_codes.npy").exists()
+    (path / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(irli.IndexFormatError, match="format version 2 is older.*rebuild"):
+        irli.load(path)

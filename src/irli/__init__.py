@@ -16,20 +16,24 @@ Extreme multi-label classification (the items are labels):
     ids, scores = labels.predict(X_test, k=5)
 """
 
-__version__ = "0.1.0"
-
-from .config import PRESETS, IndexConfig  # noqa: E402
-from .errors import (  # noqa: E402
-    ConfigError, IndexFormatError, InvalidInputError, IrliError, NotFittedError,
+from .build import build
+from .config import PRESETS, IndexConfig, LabelConfig
+from .errors import (
+    ConfigError,
+    IndexFormatError,
+    InvalidInputError,
+    IrliError,
+    NotFittedError,
 )
-from .index import Index, SearchResult, load  # noqa: E402
-from .build import build  # noqa: E402
-from .labels import LabelConfig, LabelIndex  # noqa: E402
-from .progress import Progress  # noqa: E402
-from .threads import get_num_threads, set_num_threads  # noqa: E402
+from .index import Index, SearchResult
+from .labels import LabelIndex
+from .loader import load
+from .progress import Progress
+from .threads import get_num_threads, set_num_threads
+from .version import __version__
 
 __all__ = [
     "Index", "SearchResult", "load", "build", "LabelIndex", "LabelConfig", "IndexConfig", "PRESETS", "Progress",
     "IrliError", "ConfigError", "InvalidInputError", "NotFittedError", "IndexFormatError",
-    "set_num_threads", "get_num_threads",
+    "set_num_threads", "get_num_threads", "__version__",
 ]

@@ -42,6 +42,7 @@ from .idmap import as_ids, first_duplicate
 from .index import Index
 from .partition import InvertedLists
 from .progress import Callback, report
+from .storage import write_index
 from .updates import place, sample_rows
 from .validation import as_matrix, check_norms, normalize_rows, positive_int
 
@@ -162,12 +163,13 @@ def build(vectors, path: str | os.PathLike, preset: str = "fast", metric: str = 
         vec = np.load(staged, mmap_mode="r")
         history = {**learned_history, "fit_seconds": time.perf_counter() - t0, "sample": int(rows.size),
                    "out_of_core": True}
-        index = Index.from_config(cfg, preset=preset)
-        index._install(vec, uid, assign, centres, lists, routers, codes, history,
-                       live=None, next_id=int(uid.max()) + 1, sqnorms=sqnorms)
+        index = Index.from_arrays(cfg, preset, vec, uid, assign, centres, lists, routers, codes, history,
+                                  sqnorms=sqnorms)
         report(callback, "write", 0, 1)
         # the staged files are moved in; the index's maps of them stay valid
-        index._write(dest, staged={"vectors": staged, **({"pq_codes": staged_codes} if codes is not None else {})})
+        moved = {"vectors": staged, **({"pq_codes": staged_codes} if codes is not None else {})}
+        arrays, weights, manifest = index.to_arrays()
+        write_index(dest, {k: v for k, v in arrays.items() if k not in moved}, weights, manifest, staged=moved)
         report(callback, "write", 1, 1)
     finally:
         for f in (staged, staged_codes):

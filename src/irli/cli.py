@@ -23,71 +23,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .bars import Bars
 from .config import PRESETS
 from .errors import InvalidInputError
-
-
-# -- progress bars -------------------------------------------------------------
-class Bars:
-    """A progress callback drawing one tqdm bar per stage on stderr (only
-    when stderr is a terminal)."""
-
-    LABELS = {"kmeans": "k-means", "ground-truth": "ground truth", "train": "training",
-              "repartition": "re-partition", "lists": "inverted lists", "search": "search"}
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self.bars: dict[str, Any] = {}
-
-    def __call__(self, p) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        bar = self.bars.get(p.stage)
-        if bar is None or bar.total != p.total or p.done < bar.n:
-            if bar is not None:
-                bar.close()
-            bar = tqdm(total=p.total, desc=self.LABELS.get(p.stage, p.stage), unit="",
-                       file=sys.stderr, leave=False, dynamic_ncols=True, disable=None)
-            self.bars[p.stage] = bar
-        bar.update(p.done - bar.n)
-        shown = {k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in p.info.items() if v is not None}
-        if shown:
-            bar.set_postfix(shown, refresh=False)
-        if p.done >= p.total:
-            bar.close()
-            del self.bars[p.stage]
-
-    def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
-        self.bars.clear()
+from .version import __version__
 
 
 # -- helpers -------------------------------------------------------------------
-def _parse_value(text: str) -> Any:
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null", "auto"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    out = {}
-    for pair in pairs or ():
-        if "=" not in pair:
-            raise ValueError(f"--set expects key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        out[key.strip().replace("-", "_")] = _parse_value(value.strip())
-    return out
+    from .config import IndexConfig
+
+    return IndexConfig.parse_overrides(pairs or ())
 
 
 def _probe_list(text: str) -> list[int]:
@@ -194,7 +140,7 @@ def _eval_labels(a, index) -> int:
 
 
 def cmd_search(a) -> int:
-    from .index import load
+    from .loader import load
 
     index = load(a.index)
     if not hasattr(index, "search"):  # a label index: print label ids
@@ -229,9 +175,9 @@ def cmd_search(a) -> int:
 
 def cmd_eval(a) -> int:
     from .datasets import read_ann_hdf5, read_vectors
-    from .exact import exact_knn
     from .evaluation import format_table, sweep
-    from .index import load
+    from .exact import exact_knn
+    from .loader import load
 
     index = load(a.index)
     if not hasattr(index, "search"):  # a label index
@@ -262,7 +208,7 @@ def cmd_eval(a) -> int:
 
 
 def cmd_info(a) -> int:
-    from .index import load
+    from .loader import load
     from .metrics import bucket_load
     from .storage import read_manifest
 
@@ -320,8 +266,6 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="irli", description="Learning to index: learned partitions and "
                                 "routing for nearest-neighbour search.")
-    from . import __version__
-
     p.add_argument("--version", action="version", version=f"irli {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -468,24 +468,3 @@ class PQ4Codes:
         if codes.shape != want or codes.dtype != np.uint8:
             raise IndexFormatError(f"pq_codes.npy has shape {codes.shape} {codes.dtype}; expected uint8 {want}")
         return cls(books, codes, centres, metric, residual, lists, assign, eta=eta)
-
-    @classmethod
-    def from_faiss(cls, blobs: list[np.ndarray], x, centres, metric, lists, assign) -> "PQ4Codes":
-        """Codes of an index saved by irli 0.1 (FAISS IndexIVFPQ or fast-scan
-        blobs, residual codes): the codebooks are kept and the items encoded
-        anew with them."""
-        books = []
-        for blob in blobs:
-            try:
-                index = faiss.deserialize_index(np.ascontiguousarray(blob, dtype=np.uint8))
-            except RuntimeError as e:
-                raise IndexFormatError(f"unreadable PQ codes ({' '.join(str(e).split())[:120]})") from None
-            if not isinstance(index, (faiss.IndexIVFPQ, faiss.IndexIVFPQFastScan)) \
-                    or index.nlist != centres.shape[1]:
-                raise IndexFormatError("PQ codes do not match the index (wrong type or bucket count)")
-            pq = index.pq
-            books.append(faiss.vector_to_array(pq.centroids).reshape(pq.M, 1 << pq.nbits, pq.dsub))
-        self = cls(np.stack(books), None, centres, metric, residual=True)
-        self.codes = self.encode(x, assign)
-        self._layout(lists, assign)
-        return self

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import typing
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar, Iterable
 
 from .errors import ConfigError
 
@@ -23,17 +25,137 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
-class IndexConfig:
-    """Hyper-parameters of an index. Build one with `IndexConfig.from_preset`.
+class ModelConfig:
+    """The knobs every irli index shares: the model and its learning loop.
 
-    Partition: `n_reps` repetitions of `n_buckets` buckets (None: a power of two
-    near sqrt(N)), started by `start` ("kmeans" or a seeded 2-universal "hash").
-    Router: "centroid" (similarity to bucket centroids), "linear" (W q) or "mlp"
-    (d -> `hidden` -> ReLU -> B). Learning: `epochs` of router training on
-    `n_train` training queries with `loss` against the buckets of each query's
-    `target_k` exact neighbours; with `repartition`, every `repartition_every`
-    epochs each item moves to the least loaded of its router's top `k_choices`
-    buckets (never past `max_load` times the mean bucket size), stopping early
+    `n_reps` repetitions, each a partition of the items into `n_buckets`
+    buckets (None: chosen from the collection) and a router (`hidden` units
+    where it has a hidden layer). Learning: `epochs` of router training with
+    `loss` ("sigmoid" per bucket or "softmax" over buckets), Adam at `lr` in
+    batches of `batch_size`, the best epoch picked on a `val_fraction` split;
+    with `repartition`, every `repartition_every` epochs each item moves to
+    the least loaded of its router's top `k_choices` buckets (never past
+    `max_load` times the mean bucket size). Search defaults: `probes` buckets
+    per repetition, candidates seen in at least `min_votes` repetitions.
+    `seed` fixes every random choice; `device` is where torch trains.
+    Subclasses add their own fields and defaults; `_validate` checks all.
+    """
+
+    n_reps: int = 1
+    n_buckets: int | None = None
+    hidden: int = 512
+    loss: str = "softmax"
+    epochs: int = 0
+    batch_size: int = 512
+    lr: float = 1e-3
+    val_fraction: float = 0.1
+    repartition: bool = False
+    repartition_every: int = 5
+    k_choices: int = 2
+    max_load: float | None = 2.0
+    probes: int | None = 16
+    min_votes: int = 1
+    seed: int = 0
+    device: str = "auto"
+
+    _what: ClassVar[str] = "option"  # how errors name a field
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    def _validate(self) -> None:
+        _choice(self, "loss", LOSSES)
+        _choice(self, "device", DEVICES)
+        _int(self, "n_reps", 1, 64)
+        _int(self, "n_buckets", 2, None, none=True)
+        _int(self, "hidden", 1)
+        _int(self, "epochs", 0)
+        _int(self, "batch_size", 1)
+        _int(self, "repartition_every", 1)
+        _int(self, "k_choices", 1)
+        _int(self, "probes", 1, None, none=True)
+        _int(self, "min_votes", 1, self.n_reps)
+        _int(self, "seed", 0, 2**32 - 1)
+        _float(self, "lr", 0.0, 10.0, lo_open=True)
+        _float(self, "val_fraction", 0.0, 0.9)
+        if self.max_load is not None:
+            _float(self, "max_load", 1.0, 1e9)
+        _bool(self, "repartition")
+        if self.n_buckets is not None and self.k_choices > self.n_buckets:
+            raise ConfigError(f"k_choices={self.k_choices} exceeds n_buckets={self.n_buckets}")
+
+    # -- construction -------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        """Inverse of `to_dict`; unknown keys are an error."""
+        cls._check_names(values)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        self._check_names(changes)
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def _check_names(cls, values: dict[str, Any]) -> None:
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown {cls._what} {unknown[0]!r}; valid options are: {', '.join(names)}")
+
+    @classmethod
+    def parse_overrides(cls, pairs: Iterable[str]) -> dict[str, Any]:
+        """"KEY=VALUE" strings (the command line's --set) as overrides, each
+        value read as its field's type: true / false for a flag, an integer
+        or a number, text for a choice, and none (or auto) for a field that
+        may be None. Unknown keys and unreadable values are ConfigErrors."""
+        hints = typing.get_type_hints(cls)
+        out: dict[str, Any] = {}
+        for pair in pairs:
+            if "=" not in pair:
+                raise ConfigError(f"--set expects key=value, got {pair!r}")
+            key, text = (t.strip() for t in pair.split("=", 1))
+            key = key.replace("-", "_")
+            cls._check_names({key: None})
+            out[key] = _read_value(key, text, hints[key])
+        return out
+
+
+def _read_value(key: str, text: str, hint: Any) -> Any:
+    """`text` as a value of the type `hint` (a field's annotation)."""
+    kinds = typing.get_args(hint) or (hint,)
+    if type(None) in kinds and text.lower() in ("none", "null", "auto"):
+        return None
+    low = text.lower()
+    try:
+        if bool in kinds:
+            if low not in ("true", "false", "yes", "no", "1", "0"):
+                raise ValueError
+            return low in ("true", "yes", "1")
+        if int in kinds:
+            return int(text)
+        if float in kinds:
+            return float(text)
+    except ValueError:
+        kind = next(k for k in (bool, int, float) if k in kinds).__name__
+        raise ConfigError(f"--set {key}: expected {kind}, got {text!r}") from None
+    return text
+
+
+@dataclass(frozen=True)
+class IndexConfig(ModelConfig):
+    """Hyper-parameters of a vector index. Build one with `IndexConfig.from_preset`.
+
+    The shared fields are ModelConfig's. Partition: started by `start`
+    ("kmeans" or a seeded 2-universal "hash"; k-means on at most
+    `kmeans_sample` x B sampled items, `kmeans_iters` iterations). Router:
+    "centroid" (similarity to bucket centroids), "linear" (W q, with a bias
+    when `router_bias`, auto: for l2) or "mlp" (d -> `hidden` -> ReLU -> B).
+    Learning: on `n_train` training queries against the buckets of each
+    query's `target_k` exact neighbours, stopping after `patience` epochs
+    without a better validation loss, and stopping re-partitioning early
     when fewer than `min_moved` of the items move.
     Spilling: with `spill` = s > 0, every item also sits in s more buckets of
     each repetition, chosen as in SOAR (Sun et al., NeurIPS 2023): near the item,
@@ -52,24 +174,12 @@ class IndexConfig:
     """
 
     metric: str = "cosine"
-    n_reps: int = 1
-    n_buckets: int | None = None
     start: str = "kmeans"
     router: str = "centroid"
-    hidden: int = 512
     router_bias: bool | None = None
-    loss: str = "softmax"
     target_k: int = 1
     n_train: int = 50_000
-    epochs: int = 0
-    batch_size: int = 512
-    lr: float = 1e-3
-    val_fraction: float = 0.1
     patience: int = 3
-    repartition: bool = False
-    repartition_every: int = 5
-    k_choices: int = 2
-    max_load: float | None = 2.0
     min_moved: float = 0.01
     kmeans_iters: int = 20
     kmeans_sample: int = 256
@@ -81,13 +191,7 @@ class IndexConfig:
     pq_residual: bool | None = None
     pq_anisotropic: float | None = None
     probes: int = 16
-    min_votes: int = 1
     top_c: int | None = None
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        _validate(self)
 
     # -- construction -------------------------------------------------------
     @classmethod
@@ -98,22 +202,39 @@ class IndexConfig:
                 f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}"
             )
         values = dict(PRESETS[preset])
-        _check_names(overrides)
+        cls._check_names(overrides)
         values.update(overrides)
         return cls(**values)
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "IndexConfig":
-        """Inverse of `to_dict`; unknown keys are an error."""
-        _check_names(values)
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> "IndexConfig":
-        _check_names(changes)
-        return dataclasses.replace(self, **changes)
+    def _validate(self) -> None:
+        super()._validate()
+        c = self
+        _choice(c, "metric", METRICS)
+        _choice(c, "start", STARTS)
+        _choice(c, "router", ROUTERS)
+        _choice(c, "scan", SCANS)
+        _int(c, "probes", 1)
+        _int(c, "target_k", 1, 1024)
+        _int(c, "n_train", 1)
+        _int(c, "patience", 1)
+        _int(c, "kmeans_iters", 1)
+        _int(c, "kmeans_sample", 1)
+        _int(c, "spill", 0, 3)
+        _int(c, "refine", 1, 1000)
+        _int(c, "pq_m", 1, None, none=True)
+        _int(c, "top_c", 1, None, none=True)
+        _float(c, "min_moved", 0.0, 1.0)
+        _float(c, "spill_lambda", 0.0, 1e6)
+        if c.pq_anisotropic is not None:
+            _float(c, "pq_anisotropic", 0.0, 1.0, hi_open=True)
+        _bool(c, "pq_residual", none=True)
+        _bool(c, "router_bias", none=True)
+        if c.router == "mlp" and c.epochs == 0:
+            raise ConfigError("router='mlp' starts random and needs epochs >= 1")
+        if c.scan == "pq4" and (c.min_votes > 1 or c.top_c is not None):
+            raise ConfigError("min_votes and top_c filter exact candidates; they need scan='exact'")
+        if c.start == "hash" and c.router == "linear" and c.epochs == 0:
+            raise ConfigError("router='linear' with start='hash' needs epochs >= 1")
 
     # -- derived values -----------------------------------------------------
     def buckets_for(self, n_items: int) -> int:
@@ -142,6 +263,73 @@ class IndexConfig:
     def learns(self) -> bool:
         """Whether fit trains a router (needs training queries)."""
         return self.router != "centroid" and self.epochs > 0
+
+
+@dataclass(frozen=True)
+class LabelConfig(ModelConfig):
+    """Settings of a label index (irli.LabelIndex). The shared fields are
+    ModelConfig's, with the defaults measured on bibtex and delicious with a
+    validation split of the training data (see BENCHMARKS.md): R = 4
+    routers of 256 hidden units, sigmoid loss, re-partitioning every 10 of
+    20 epochs. `n_buckets` None: about 8 labels per bucket; `probes` None:
+    about sqrt(B) / 3.
+
+    Label-index fields: `dropout` on the routers' hidden layer while
+    training; `scorer`: learn a per-label scorer on that hidden layer, on all
+    labels up to `full_scorer_labels`, else on sampled negatives; feature and
+    label weights above `sparse_above` parameters train with sparse (lazy)
+    Adam; final score (1 - `blend`) x scorer + `blend` x mean bucket
+    probability; `normalize`: scale each feature row to unit L2 norm.
+    """
+
+    n_reps: int = 4
+    hidden: int = 256
+    loss: str = "sigmoid"
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-2
+    val_fraction: float = 0.05
+    repartition: bool = True
+    repartition_every: int = 10
+    probes: int | None = None
+    dropout: float = 0.5
+    scorer: bool = True
+    full_scorer_labels: int = 8192
+    sparse_above: int = 20_000_000
+    blend: float = 0.0
+    normalize: bool = True
+
+    _what: ClassVar[str] = "label-index option"
+
+    def _validate(self) -> None:
+        super()._validate()
+        _int(self, "full_scorer_labels", 1)
+        _int(self, "sparse_above", 1)
+        _float(self, "dropout", 0.0, 1.0, hi_open=True)
+        _float(self, "blend", 0.0, 1.0)
+        _bool(self, "scorer")
+        _bool(self, "normalize")
+
+    def for_labels(self, n_labels: int) -> "LabelConfig":
+        """This configuration for `n_labels` labels: n_buckets and probes
+        resolved (defaults above), checked against L."""
+        if self.n_buckets is not None and self.n_buckets > n_labels:
+            raise ConfigError(f"n_buckets={self.n_buckets} exceeds the {n_labels} labels")
+        b = self.n_buckets or default_label_buckets(n_labels)
+        return self.replace(n_buckets=b, probes=min(self.probes or default_label_probes(b), b))
+
+
+def default_label_buckets(n_labels: int) -> int:
+    """About 8 labels per bucket, a power of two in [16, 8192] (the cap keeps
+    a CPU router's output layer cheap), at most L."""
+    b = 1 << max(4, int(round(math.log2(max(n_labels, 1) / 8))))
+    return int(min(b, 8192, max(n_labels, 1)))
+
+
+def default_label_probes(n_buckets: int) -> int:
+    """Buckets opened per repetition: about sqrt(B) / 3, at least 2 (2 of 16,
+    4 of 128, 11 of 1024, 43 of 16384), so candidates grow as sqrt(L)."""
+    return int(max(2, round(math.sqrt(n_buckets) / 3)))
 
 
 def default_buckets(n_items: int) -> int:
@@ -179,35 +367,24 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-_FIELDS = {f.name: f for f in fields(IndexConfig)}
-
-
-def _check_names(values: dict[str, Any]) -> None:
-    unknown = sorted(set(values) - set(_FIELDS))
-    if unknown:
-        raise ConfigError(
-            f"unknown option {unknown[0]!r}; valid options are: {', '.join(_FIELDS)}"
-        )
-
-
-def _int(c: IndexConfig, name: str, lo: int, hi: int | None = None, none: bool = False) -> None:
+def _int(c: ModelConfig, name: str, lo: int, hi: int | None = None, none: bool = False) -> None:
     v = getattr(c, name)
     if v is None and none:
         return
-    if isinstance(v, bool) or not isinstance(v, int):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise ConfigError(f"{name} must be an integer, got {v!r}")
     if v < lo or (hi is not None and v > hi):
         bound = f">= {lo}" if hi is None else f"between {lo} and {hi}"
         raise ConfigError(f"{name} must be {bound}, got {v}")
 
 
-def _choice(c: IndexConfig, name: str, options: tuple[str, ...]) -> None:
+def _choice(c: ModelConfig, name: str, options: tuple[str, ...]) -> None:
     v = getattr(c, name)
     if not isinstance(v, str) or v not in options:
         raise ConfigError(f"unknown {name} {v!r}; choose one of {', '.join(options)}")
 
 
-def _float(c: IndexConfig, name: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
+def _float(c: ModelConfig, name: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
     v = getattr(c, name)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise ConfigError(f"{name} must be a number, got {v!r}")
@@ -217,52 +394,7 @@ def _float(c: IndexConfig, name: str, lo: float, hi: float, lo_open: bool = Fals
         raise ConfigError(f"{name} must be in {lb}{lo}, {hi}{hb}, got {v}")
 
 
-def _validate(c: IndexConfig) -> None:
-    _choice(c, "metric", METRICS)
-    _choice(c, "start", STARTS)
-    _choice(c, "router", ROUTERS)
-    _choice(c, "loss", LOSSES)
-    _choice(c, "device", DEVICES)
-    _choice(c, "scan", SCANS)
-    _int(c, "n_reps", 1, 64)
-    _int(c, "n_buckets", 2, None, none=True)
-    _int(c, "hidden", 1)
-    _int(c, "target_k", 1, 1024)
-    _int(c, "n_train", 1)
-    _int(c, "epochs", 0)
-    _int(c, "batch_size", 1)
-    _int(c, "patience", 1)
-    _int(c, "repartition_every", 1)
-    _int(c, "k_choices", 1)
-    _int(c, "kmeans_iters", 1)
-    _int(c, "kmeans_sample", 1)
-    _int(c, "probes", 1)
-    _int(c, "spill", 0, 3)
-    _int(c, "refine", 1, 1000)
-    _int(c, "pq_m", 1, None, none=True)
-    _int(c, "min_votes", 1, c.n_reps)
-    _int(c, "top_c", 1, None, none=True)
-    _int(c, "seed", 0)
-    _float(c, "lr", 0.0, 10.0, lo_open=True)
-    _float(c, "val_fraction", 0.0, 0.9)
-    _float(c, "min_moved", 0.0, 1.0)
-    _float(c, "spill_lambda", 0.0, 1e6)
-    if c.max_load is not None:
-        _float(c, "max_load", 1.0, 1e9)
-    for name in ("repartition",):
-        if not isinstance(getattr(c, name), bool):
-            raise ConfigError(f"{name} must be true or false, got {getattr(c, name)!r}")
-    if c.pq_anisotropic is not None:
-        _float(c, "pq_anisotropic", 0.0, 1.0, hi_open=True)
-    if c.pq_residual is not None and not isinstance(c.pq_residual, bool):
-        raise ConfigError(f"pq_residual must be true, false or None, got {c.pq_residual!r}")
-    if c.router_bias is not None and not isinstance(c.router_bias, bool):
-        raise ConfigError(f"router_bias must be true, false or None, got {c.router_bias!r}")
-    if c.n_buckets is not None and c.k_choices > c.n_buckets:
-        raise ConfigError(f"k_choices={c.k_choices} exceeds n_buckets={c.n_buckets}")
-    if c.router == "mlp" and c.epochs == 0:
-        raise ConfigError("router='mlp' starts random and needs epochs >= 1")
-    if c.scan == "pq4" and (c.min_votes > 1 or c.top_c is not None):
-        raise ConfigError("min_votes and top_c filter exact candidates; they need scan='exact'")
-    if c.start == "hash" and c.router == "linear" and c.epochs == 0:
-        raise ConfigError("router='linear' with start='hash' needs epochs >= 1")
+def _bool(c: ModelConfig, name: str, none: bool = False) -> None:
+    v = getattr(c, name)
+    if not isinstance(v, bool) and not (none and v is None):
+        raise ConfigError(f"{name} must be true or false{', or None' if none else ''}, got {v!r}")

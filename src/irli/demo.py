@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import Bars
+from .bars import Bars
 from .datasets import glove_split, ground_truth, load_glove
 from .evaluation import format_table, single_queries, sweep, timed_search
 from .index import Index

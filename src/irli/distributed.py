@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import IrliError, InvalidInputError
+from .errors import InvalidInputError, IrliError
 
 
 class DistributedError(IrliError, RuntimeError):
@@ -198,7 +198,7 @@ class ShardedIndex:
 
     def __init__(self, index, shards: int = 2, executor: RayExecutor | None = None,
                  max_restarts: int = 2) -> None:
-        index._check_fitted()
+        index.check_fitted()
         if not isinstance(shards, int) or not 1 <= shards <= index.n_buckets:
             raise InvalidInputError(f"shards must be between 1 and {index.n_buckets}, got {shards!r}")
         if index.n_removed:
@@ -221,9 +221,9 @@ class ShardedIndex:
         from .validation import positive_int
 
         ray = self.executor.ray()
-        q = self.index._queries(queries)
+        q = self.index.prepare_queries(queries)
         k = positive_int(k, "k")
-        m = self.index._probes(probes)
+        m = self.index.probes_for(probes)
         probed = route(self.index.routers_, q, m)[0]  # (R, n, m)
         nq = q.shape[0]
         owner = probed % self.n_shards

@@ -12,25 +12,24 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import __version__
+from .codes import PQ4Codes, default_pq_m
 from .config import IndexConfig
 from .errors import IndexFormatError, InvalidInputError, NotFittedError
 from .exact import exact_knn
 from .filters import Allowed, parse_allow
 from .idmap import IdMap, as_ids, first_duplicate
 from .partition import InvertedLists
+from .pqscan import pq_block
 from .progress import Callback, report
 from .routers import Router, Routing
-from .codes import PQ4Codes, default_pq_m
 from .scoring import prepare, query_error
 from .search import exact_block, marks, outputs, scan, scanned, subset
-from .pqscan import pq_block
+from .storage import check_vector_index, read_index, router_states, write_index
 from .threads import limit, resolve, run_blocks
-from .storage import read_index, write_index
 from .training import learn
 from .updates import Drift, grow, measure, place, sample_rows
 from .validation import as_matrix, check_norms, normalize_rows, positive_int
-
+from .version import __version__
 
 _LOCKS = threading.Lock()
 # k may exceed the items stored (rows are padded with -1) up to this many
@@ -192,9 +191,24 @@ class Index:
                       history, live=None, next_id=int(uid.max()) + 1)
         return self
 
+    @classmethod
+    def from_arrays(cls, config: IndexConfig, preset: str, vectors: np.ndarray, ids: np.ndarray,
+                    assign: np.ndarray, centres: np.ndarray, lists: InvertedLists, routers: list[Router],
+                    codes: PQ4Codes | None, history: dict, live: np.ndarray | None = None,
+                    next_id: int | None = None, sqnorms: np.ndarray | None = None) -> "Index":
+        """A fitted index from its parts (what `fit` learns and `load` and
+        `irli.build` read): vectors float32 (N, d) by position, ids int64
+        (N,), assign int32 (R, c, N), centres float32 (R, B, d), lists over
+        the positions, one router per repetition, PQ codes (scan="pq4"),
+        history, live bool (N,) (None: all), the next free id, sqnorms (l2)."""
+        self = cls.from_config(config, preset=preset)
+        next_id = int(ids.max()) + 1 if next_id is None else next_id
+        self._install(vectors, ids, assign, centres, lists, routers, codes, history, live, next_id, sqnorms)
+        return self
+
     def _install(self, vectors, ids, assign, centres, lists, routers, codes, history, live,
                  next_id, sqnorms=None) -> None:
-        """Set the learned state in one step (see fit and load)."""
+        """Set the learned state in one step (see fit, from_arrays and compact)."""
         routing = Routing.from_routers(routers)
         live = np.ones(ids.shape[0], dtype=bool) if live is None else live
         sqnorms = self._sqnorms(vectors) if sqnorms is None else sqnorms
@@ -218,7 +232,8 @@ class Index:
     def is_fitted(self) -> bool:
         return self.vectors_ is not None
 
-    def _check_fitted(self) -> None:
+    def check_fitted(self) -> None:
+        """Raise NotFittedError unless the index is fitted or loaded."""
         if not self.is_fitted:
             raise NotFittedError("this Index is not fitted yet; call fit(vectors) or irli.load(path) first")
 
@@ -237,7 +252,7 @@ class Index:
     @property
     def ids(self) -> np.ndarray:
         """The ids of the items in the index, int64 (len(self),), ascending."""
-        self._check_fitted()
+        self.check_fitted()
         return self.idmap_.keys.copy()
 
     @property
@@ -250,7 +265,7 @@ class Index:
         return np.asarray(self.vectors_[self._positions(ids, "ids")])
 
     def _positions(self, ids, name: str) -> np.ndarray:
-        self._check_fitted()
+        self.check_fitted()
         want = as_ids(ids, name=name)
         pos = self.idmap_.find(want)
         if (pos < 0).any():
@@ -259,12 +274,12 @@ class Index:
 
     @property
     def dim(self) -> int:
-        self._check_fitted()
+        self.check_fitted()
         return int(self.vectors_.shape[1])
 
     @property
     def n_buckets(self) -> int:
-        self._check_fitted()
+        self.check_fitted()
         return self.lists_.n_buckets
 
     @property
@@ -281,7 +296,7 @@ class Index:
         """Home bucket of each item in each repetition, int32 (R, N), columns
         in the order of `ids` (ascending id); with `spilled`, all its
         buckets, int32 (R, 1 + spill, N)."""
-        self._check_fitted()
+        self.check_fitted()
         out = np.ascontiguousarray(self.assign_[:, :, self.idmap_.pos], dtype=np.int32)
         return out if spilled else out[:, 0]
 
@@ -296,24 +311,25 @@ class Index:
             return queries.reshape(1, d)
         return as_matrix(queries, "queries", dim=d, allow_1d=True, finite=False)
 
-    def _queries(self, queries) -> np.ndarray:
+    def prepare_queries(self, queries) -> np.ndarray:
         """Queries checked and prepared as searches prepare them (unit
         length for cosine): float32 (n, d)."""
-        self._check_fitted()
+        self.check_fitted()
         raw = self._raw_queries(queries)
         q, bad = prepare(raw, self.config.metric == "cosine")
         if bad >= 0:
             raise query_error(raw, bad)
         return q
 
-    def _probes(self, probes) -> int:
+    def probes_for(self, probes: int | None) -> int:
+        """`probes` checked (None: the config's), clamped to B."""
         p = self.config.probes if probes is None else positive_int(probes, "probes")
         return min(p, self.lists_.offsets.shape[1] - 1)
 
     def route(self, queries, probes: int | None = None) -> np.ndarray:
         """Buckets each repetition would open: int32 (R, n, m), best first."""
-        q = self._queries(queries)
-        m = self._probes(probes)
+        q = self.prepare_queries(queries)
+        m = self.probes_for(probes)
         probed = np.empty((self.n_reps, q.shape[0], m), dtype=np.int32)
         run_blocks(lambda lo, hi: self.routing_.block(q, lo, hi, probed, np.empty((self.n_reps, 0, 0), np.float32)),
                    q.shape[0], None)
@@ -400,7 +416,7 @@ class Index:
         """The searchable state as one object (see `_publish`): a search
         reads it once, so it never mixes arrays from before and after an
         add, remove or compact running in another thread."""
-        self._check_fitted()
+        self.check_fitted()
         st = self.__dict__.get("_state")
         return st if st is not None else self._publish()
 
@@ -532,7 +548,7 @@ class Index:
             return self._add(vectors, ids, replace, callback)
 
     def _add(self, vectors, ids, replace, callback) -> "Index":
-        self._check_fitted()
+        self.check_fitted()
         # everything is checked and computed first, then applied in one step
         # under the lock: a failed add leaves the index as it was
         cfg = self.config
@@ -614,7 +630,7 @@ class Index:
         """Remove items by id; they vanish from results at once (their slots
         are reclaimed by `compact`). An id not in the index is an error, or
         skipped with missing="ignore". Returns the number removed."""
-        self._check_fitted()
+        self.check_fitted()
         if missing not in ("raise", "ignore"):
             raise InvalidInputError(f"missing must be 'raise' or 'ignore', got {missing!r}")
         want = as_ids(ids, name="ids")
@@ -638,7 +654,7 @@ class Index:
         """Reclaim the slots of removed items: rewrite the stored arrays, lists
         and codes without them (positions change, ids do not) and regroup the
         items by bucket. Returns the number of slots reclaimed."""
-        self._check_fitted()
+        self.check_fitted()
         gone = self.n_removed
         alive = np.flatnonzero(self.live_)
         perm = alive[np.argsort(self.assign_[0, 0][alive], kind="stable")]
@@ -657,7 +673,7 @@ class Index:
         build (see `irli.updates.Drift`); measured on a seeded sample of
         `sample` live items. A `refresh()` is worth it when `excess` or
         `imbalance` grows."""
-        self._check_fitted()
+        self.check_fitted()
         sample = positive_int(sample, "sample")
         alive = self.idmap_.pos
         rows = alive[sample_rows(alive.size, sample, self.config.seed)]
@@ -676,7 +692,7 @@ class Index:
         (a `fit` on them, in id order, with the same configuration and ids).
         The old state serves until the new one is complete; save afterwards
         to replace a saved copy atomically. Returns self."""
-        self._check_fitted()
+        self.check_fitted()
         alive = self.idmap_.pos  # ascending id order
         next_id = self.next_id_
         self.fit(np.asarray(self.vectors_[alive]), ids=self.idmap_.keys.copy(),
@@ -687,13 +703,14 @@ class Index:
     # -- persistence ---------------------------------------------------------------
     @_exclusive
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the index to the directory `path`, atomically (see storage)."""
-        return self._write(path)
+        """Write the index to the directory `path`, atomically (see
+        irli.storage); returns its path."""
+        return write_index(path, *self.to_arrays())
 
-    def _write(self, path: str | os.PathLike, staged: dict[str, Path] | None = None) -> Path:
-        """`save`, with arrays already on disk in `staged` (name -> .npy file
-        on the same file system, moved in; see irli.build)."""
-        self._check_fitted()
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+        """What `save` writes: (arrays by file name, router weights by
+        "<rep>.<name>", the manifest's fields)."""
+        self.check_fitted()
         arrays = {"vectors": self.vectors_, "ids": self.ids_, "offsets": self.lists_.offsets,
                   "lists": self.lists_.lists, "assign": self.assign_, "centres": self.centres_}
         if self.codes_ is not None:
@@ -702,8 +719,6 @@ class Index:
             arrays["sqnorms"] = self.sqnorms_
         if self.n_removed:
             arrays["live"] = self.live_
-        for name in staged or {}:
-            arrays.pop(name)
         routers = {f"{r}.{k}": v for r, rt in enumerate(self.routers_) for k, v in rt.state().items()}
         manifest = {
             "irli_version": __version__, "preset": self.preset, "config": self.config.to_dict(),
@@ -716,7 +731,7 @@ class Index:
         if self.codes_ is not None:
             manifest["pq_residual"] = self.codes_.residual
             manifest["pq_eta"] = self.codes_.eta
-        return write_index(path, arrays, routers, manifest, staged=staged)
+        return arrays, routers, manifest
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> "Index":
@@ -730,84 +745,24 @@ class Index:
             config = IndexConfig.from_dict(man["config"])
         except Exception as e:  # a config this version cannot build
             raise IndexFormatError(f"{path}: invalid config in manifest ({e})") from None
-        need = ["vectors", "ids", "offsets", "lists", "assign", "centres"]
-        need += ["sqnorms"] if config.metric == "l2" else []
-        legacy_codes = config.scan == "pq4" and "pq_books" not in arrays  # saved by irli 0.1: FAISS blobs
-        if config.scan == "pq4":
-            need += [f"codes{r}" for r in range(config.n_reps)] if legacy_codes else ["pq_books", "pq_codes"]
-        for name in need:
-            if name not in arrays:
-                raise IndexFormatError(f"{path}: missing {name}.npy")
+        check_vector_index(path, man, config.n_reps, config.copies, config.metric == "l2", config.scan == "pq4",
+                           arrays, tensors)
         n, d = arrays["vectors"].shape
-        reps, b1 = arrays["offsets"].shape
-        copies = config.copies
-        if (arrays["ids"].shape != (n,) or arrays["lists"].shape != (reps, copies * n)
-                or arrays["assign"].shape != (reps, copies, n) or arrays["centres"].shape != (reps, b1 - 1, d)
-                or reps != config.n_reps or b1 - 1 != man.get("n_buckets")):
-            raise IndexFormatError(f"{path}: array shapes do not agree with each other or the manifest")
-        offsets = np.asarray(arrays["offsets"])
-        if ((offsets[:, 0] != 0).any() or (offsets[:, -1] != copies * n).any()
-                or (np.diff(offsets, axis=1) < 0).any()):
-            raise IndexFormatError(f"{path}: inverted-list offsets are inconsistent")
-        for name, hi in (("lists", n), ("assign", b1 - 1)):
-            a = np.asarray(arrays[name])
-            if a.size and (a.min() < 0 or a.max() >= hi):
-                raise IndexFormatError(f"{path}: {name}.npy holds entries outside [0, {hi}) (corrupted)")
-        small = {name: arrays[name] for name in ("centres", "sqnorms", "pq_books") if name in arrays}
-        for name, a in {**small, **tensors}.items():  # vectors are left to the checksums: N x d
-            if a.dtype.kind == "f" and not np.isfinite(a).all():
-                raise IndexFormatError(f"{path}: {name} holds NaN or inf (corrupted)")
+        b = arrays["offsets"].shape[1] - 1
         routers = []
-        kind = man.get("router")
-        for r in range(reps):
-            state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == str(r)}
-            rt = Router.from_state(kind, state, config.metric)
-            if rt.n_buckets != b1 - 1 or rt.dim != d:
-                raise IndexFormatError(f"{path}: router {r} maps {rt.dim} -> {rt.n_buckets}, "
-                                       f"index has d={d}, B={b1 - 1}")
+        for r, state in enumerate(router_states(tensors, config.n_reps)):
+            rt = Router.from_state(man.get("router"), state, config.metric)
+            if rt.n_buckets != b or rt.dim != d:
+                raise IndexFormatError(f"{path}: router {r} maps {rt.dim} -> {rt.n_buckets}, index has d={d}, B={b}")
             routers.append(rt)
-        live = None
-        if "live" in arrays:
-            live = np.asarray(arrays["live"])
-            if live.shape != (n,) or live.dtype != bool:
-                raise IndexFormatError(f"{path}: live.npy must be bool ({n},), got {live.dtype} {live.shape}")
-        ids = np.asarray(arrays["ids"])
-        alive = ids if live is None else ids[live]
-        if alive.size and (alive.min() < 0 or first_duplicate(alive) is not None):
-            raise IndexFormatError(f"{path}: item ids are negative or repeat (corrupted ids.npy)")
-        self = cls.from_config(config, preset=man.get("preset", "custom"))
-        lists = InvertedLists(offsets, arrays["lists"])
+        lists = InvertedLists(np.asarray(arrays["offsets"]), arrays["lists"])
         centres = np.asarray(arrays["centres"])
         codes = None
-        if legacy_codes:
-            codes = PQ4Codes.from_faiss([arrays[f"codes{r}"] for r in range(reps)], arrays["vectors"], centres,
-                                        config.metric, lists, arrays["assign"])
-        elif config.scan == "pq4":
+        if config.scan == "pq4":
             codes = PQ4Codes.from_arrays(arrays["pq_books"], arrays["pq_codes"], centres, config.metric,
                                          bool(man.get("pq_residual", True)), lists, arrays["assign"], n,
                                          eta=float(man.get("pq_eta", 0.0)))
-        next_id = man.get("next_id", int(ids.max()) + 1 if ids.size else 0)
-        history = man.get("history", {})
-        if type(next_id) is not int or not 0 <= next_id <= 2**63:
-            raise IndexFormatError(f"{path}: next_id in the manifest must be an integer >= 0, got {next_id!r}")
-        if alive.size and next_id <= int(alive.max()):
-            raise IndexFormatError(f"{path}: next_id {next_id} is not above the largest id {int(alive.max())}")
-        if not isinstance(history, dict) or any(type(history.get(c, 0)) is not int for c in ("added", "removed")) \
-                or not isinstance(history.get("drift_at_fit", {}), dict):
-            raise IndexFormatError(f"{path}: history in the manifest is malformed (corrupted)")
-        self._install(arrays["vectors"], arrays["ids"], arrays["assign"], centres, lists, routers, codes,
-                      history,
-                      live=live, next_id=next_id, sqnorms=arrays.get("sqnorms"))
-        return self
-
-def load(path: str | os.PathLike, mmap: bool = True, verify: bool = True):
-    """Load an index directory: an `Index`, or a `LabelIndex` for a label
-    index; see their `load` methods."""
-    from .storage import read_manifest
-
-    if read_manifest(path).get("task", "ann") == "xml":
-        from .labels import LabelIndex
-
-        return LabelIndex.load(path, verify=verify)
-    return Index.load(path, mmap=mmap, verify=verify)
-
+        live = np.asarray(arrays["live"]) if "live" in arrays else None
+        return cls.from_arrays(config, man.get("preset", "custom"), arrays["vectors"], arrays["ids"],
+                               arrays["assign"], centres, lists, routers, codes, man.get("history", {}), live=live,
+                               next_id=man.get("next_id"), sqnorms=arrays.get("sqnorms"))

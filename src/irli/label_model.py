@@ -29,8 +29,8 @@ from .errors import InvalidInputError
 from .gather import gather_votes
 from .partition import InvertedLists
 from .scoring import FAST, affine, dot
-from .topk import pop_best_first, push, top_row
 from .threads import run_blocks, stamps
+from .topk import pop_best_first, push, top_row
 
 
 @dataclass

@@ -30,9 +30,8 @@ import numpy as np
 
 from .routers import route_rows
 from .scoring import FAST, dot, prepare_rows, score
-from .topk import beats, pop_best_first, push_lex, sift_lex
 from .simd import ctz32, lut16, prefetch
-
+from .topk import beats, pop_best_first, push_lex, sift_lex
 
 _SEEN = 1 << 10
 

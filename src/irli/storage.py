@@ -1,13 +1,21 @@
 """Index directories on disk: write atomically, read back with checks.
 
-Layout of a directory:
-  manifest.json        format, versions, config, shapes, sha256 of every file
+Layout of a vector index directory (R repetitions, B buckets, N stored
+items of dimension d, c = 1 + spill buckets per item and repetition):
+  manifest.json        format, versions, config, shapes, history, sha256 of every file
   vectors.npy          float32 (N, d) item vectors, grouped by repetition 0's buckets
   ids.npy              int64 (N,) the user id of each stored position
-  offsets.npy          int64 (R, B+1) and lists.npy int32 (R, N): inverted lists
+  assign.npy           int32 (R, c, N) the buckets of each stored position
+  offsets.npy          int64 (R, B+1) and lists.npy int32 (R, c N) (int64 past
+                       2^31 items): inverted lists of positions
+  centres.npy          float32 (R, B, d) bucket centroids (spilling, residual codes)
   sqnorms.npy          float32 (N,) squared norms (l2 indexes only)
   live.npy             bool (N,) False where an item was removed (only if any was)
+  pq_books.npy         float32 (R, M, 16, d / M) and pq_codes.npy uint8 (R, c or 1,
+                       N, ceil(M / 2)): 4-bit PQ codes (scan="pq4" only)
   routers.safetensors  router weights, keys "<rep>.<name>"
+A label index directory (task "xml") holds w1, b1, w2, b2, assign int32 (R, L),
+label_counts and, with a scorer, v and c (see irli.label_model).
 
 Nothing is pickled. A save writes a hidden temporary sibling directory
 (`.NAME.tmp-*`, locked while written), fsyncs it, and swaps it in with one
@@ -37,10 +45,9 @@ import numpy as np
 from .errors import IndexFormatError
 
 FORMAT = "irli-index"
-# 2: indexes that had items removed hold live.npy (bool (N,)); a reader of
-# version 1 would bring the removed items back, so it must refuse
-# 3: PQ codes as pq_books.npy + pq_codes.npy (irli's own layout) instead of
-# FAISS blobs codes<r>.npy; versions 1 and 2 still load
+# 3: the first format this irli reads (live.npy for removed items, PQ codes
+# as pq_books.npy + pq_codes.npy); directories of versions 1 and 2, written
+# during development, must be rebuilt
 FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 ROUTERS = "routers.safetensors"
@@ -196,7 +203,7 @@ def _swap_in(tmp: Path, dest: Path) -> None:
 
 
 def _valid_version(v) -> bool:
-    return type(v) is int and 1 <= v <= FORMAT_VERSION
+    return type(v) is int and v == FORMAT_VERSION
 
 
 def _parse_manifest(p: Path, text: bytes) -> dict[str, Any]:
@@ -211,6 +218,9 @@ def _parse_manifest(p: Path, text: bytes) -> dict[str, Any]:
         if type(v) is int and v > FORMAT_VERSION:
             raise IndexFormatError(f"{p}: index format version {v} is not supported "
                                    f"(this irli reads up to {FORMAT_VERSION}); upgrade irli")
+        if type(v) is int and 1 <= v < FORMAT_VERSION:
+            raise IndexFormatError(f"{p}: index format version {v} is older than this irli reads "
+                                   f"({FORMAT_VERSION}); rebuild the index")
         raise IndexFormatError(f"{p}: {MANIFEST} has an invalid format_version {v!r} (corrupted)")
     files = man.get("files")
     if not isinstance(files, dict) or not isinstance(man.get("config"), dict):
@@ -376,3 +386,92 @@ def _read_pinned(p: Path, mmap: bool, verify: bool):
         for fd in fds.values():
             os.close(fd)
         os.close(dfd)
+
+
+# -- what an index directory must hold -----------------------------------------------
+def router_states(tensors: dict[str, np.ndarray], n_reps: int) -> list[dict[str, np.ndarray]]:
+    """The router weights of routers.safetensors ("<rep>.<name>") as one
+    state dict per repetition."""
+    states: list[dict[str, np.ndarray]] = [{} for _ in range(n_reps)]
+    for key, v in tensors.items():
+        rep, _, name = key.partition(".")
+        if rep.isdigit() and int(rep) < n_reps:
+            states[int(rep)][name] = v
+    return states
+
+
+def check_vector_index(path, man: dict[str, Any], n_reps: int, copies: int, l2: bool, pq: bool,
+                       arrays: dict[str, np.ndarray], tensors: dict[str, np.ndarray]) -> None:
+    """Refuse (IndexFormatError) a vector index directory whose arrays miss,
+    disagree in shape with each other or the manifest, point outside their
+    range (list positions, bucket ids), hold NaN in the small float arrays
+    (vectors are left to the checksums), or whose ids, live mask, next_id or
+    history are malformed. Checks what a crafted directory could use to read
+    out of bounds even when checksums are not verified."""
+    need = ["vectors", "ids", "offsets", "lists", "assign", "centres"]
+    need += ["sqnorms"] if l2 else []
+    need += ["pq_books", "pq_codes"] if pq else []
+    for name in need:
+        if name not in arrays:
+            raise IndexFormatError(f"{path}: missing {name}.npy")
+    n, d = arrays["vectors"].shape
+    reps, b1 = arrays["offsets"].shape
+    if (arrays["ids"].shape != (n,) or arrays["lists"].shape != (reps, copies * n)
+            or arrays["assign"].shape != (reps, copies, n) or arrays["centres"].shape != (reps, b1 - 1, d)
+            or reps != n_reps or b1 - 1 != man.get("n_buckets")):
+        raise IndexFormatError(f"{path}: array shapes do not agree with each other or the manifest")
+    offsets = np.asarray(arrays["offsets"])
+    if (offsets[:, 0] != 0).any() or (offsets[:, -1] != copies * n).any() or (np.diff(offsets, axis=1) < 0).any():
+        raise IndexFormatError(f"{path}: inverted-list offsets are inconsistent")
+    for name, hi in (("lists", n), ("assign", b1 - 1)):
+        a = np.asarray(arrays[name])
+        if a.size and (a.min() < 0 or a.max() >= hi):
+            raise IndexFormatError(f"{path}: {name}.npy holds entries outside [0, {hi}) (corrupted)")
+    small = {name: arrays[name] for name in ("centres", "sqnorms", "pq_books") if name in arrays}
+    for name, a in {**small, **tensors}.items():
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise IndexFormatError(f"{path}: {name} holds NaN or inf (corrupted)")
+    live = arrays.get("live")
+    if live is not None and (live.shape != (n,) or live.dtype != bool):
+        raise IndexFormatError(f"{path}: live.npy must be bool ({n},), got {live.dtype} {live.shape}")
+    ids = np.asarray(arrays["ids"])
+    alive = ids if live is None else ids[np.asarray(live)]
+    if alive.size and (alive.min() < 0 or np.unique(alive).size != alive.size):
+        raise IndexFormatError(f"{path}: item ids are negative or repeat (corrupted ids.npy)")
+    next_id = man.get("next_id")
+    if next_id is not None:
+        if type(next_id) is not int or not 0 <= next_id <= 2**63:
+            raise IndexFormatError(f"{path}: next_id in the manifest must be an integer >= 0, got {next_id!r}")
+        if alive.size and next_id <= int(alive.max()):
+            raise IndexFormatError(f"{path}: next_id {next_id} is not above the largest id {int(alive.max())}")
+    history = man.get("history", {})
+    if not isinstance(history, dict) or any(type(history.get(c, 0)) is not int for c in ("added", "removed")) \
+            or not isinstance(history.get("drift_at_fit", {}), dict):
+        raise IndexFormatError(f"{path}: history in the manifest is malformed (corrupted)")
+
+
+def check_label_index(path, man: dict[str, Any], scorer: bool, n_buckets: int | None, probes: int | None,
+                      loss: str, arrays: dict[str, np.ndarray]) -> None:
+    """Refuse (IndexFormatError) a label index directory whose arrays miss,
+    disagree in shape with each other or the manifest, hold bucket ids out
+    of range or NaN."""
+    for name in ("w1", "b1", "w2", "b2", "assign", "label_counts") + (("v", "c") if scorer else ()):
+        if name not in arrays:
+            raise IndexFormatError(f"{path}: missing {name}.npy")
+    a = arrays
+    f, d = a["w1"].shape
+    reps, h, b = a["w2"].shape
+    n_labels = a["assign"].shape[1] if a["assign"].ndim == 2 else -1
+    ok = (a["b1"].shape == (d,) and d == reps * h and a["b2"].shape == (reps, b)
+          and a["assign"].shape == (reps, n_labels) and n_labels == man.get("n_labels")
+          and b == man.get("n_buckets") and f == man.get("n_features")
+          and a["label_counts"].shape == (n_labels,)
+          and (not scorer or (a["v"].shape == (n_labels, d) and a["c"].shape == (n_labels,))))
+    ok = ok and n_buckets == b and probes is not None and 1 <= probes <= b
+    ok = ok and man.get("loss", loss) in ("sigmoid", "softmax") and type(man.get("n_train", 0)) is int
+    assign = np.asarray(a["assign"])
+    if not ok or assign.size and (assign.min() < 0 or assign.max() >= b):
+        raise IndexFormatError(f"{path}: array shapes or bucket ids do not agree with each other or the manifest")
+    for name, arr in a.items():
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise IndexFormatError(f"{path}: {name}.npy holds NaN or inf (corrupted)")

@@ -17,8 +17,14 @@ import numpy as np
 from .config import IndexConfig
 from .exact import exact_knn
 from .partition import (
-    assign_nearest, bucket_means, fallback_width, hash_assign, kmeans, nearest_centroids,
-    power_of_k, soar_spill,
+    assign_nearest,
+    bucket_means,
+    fallback_width,
+    hash_assign,
+    kmeans,
+    nearest_centroids,
+    power_of_k,
+    soar_spill,
 )
 from .progress import Callback, report
 from .routers import CentroidRouter, LinearRouter, MLPRouter, Router
