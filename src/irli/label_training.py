@@ -12,7 +12,6 @@ to the least loaded of its top-K buckets.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
@@ -20,7 +19,7 @@ from .label_model import LabelModel
 from .metrics import precision_at_k
 from .partition import fallback_width, power_of_k
 from .progress import Callback, report
-from .training import _device
+from .training import alternate, bucket_loss, torch_device, uniform, validation_split
 
 
 def hash_labels(n_labels: int, n_buckets: int, reps: int, seed: int) -> np.ndarray:
@@ -44,7 +43,7 @@ class _Net:
         reps, h, b = cfg.n_reps, cfg.hidden, cfg.n_buckets
 
         def u(shape, fan_in):
-            return ((torch.rand(shape, generator=g) * 2 - 1) / math.sqrt(fan_in)).to(device)
+            return uniform(shape, fan_in, g).to(device)
 
         # inputs are L2-normalised rows, so a unit fan-in keeps the first layer's scale
         p = {"w1": u((n_feat, reps * h), 1.0) * 0.1, "b1": torch.zeros(reps * h, device=device),
@@ -108,29 +107,24 @@ def _batch(x, rows, device, torch):
 
 def learn_labels(x, y, cfg, callback: Callback = None) -> tuple[LabelModel, list[dict]]:
     """Fit routers, partitions and scorer on CSR x (n, F) (rows normalised as
-    the model expects) and CSR y (n, L) 0/1. Returns (model, history)."""
+    the model expects) and CSR y (n, L) 0/1, in the train <-> re-partition
+    loop of irli.training.alternate; the model kept is the one of the epoch
+    with the best validation P@1. Returns (model, history)."""
     import torch
 
-    device = _device(cfg)
+    device = torch_device(cfg)
     n, n_labels = y.shape
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng([cfg.seed, 0x7E1])
-    perm = rng.permutation(n)
-    n_val = int(round(n * cfg.val_fraction)) if n >= 20 else 0
-    val_rows, tr_rows = np.sort(perm[:n_val]), perm[n_val:]
-    assign = hash_labels(n_labels, cfg.n_buckets, cfg.n_reps, cfg.seed)
+    val_rows, tr_rows = validation_split(n, cfg.val_fraction, rng, 20)
     net = _Net(x.shape[1], n_labels, cfg, device)
     y = y.tocsr()
     full_scorer = n_labels <= cfg.full_scorer_labels
-    history: list[dict] = []
-    every = cfg.repartition_every if cfg.repartition else cfg.epochs
-    rounds = math.ceil(cfg.epochs / every)
-    done = 0
-    best = (-1.0, None, None)
-    for rnd in range(rounds):
-        epochs = min(every, cfg.epochs - done)
+    best = [-1.0, None, None]  # val P@1, model, epoch
+
+    def train(assign, epochs, done, rnd):
         at = torch.from_numpy(assign.astype(np.int64)).to(device)
-        losses = []
+        entries = []
         for e in range(epochs):
             order = tr_rows[rng.permutation(tr_rows.size)]
             total = 0.0
@@ -139,25 +133,23 @@ def learn_labels(x, y, cfg, callback: Callback = None) -> tuple[LabelModel, list
                 loss = _step_loss(net, x, y, rows, at, full_scorer, rng, device)
                 net.step(loss)
                 total += float(loss.detach()) * rows.size
-            losses.append(total / max(tr_rows.size, 1))
-            entry = {"round": rnd, "epoch": done + e + 1, "loss": losses[-1]}
-            if n_val:
+            entry = {"round": rnd, "epoch": done + e + 1, "loss": total / max(tr_rows.size, 1)}
+            if val_rows.size:
                 model = net.export(assign, cfg.loss)
                 pred, _, _ = model.predict(x[val_rows], 1, cfg.probes, rerank=cfg.scorer, blend=cfg.blend)
-                p1 = precision_at_k(pred, y[val_rows], 1)
-                entry["val_p1"] = p1
-                if p1 > best[0]:
-                    best = (p1, model, done + e + 1)
-            history.append(entry)
-            report(callback, "train", done + e + 1, cfg.epochs, round=rnd, loss=losses[-1],
+                entry["val_p1"] = precision_at_k(pred, y[val_rows], 1)
+                if entry["val_p1"] > best[0]:
+                    best[:] = [entry["val_p1"], model, done + e + 1]
+            entries.append(entry)
+            report(callback, "train", done + e + 1, cfg.epochs, round=rnd, loss=entry["loss"],
                    val_p1=entry.get("val_p1"))
-        done += epochs
-        if cfg.repartition and rnd < rounds - 1:
-            new = _repartition(net, x, y, tr_rows, assign, cfg, device, seed=cfg.seed + 1000 * (rnd + 1))
-            moved = (new != assign).mean(axis=1)
-            assign = new
-            history[-1]["moved"] = [float(v) for v in moved]
-            report(callback, "repartition", rnd + 1, rounds - 1, moved=float(moved.mean()))
+        return entries
+
+    def repartition(assign, seed):
+        return _repartition(net, x, y, tr_rows, assign, cfg, device, seed)
+
+    start = hash_labels(n_labels, cfg.n_buckets, cfg.n_reps, cfg.seed)
+    assign, history = alternate(cfg, start, train, repartition, callback)
     if best[1] is not None:
         history.append({"best_epoch": best[2], "val_p1": best[0]})
         return best[1], history
@@ -178,11 +170,7 @@ def _step_loss(net, x, y, rows, at, full_scorer, rng, device):
     if plab.numel():
         target.index_put_((torch.arange(cfg.n_reps, device=device)[:, None].expand(-1, plab.numel()),
                            prow[None].expand(cfg.n_reps, -1), at[:, plab]), torch.tensor(1.0, device=device))
-    if cfg.loss == "sigmoid":
-        loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(2).mean(1).sum()
-    else:
-        t = target / target.sum(2, keepdim=True).clamp_min(1.0)
-        loss = -(t * F.log_softmax(logits, dim=2)).sum(2).mean(1).sum()
+    loss = bucket_loss(logits, target, cfg.loss).sum()
     if cfg.scorer:
         if full_scorer:
             z = net.scores(h, torch.arange(y.shape[1], device=device))

@@ -3,8 +3,10 @@
 Every router answers `logits(Q)`: float32 (n, d) -> float32 (n, B), higher is
 better, and round-trips through `state()` / `from_state()` (a dict of named
 float32 arrays, saved with safetensors). `layers()` gives the same function as
-affine layers for the compiled search path (`Routing`, below). Inference is numpy only; training
-(training.py) builds torch twins of these and writes the weights back.
+affine layers for the compiled routing of all repetitions at once
+(`Routing`, below). This is the inference side, numpy and numba only; the
+training side is a torch twin per kind (irli.training.TWINS) that writes
+the weights back. A new router kind is a subclass here and a twin there.
 """
 
 from __future__ import annotations
@@ -61,9 +63,12 @@ class Router:
         missing = [p for p in sub._required if p not in state]
         if missing:
             raise IndexFormatError(f"router weights lack {missing[0]!r}")
-        if sub is CentroidRouter:
-            return CentroidRouter(state["centroids"], l2=metric == "l2")
-        return sub(**{k: state.get(k) for k in sub._params})
+        return sub.build(state, metric)
+
+    @classmethod
+    def build(cls, state: dict[str, np.ndarray], metric: str) -> "Router":
+        """This kind of router from a checked state dict."""
+        return cls(**{k: state.get(k) for k in cls._params})
 
 
 class CentroidRouter(Router):
@@ -79,6 +84,10 @@ class CentroidRouter(Router):
         super().__init__(centroids=centroids)
         self.l2 = l2
         self._sq = (self.centroids**2).sum(1) if l2 else None
+
+    @classmethod
+    def build(cls, state: dict[str, np.ndarray], metric: str) -> "CentroidRouter":
+        return cls(state["centroids"], l2=metric == "l2")
 
     @property
     def n_buckets(self) -> int:

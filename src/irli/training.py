@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import IndexConfig
+from .config import IndexConfig, ModelConfig
 from .exact import exact_knn
 from .partition import (
     assign_nearest,
@@ -139,26 +139,76 @@ def _learn_homes(x, cfg, n_buckets, train_queries, callback, first_rep=0, tset=N
     if tset is None:
         tset = training_set(x, cfg, train_queries, callback)
     trainer = _Trainer(x.shape[1], n_buckets, cfg, centroids or None, sample=tset.queries, first_rep=first_rep)
+
+    def train(assign, epochs, done, rnd):
+        return [{"round": rnd, **trainer.train(tset, assign, epochs, done, rnd, callback)}]
+
+    assign, history = alternate(cfg, assign, train, lambda a, seed: trainer.repartition(x, seed), callback,
+                                first_rep, cfg.min_moved)
+    return LearnResult(assign, trainer.export(), history=history)
+
+
+def alternate(cfg: ModelConfig, assign: np.ndarray, train, repartition, callback: Callback = None,
+              first_rep: int = 0, min_moved: float = 0.0) -> tuple[np.ndarray, list[dict]]:
+    """IRLI's loop, for items (vectors) and labels alike: train the routers
+    `repartition_every` epochs against the partition `assign` int32 (R, n),
+    re-partition, and again, `epochs` epochs in all (one round without
+    `repartition`); stop early when fewer than `min_moved` of the items
+    moved. `train(assign, epochs, done, round)` trains and returns its log
+    entries; `repartition(assign, seed)` returns the new partition. Round
+    r's re-partition seed is seed + 1000 (r + 1) + first_rep (repetitions
+    numbered from first_rep in a parallel fit). Returns (assign, history)."""
     every = cfg.repartition_every if cfg.repartition else cfg.epochs
     rounds = math.ceil(cfg.epochs / every)
+    history: list[dict] = []
     done = 0
     for rnd in range(rounds):
         epochs = min(every, cfg.epochs - done)
-        info = trainer.train(tset, assign, epochs, done, rnd, callback)
+        entries = train(assign, epochs, done, rnd)
         done += epochs
-        entry = {"round": rnd, **info}
+        history.extend(entries)
         if cfg.repartition and rnd < rounds - 1:
-            new = trainer.repartition(x, seed=cfg.seed + 1000 * (rnd + 1) + first_rep)
+            new = repartition(assign, cfg.seed + 1000 * (rnd + 1) + first_rep)
             moved = (new != assign).mean(axis=1)
             assign = new
-            entry["moved"] = [float(v) for v in moved]
+            history[-1]["moved"] = [float(v) for v in moved]
             report(callback, "repartition", rnd + 1, rounds - 1, moved=float(moved.mean()))
-            if moved.mean() < cfg.min_moved:
-                history.append(entry)
+            if moved.mean() < min_moved:
                 report(callback, "train", cfg.epochs, cfg.epochs, stopped="few items moved")
                 break
-        history.append(entry)
-    return LearnResult(assign, trainer.export(), history=history)
+    return assign, history
+
+
+def validation_split(n: int, fraction: float, rng: np.random.Generator, min_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(validation rows, training rows) of range(n) from one permutation by
+    `rng`: round(n x fraction) rows held out, none when n < min_rows. The
+    validation rows come sorted, the training rows in permuted order."""
+    perm = rng.permutation(n)
+    n_val = int(round(n * fraction)) if n >= min_rows else 0
+    return np.sort(perm[:n_val]), perm[n_val:]
+
+
+def uniform(shape: tuple[int, ...], fan_in: float, gen):
+    """torch tensor of `shape` drawn uniformly from +-1 / sqrt(fan_in) with
+    the torch generator `gen` (torch's default init for linear layers)."""
+    import torch
+
+    return (torch.rand(shape, generator=gen) * 2 - 1) * (1.0 / math.sqrt(fan_in))
+
+
+def bucket_loss(logits, target, loss: str):
+    """Mean loss per repetition, torch (R,), of logits (R, b, B) against
+    target (R, b, B) (the weight of each bucket for each point, 0 where it
+    holds nothing relevant). "sigmoid": per-bucket binary cross-entropy with
+    the buckets of positive weight as positives (the IRLI authors' code);
+    "softmax": cross-entropy against the weights normalised to sum to one."""
+    import torch.nn.functional as F
+
+    if loss == "sigmoid":
+        return F.binary_cross_entropy_with_logits(logits, (target > 0).to(logits.dtype),
+                                                  reduction="none").sum(2).mean(1)
+    t = target / target.sum(2, keepdim=True).clamp_min(1.0)
+    return -(t * F.log_softmax(logits, dim=2)).sum(2).mean(1)
 
 
 def _linear_from_centroids(c: np.ndarray, cfg: IndexConfig) -> LinearRouter:
@@ -194,7 +244,9 @@ def _learn_centroids(x, cfg, n_buckets, assign, callback, first_rep=0) -> LearnR
 
 
 # -- torch side ------------------------------------------------------------------
-def _device(cfg: IndexConfig):
+def torch_device(cfg: ModelConfig):
+    """The torch device `cfg.device` names ("auto": a CUDA GPU when torch
+    sees one, else the CPU)."""
     import torch
 
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
@@ -206,8 +258,86 @@ def _device(cfg: IndexConfig):
     return torch.device("cpu")
 
 
+class LinearTwin:
+    """The torch side of R LinearRouters: weight (R, d, B), bias (R, B) when
+    the config uses one; started from k-means centroids when given."""
+
+    router = LinearRouter
+
+    def __init__(self, d, n_buckets, cfg, centroids, sample, gen, device):
+        import torch
+
+        reps = cfg.n_reps
+        self.from_centroids = centroids is not None
+        p = {}
+        if centroids is not None:
+            init = [_linear_from_centroids(c, cfg) for c in centroids]
+            p["weight"] = torch.from_numpy(np.stack([r.weight.T for r in init]))
+            if cfg.uses_bias:
+                p["bias"] = torch.from_numpy(np.stack([r.bias for r in init]))
+        else:
+            p["weight"] = uniform((reps, d, n_buckets), d, gen)
+            if cfg.uses_bias:
+                p["bias"] = torch.zeros(reps, n_buckets)
+        self.params = {k: torch.nn.Parameter(v.float().to(device)) for k, v in p.items()}
+
+    def forward(self, q):
+        """q float tensor (b, d) -> logits (R, b, B)."""
+        import torch
+
+        s = torch.matmul(q, self.params["weight"])
+        return s + self.params["bias"][:, None, :] if "bias" in self.params else s
+
+    def export(self) -> list[Router]:
+        p = {k: v.detach().cpu().numpy() for k, v in self.params.items()}
+        return [LinearRouter(weight=p["weight"][r].T, bias=p["bias"][r] if "bias" in p else None)
+                for r in range(p["weight"].shape[0])]
+
+
+class MLPTwin:
+    """The torch side of R MLPRouters: w1 (R, d, h), b1 (R, h), w2 (R, h,
+    B), b2 (R, B), on inputs standardised with the training sample's mean
+    and spread while training; export folds those back into w1 and b1."""
+
+    router = MLPRouter
+    from_centroids = False
+
+    def __init__(self, d, n_buckets, cfg, centroids, sample, gen, device):
+        import torch
+
+        reps, h = cfg.n_reps, cfg.hidden
+        mu = sample.mean(0) if sample is not None else np.zeros(d, np.float32)
+        sd = sample.std(0) if sample is not None else np.ones(d, np.float32)
+        self.shift = torch.from_numpy(mu.astype(np.float32)).to(device)
+        self.scale = torch.from_numpy(np.where(sd > 1e-8, sd, 1.0).astype(np.float32)).to(device)
+        p = {"w1": uniform((reps, d, h), d, gen), "b1": uniform((reps, h), d, gen),
+             "w2": uniform((reps, h, n_buckets), h, gen), "b2": uniform((reps, n_buckets), h, gen)}
+        self.params = {k: torch.nn.Parameter(v.float().to(device)) for k, v in p.items()}
+
+    def forward(self, q):
+        """q float tensor (b, d) -> logits (R, b, B)."""
+        import torch
+
+        p = self.params
+        q = (q - self.shift) / self.scale
+        h = torch.relu(torch.matmul(q, p["w1"]) + p["b1"][:, None, :])
+        return torch.matmul(h, p["w2"]) + p["b2"][:, None, :]
+
+    def export(self) -> list[Router]:
+        p = {k: v.detach().cpu().numpy() for k, v in self.params.items()}
+        shift, scale = self.shift.cpu().numpy(), self.scale.cpu().numpy()
+        w1 = p["w1"] / scale[None, :, None]  # relu(((q - mu) / sd) W1 + b1) == relu(q W1' + b1')
+        b1 = p["b1"] - np.einsum("d,rdh->rh", shift, w1)
+        return [MLPRouter(w1=w1[r], b1=b1[r], w2=p["w2"][r], b2=p["b2"][r]) for r in range(w1.shape[0])]
+
+
+# the trainable router kinds: a new kind is a Router subclass (routers.py) and its twin here
+TWINS = {twin.router.kind: twin for twin in (LinearTwin, MLPTwin)}
+
+
 class _Trainer:
-    """R routers of one kind as stacked torch parameters, with their optimiser."""
+    """R routers of one kind (their torch twin) with their optimiser, the
+    training epochs and the re-partition step."""
 
     def __init__(self, d: int, n_buckets: int, cfg: IndexConfig, centroids: list[np.ndarray] | None,
                  sample: np.ndarray | None = None, first_rep: int = 0):
@@ -216,62 +346,26 @@ class _Trainer:
         self.torch = torch
         self.cfg = cfg
         self.n_buckets = n_buckets
-        self.device = _device(cfg)
+        self.device = torch_device(cfg)
         self.gen = torch.Generator().manual_seed(cfg.seed + first_rep)
-        reps = cfg.n_reps
-        p: dict[str, torch.Tensor] = {}
-        if cfg.router == "linear":
-            if centroids is not None:
-                init = [_linear_from_centroids(c, cfg) for c in centroids]
-                p["weight"] = torch.from_numpy(np.stack([r.weight.T for r in init]))
-                if cfg.uses_bias:
-                    p["bias"] = torch.from_numpy(np.stack([r.bias for r in init]))
-            else:
-                p["weight"] = self._uniform((reps, d, n_buckets), d)
-                if cfg.uses_bias:
-                    p["bias"] = torch.zeros(reps, n_buckets)
-        else:
-            # the MLP sees standardised inputs while training; export() folds the
-            # shift and scale back into w1 and b1
-            mu = sample.mean(0) if sample is not None else np.zeros(d, np.float32)
-            sd = sample.std(0) if sample is not None else np.ones(d, np.float32)
-            self.shift = torch.from_numpy(mu.astype(np.float32)).to(self.device)
-            self.scale = torch.from_numpy(np.where(sd > 1e-8, sd, 1.0).astype(np.float32)).to(self.device)
-            h = cfg.hidden
-            p["w1"] = self._uniform((reps, d, h), d)
-            p["b1"] = self._uniform((reps, h), d)
-            p["w2"] = self._uniform((reps, h, n_buckets), h)
-            p["b2"] = self._uniform((reps, n_buckets), h)
-        self.params = {k: torch.nn.Parameter(v.float().to(self.device)) for k, v in p.items()}
-        self.from_centroids = cfg.router == "linear" and centroids is not None
+        self.twin = TWINS[cfg.router](d, n_buckets, cfg, centroids, sample, self.gen, self.device)
+        self.params = self.twin.params
+        self.from_centroids = self.twin.from_centroids
         self.opt = torch.optim.Adam(self.params.values(), lr=cfg.lr)
         self._val_rows = None
 
-    def _uniform(self, shape, fan_in):
-        bound = 1.0 / math.sqrt(fan_in)
-        return (self.torch.rand(shape, generator=self.gen) * 2 - 1) * bound
-
     def forward(self, q):
         """q float tensor (b, d) -> logits (R, b, B)."""
-        p = self.params
-        if self.cfg.router == "linear":
-            s = self.torch.matmul(q, p["weight"])
-            return s + p["bias"][:, None, :] if "bias" in p else s
-        q = (q - self.shift) / self.scale
-        h = self.torch.relu(self.torch.matmul(q, p["w1"]) + p["b1"][:, None, :])
-        return self.torch.matmul(h, p["w2"]) + p["b2"][:, None, :]
+        return self.twin.forward(q)
 
     def _loss(self, logits, buckets):
-        """Per-repetition mean loss, (R,). buckets: long (R, b, t) target buckets."""
-        F = self.torch.nn.functional
+        """Per-repetition mean loss, (R,). buckets: long (R, b, t), the
+        buckets of each point's t neighbours: a bucket's target weight is the
+        share of the neighbours it holds."""
         target = self.torch.zeros_like(logits)
-        if self.cfg.loss == "sigmoid":  # multi-hot: a bucket holding any neighbour
-            target.scatter_(2, buckets, 1.0)
-            return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(2).mean(1)
-        # softmax: the target spreads over buckets in proportion to neighbours held
         target.scatter_add_(2, buckets, self.torch.full(buckets.shape, 1.0 / buckets.shape[2],
                                                          device=logits.device))
-        return -(target * F.log_softmax(logits, dim=2)).sum(2).mean(1)
+        return bucket_loss(logits, target, self.cfg.loss)
 
     def train(self, tset: TrainingSet, assign: np.ndarray, epochs: int, done: int, rnd: int,
               callback: Callback) -> dict:
@@ -281,9 +375,8 @@ class _Trainer:
         cfg = self.cfg
         n = tset.queries.shape[0]
         if self._val_rows is None:
-            perm = np.random.default_rng([cfg.seed, 0x5A1]).permutation(n)
-            n_val = int(round(n * cfg.val_fraction)) if n >= 10 else 0
-            self._val_rows, self._train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+            self._val_rows, rows = validation_split(n, cfg.val_fraction, np.random.default_rng([cfg.seed, 0x5A1]), 10)
+            self._train_rows = np.sort(rows)
         q = torch.from_numpy(np.ascontiguousarray(tset.queries)).to(self.device)
         nb = torch.from_numpy(tset.neighbors).to(self.device)
         at = torch.from_numpy(assign.astype(np.int64)).to(self.device)
@@ -400,12 +493,4 @@ class _Trainer:
 
     def export(self) -> list[Router]:
         """The trained weights as numpy routers, one per repetition."""
-        p = {k: v.detach().cpu().numpy() for k, v in self.params.items()}
-        if self.cfg.router == "linear":
-            return [LinearRouter(weight=p["weight"][r].T, bias=p["bias"][r] if "bias" in p else None)
-                    for r in range(self.cfg.n_reps)]
-        shift, scale = self.shift.cpu().numpy(), self.scale.cpu().numpy()
-        w1 = p["w1"] / scale[None, :, None]  # relu(((q - mu) / sd) W1 + b1) == relu(q W1' + b1')
-        b1 = p["b1"] - np.einsum("d,rdh->rh", shift, w1)
-        return [MLPRouter(w1=w1[r], b1=b1[r], w2=p["w2"][r], b2=p["b2"][r])
-                for r in range(self.cfg.n_reps)]
+        return self.twin.export()
