@@ -32,8 +32,11 @@ test: setup
 
 xml-peers: .venv-xc/bin/python
 
+# the extreme-classification sets live outside the repository
+XML_DATA ?= ../shared/data/xml
+
 xml-bench: setup xml-peers
-	$(BIN)/python benchmarks/xml_bench.py
+	$(BIN)/python benchmarks/xml_bench.py --data-dir $(XML_DATA)
 
 clean:
 	rm -rf $(VENV) .venv-xc build src/*.egg-info .pytest_cache

@@ -1,12 +1,13 @@
 """Extreme classification benchmark: irli's LabelIndex against omikuji,
 napkinXC and PECOS (XR-Linear), one process per system, one thread.
 
-    python benchmarks/xml_bench.py                          # bibtex and delicious, all systems
-    python benchmarks/xml_bench.py --datasets bibtex --systems irli omikuji
+    make xml-bench                                          # bibtex and delicious, all systems
+    python benchmarks/xml_bench.py --data-dir DIR --datasets bibtex --systems irli omikuji
     python benchmarks/xml_bench.py --scaling 1000,10000,100000   # synthetic label sets
 
-Data: ../shared/data/xml/<name>/{train,test}.txt (XC format; override with
---data-dir). The peers need numpy < 2, so they run under a second
+Data: DIR/<name>/{train,test}.txt in the XC format, from --data-dir or
+$IRLI_XML_DATA (the repository ships no data; `make xml-bench` points at
+the team's copy). The peers need numpy < 2, so they run under a second
 interpreter (--peer-python, default .venv-xc/bin/python; `make xml-peers`
 creates it). Every worker trains, saves its model (for the size), predicts
 the top 5 of every test point, and hands the predictions back; the
@@ -32,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "xml"
+# the data is not shipped: --data-dir, or IRLI_XML_DATA (the Makefile sets it)
+DATA = os.environ.get("IRLI_XML_DATA", "")
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
               "NUMBA_NUM_THREADS": "1", "RAYON_NUM_THREADS": "1"}
 
@@ -288,7 +290,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=["bibtex", "delicious"])
     p.add_argument("--systems", nargs="+", default=DEFAULT_SYSTEMS, choices=list(SYSTEMS))
-    p.add_argument("--data-dir", default=str(DATA))
+    p.add_argument("--data-dir", default=DATA, required=not DATA,
+                   help="folder of <name>/{train,test}.txt (default: $IRLI_XML_DATA)")
     p.add_argument("--peer-python", default=str(ROOT / ".venv-xc" / "bin" / "python"))
     p.add_argument("--scaling", default=None, help="comma-separated label counts for the synthetic scaling run")
     p.add_argument("--out", default=None)

@@ -54,3 +54,19 @@ def preset(request):
 @pytest.fixture
 def index(preset, data):
     return fitted(preset, data)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A local Ray with 2 CPUs for the session (skipped without the ray extra)."""
+    import os
+    from pathlib import Path
+
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'irli[ray]')")
+    from irli.distributed import RayExecutor
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(  # workers import irli and the tests
+                 [str(Path(irli.__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)])}})
+    yield RayExecutor(workers=2)
+    ray.shutdown()

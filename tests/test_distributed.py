@@ -3,7 +3,6 @@ against the single-process index, plus their failure modes. The Ray tests
 run on a local 2-CPU cluster started once for the session."""
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,15 +14,6 @@ from conftest import FAST
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'irli[ray]')")
 
 from irli.distributed import DistributedError, RayExecutor, ShardedIndex, _merge  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(  # workers import irli and this file
-                 [str(Path(irli.__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)])}})
-    yield RayExecutor(workers=2)
-    ray.shutdown()
 
 
 def test_ray_training_equals_single_process_for_kmeans_repetitions(cluster, data):

@@ -25,10 +25,11 @@ from .errors import (
     IrliError,
     NotFittedError,
 )
-from .index import Index, SearchResult
+from .index import Index
 from .labels import LabelIndex
 from .loader import load
 from .progress import Progress
+from .result import SearchResult
 from .threads import get_num_threads, set_num_threads
 from .version import __version__
 

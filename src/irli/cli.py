@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "ann-benchmarks .hdf5, whose 'train' set is used) and save it to OUTPUT.")
     b.add_argument("vectors")
     b.add_argument("-o", "--output", required=True, help="index directory to write")
-    b.add_argument("--preset", default="irli", choices=list(PRESETS))
+    b.add_argument("--preset", default="fast", choices=list(PRESETS))
     b.add_argument("--metric", default="cosine", choices=["cosine", "ip", "l2"])
     b.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config option, e.g. --set n_buckets=1024 (repeatable)")

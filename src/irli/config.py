@@ -195,7 +195,7 @@ class IndexConfig(ModelConfig):
 
     # -- construction -------------------------------------------------------
     @classmethod
-    def from_preset(cls, preset: str = "irli", **overrides: Any) -> "IndexConfig":
+    def from_preset(cls, preset: str = "fast", **overrides: Any) -> "IndexConfig":
         """The preset's defaults with `overrides` applied, validated."""
         if not isinstance(preset, str) or preset not in PRESETS:
             raise ConfigError(

@@ -215,7 +215,7 @@ class ShardedIndex:
         """Like `Index.search` (routing on the driver, scans on the shards).
         `.candidates` sums the items each shard scored, so an item held by
         two probed shards counts twice."""
-        from .index import SearchResult
+        from .result import SearchResult
         from .routers import route
         from .search import scanned
         from .validation import positive_int

@@ -21,6 +21,7 @@ from .idmap import IdMap, as_ids, first_duplicate
 from .partition import InvertedLists
 from .pqscan import pq_block
 from .progress import Callback, report
+from .result import SearchResult
 from .routers import Router, Routing
 from .scoring import prepare, query_error
 from .search import exact_block, marks, outputs, scan, scanned, subset
@@ -69,45 +70,21 @@ class _State(NamedTuple):
     kernel_args: tuple  # the index's arguments of the search kernel (pq_block or exact_block)
 
 
-class _Pair(NamedTuple):
-    ids: np.ndarray
-    scores: np.ndarray
-
-
-class SearchResult(_Pair):
-    """(ids, scores), each (n, k), best first; unpacks as a pair.
-
-    ids: int64 item ids, -1 where fewer than k items were found.
-    scores: float32. For "cosine" and "ip", the similarity (higher is better,
-    -inf where padded); for "l2", the squared Euclidean distance (lower is
-    better, +inf where padded).
-    candidates: int64 (n,), items scored exactly per query; scanned: int64
-    (n,), entries read from the probed buckets (vectors for scan="exact",
-    4-bit codes for scan="pq4"). Both are attributes, not part of the pair.
-    """
-
-    candidates: np.ndarray
-    scanned: np.ndarray
-
-    def __new__(cls, ids: np.ndarray, scores: np.ndarray, candidates: np.ndarray,
-                scanned: np.ndarray) -> "SearchResult":
-        self = tuple.__new__(cls, (ids, scores))
-        self.__dict__.update(candidates=candidates, scanned=scanned)
-        return self
-
-
 class Index:
     """A learned index over dense vectors: R repetitions x B buckets x router.
 
-    >>> index = Index("irli", metric="cosine").fit(vectors)
+    >>> index = Index(metric="cosine").fit(vectors)      # the "fast" preset
     >>> ids, scores = index.search(queries, k=10)
+    >>> Index("irli").fit(vectors)                      # the paper's model
 
-    `preset` is "irli", "ivf-ltr" or "ivf" (see `irli.PRESETS`); any field of
-    `IndexConfig` can be overridden by keyword. Learned state lives in
+    `preset` is "fast" (the default: k-means buckets, SOAR spill, 4-bit PQ
+    scan, exact re-rank), "irli" (IRLI / BLISS), "ivf-ltr" (learned linear
+    routing) or "ivf" (see `irli.PRESETS`); any field of `IndexConfig` can
+    be overridden by keyword. Learned state lives in
     attributes ending in "_" and exists after `fit` or `load`.
     """
 
-    def __init__(self, preset: str = "irli", metric: str = "cosine", **overrides: Any) -> None:
+    def __init__(self, preset: str = "fast", metric: str = "cosine", **overrides: Any) -> None:
         self.config = IndexConfig.from_preset(preset, metric=metric, **overrides)
         self.preset = preset
         self.vectors_: np.ndarray | None = None

@@ -12,7 +12,6 @@ to the least loaded of its top-K buckets.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from .label_model import LabelModel

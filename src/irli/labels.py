@@ -21,6 +21,7 @@ from .config import LabelConfig
 from .errors import IndexFormatError, InvalidInputError, NotFittedError
 from .label_model import LabelModel
 from .progress import Callback
+from .result import SearchResult
 from .storage import check_label_index, read_index, write_index
 from .xcformat import as_csr, label_matrix
 
@@ -103,12 +104,15 @@ class LabelIndex:
 
     # -- prediction ------------------------------------------------------------
     def predict(self, X, k: int = 5, probes: int | None = None, min_votes: int | None = None,
-                rerank: bool | None = None, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k labels of each row of X: (ids int64 (n, k), scores float32 (n, k)).
-        One point costs one compiled call; batches run on `threads` (None:
-        all cores, see irli.threads), with the same results for any value."""
-        ids, scores, _ = self.predict_with_counts(X, k, probes, min_votes, rerank, threads)
-        return ids, scores
+                rerank: bool | None = None, threads: int | None = None) -> SearchResult:
+        """Top-k labels of each row of X: a SearchResult (ids int64 (n, k),
+        scores float32 (n, k), best first, padded with -1 / -inf; candidates
+        int64 (n,), labels scored). Rows are predicted in blocks, one
+        compiled call per block (and per single point); blocks run on
+        `threads` (None: all cores, see irli.threads), with the same results
+        for any value."""
+        ids, scores, cand = self.predict_with_counts(X, k, probes, min_votes, rerank, threads)
+        return SearchResult(ids, scores, cand)
 
     def predict_with_counts(self, X, k: int = 5, probes: int | None = None, min_votes: int | None = None,
                             rerank: bool | None = None,

@@ -215,10 +215,6 @@ class InvertedLists:
         return cls(offsets, lists)
 
     @property
-    def n_reps(self) -> int:
-        return self.offsets.shape[0]
-
-    @property
     def n_buckets(self) -> int:
         return self.offsets.shape[1] - 1
 

@@ -17,9 +17,12 @@ log = logging.getLogger("irli")
 class Progress:
     """One report: `done` of `total` units of `stage`, with details in `info`.
 
-    Stages: "kmeans", "ground-truth", "train" (units: epochs; info has round,
-    epoch, loss, val_loss), "repartition" (units: repetitions; info has moved),
-    "spill", "codes", "lists".
+    Stages, in the order a fit or build reaches them: "sample" (out-of-core
+    build: rows gathered), "kmeans" (iterations), "ground-truth" (training
+    queries searched exactly), "train" (units: epochs; info has round, loss,
+    val_loss or val_p1), "repartition" (rounds; info has moved), "spill",
+    "assign" (out-of-core build: items placed), "lists", "codes", "write";
+    then "add" (items added) and "embed" (texts embedded, irli.datasets).
     """
 
     stage: str

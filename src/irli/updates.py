@@ -12,7 +12,7 @@ give new items their SOAR buckets too.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -94,8 +94,6 @@ class Drift:
     def excess(self) -> float:
         return self.moved - self.moved_at_fit
 
-    def to_dict(self) -> dict:
-        return {**asdict(self), "excess": self.excess}
 
 
 def sample_rows(n: int, sample: int, seed: int) -> np.ndarray:

@@ -11,7 +11,7 @@ from .errors import InvalidInputError
 
 def as_matrix(
     x, name: str = "vectors", dim: int | None = None, allow_1d: bool = False,
-    copy_ok: bool = True, finite: bool = True,
+    finite: bool = True,
 ) -> np.ndarray:
     """`x` as a C-contiguous float32 (n, d) array, checked.
 

@@ -1,0 +1,38 @@
+"""SearchResult: what every irli index answers with (Index.search,
+ShardedIndex.search, LabelIndex.predict)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class _Pair(NamedTuple):
+    ids: np.ndarray
+    scores: np.ndarray
+
+
+class SearchResult(_Pair):
+    """(ids, scores), each (n, k), best first; unpacks as a pair.
+
+    ids: int64 item ids, -1 where fewer than k items were found.
+    scores: float32. For "cosine" and "ip", the similarity (higher is better,
+    -inf where padded); for "l2", the squared Euclidean distance (lower is
+    better, +inf where padded).
+    candidates: int64 (n,), items scored exactly per query (for a label
+    index, candidate labels scored); scanned: int64 (n,), entries read from
+    the probed buckets (vectors for scan="exact", 4-bit codes for
+    scan="pq4"), or None where an index does not count them (LabelIndex).
+    Both are attributes, not part of the pair. For a label index the ids are
+    label ids and the scores are probabilities (higher is better).
+    """
+
+    candidates: np.ndarray
+    scanned: np.ndarray
+
+    def __new__(cls, ids: np.ndarray, scores: np.ndarray, candidates: np.ndarray,
+                scanned: np.ndarray | None = None) -> "SearchResult":
+        self = tuple.__new__(cls, (ids, scores))
+        self.__dict__.update(candidates=candidates, scanned=scanned)
+        return self
