@@ -45,24 +45,12 @@ class LabelModel:
     c: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        # sizes: R repetitions, B buckets, L labels, F features
+        self.n_reps, _, self.n_buckets = self.w2.shape
+        self.n_labels = self.assign.shape[1]
+        self.n_features = self.w1.shape[0]
         lists = InvertedLists.from_assignments(self.assign, self.n_buckets)
         self.offsets, self.members = lists.offsets, lists.lists
-
-    @property
-    def n_reps(self) -> int:
-        return self.w2.shape[0]
-
-    @property
-    def n_buckets(self) -> int:
-        return self.w2.shape[2]
-
-    @property
-    def n_labels(self) -> int:
-        return self.assign.shape[1]
-
-    @property
-    def n_features(self) -> int:
-        return self.w1.shape[0]
 
     def predict(self, x, k: int, probes: int, min_votes: int = 1, rerank: bool = True,
                 blend: float = 0.0, normalize: bool = False,
