@@ -47,7 +47,9 @@ class IndexMachine(RuleBasedStateMachine):
     def add(self, n, own_ids):
         x = self.take(n)
         if own_ids:
-            ids = np.arange(n, dtype=np.int64) * 7 + 10_000 + self.cursor * 10
+            # spaced ids of the caller's, above every id handed out so far (a
+            # fixed offset from the data cursor collided once the cursor wrapped)
+            ids = np.arange(n, dtype=np.int64) * 7 + max(10_000, self.next_id)
             self.index.add(x, ids=ids)
         else:
             ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
