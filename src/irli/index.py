@@ -179,7 +179,8 @@ class Index:
         the positions, one router per repetition, PQ codes (scan="pq4"),
         history, live bool (N,) (None: all), the next free id, sqnorms (l2)."""
         self = cls.from_config(config, preset=preset)
-        next_id = int(ids.max()) + 1 if next_id is None else next_id
+        if next_id is None:
+            next_id = int(ids.max()) + 1 if ids.size else 0
         self._install(vectors, ids, assign, centres, lists, routers, codes, history, live, next_id, sqnorms)
         return self
 

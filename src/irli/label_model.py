@@ -135,6 +135,7 @@ def predict_block(indptr, indices, data, lo, hi, m, k, min_votes, normalize, use
     votes = np.empty(reps * m * widest, dtype=np.int32)
     no_probs = np.zeros((reps, 0, 0), dtype=np.float32)
     no_keep = np.zeros(0, dtype=np.uint8)
+    no_sums = np.zeros(0, dtype=np.float32)  # probability sums: labels are scored after gathering
     no_ids = np.zeros(0, dtype=np.int64)
     hs = np.empty(k, dtype=np.float32)
     hi_ = np.empty(k, dtype=np.int64)
@@ -183,7 +184,7 @@ def predict_block(indptr, indices, data, lo, hi, m, k, min_votes, normalize, use
             qi = g + t
             stamp = stamp0 + qi - lo
             nc = gather_votes(offsets, members, top, t, no_probs, no_keep, mark, False, stamp, mark, slot, cand,
-                              no_probs[0, 0], votes)
+                              no_sums, votes)
             keep = 0
             size = 0
             for p in range(nc):

@@ -170,7 +170,7 @@ class LabelIndex:
         except Exception as e:
             raise IndexFormatError(f"{path}: invalid config in manifest ({e})") from None
         check_label_index(path, man, cfg.scorer, cfg.n_buckets, cfg.probes, cfg.loss, arrays)
-        a = {k: v if mmap else np.asarray(v) for k, v in arrays.items()}
+        a = arrays
         self = cls(cfg)
         self.fitted_config_ = cfg
         self.model_ = LabelModel(w1=a["w1"], b1=a["b1"], w2=a["w2"], b2=a["b2"], assign=a["assign"],

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from .errors import IndexFormatError
+from .idmap import first_duplicate
 
 FORMAT = "irli-index"
 # 3: the first format this irli reads (live.npy for removed items, PQ codes
@@ -240,14 +241,15 @@ def _open_dir(p: Path) -> int:
     return os.open(p, os.O_RDONLY | os.O_DIRECTORY)
 
 
-def _read_at(dfd: int, p: Path, name: str) -> int:
-    """An fd of the file `name` in the directory held by `dfd` (no links)."""
+def _read_at(dfd: int, p: Path, name: str, missing: str | None = None) -> int:
+    """An fd of the file `name` in the directory held by `dfd` (no links);
+    `missing` is the error when it is not there (default: "missing file")."""
     try:
         return os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
     except FileNotFoundError:
         if _replaced(dfd, p):
             raise _Replaced() from None
-        raise IndexFormatError(f"{p}: missing file {name}") from None
+        raise IndexFormatError(f"{p}: {missing or f'missing file {name}'}") from None
     except OSError as e:
         raise IndexFormatError(f"{p}: cannot open {name} ({e.strerror}); not a plain file") from None
 
@@ -272,14 +274,7 @@ def _read_all(fd: int) -> bytes:
 
 def _open_manifest(dfd: int, p: Path) -> int:
     """An fd of the manifest in the directory held by `dfd`."""
-    try:
-        return os.open(MANIFEST, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
-    except FileNotFoundError:
-        if _replaced(dfd, p):
-            raise _Replaced() from None
-        raise IndexFormatError(f"{p}: not an irli index (no {MANIFEST})") from None
-    except OSError as e:
-        raise IndexFormatError(f"{p}: cannot read {MANIFEST} ({e.strerror})") from None
+    return _read_at(dfd, p, MANIFEST, missing=f"not an irli index (no {MANIFEST})")
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
@@ -411,9 +406,7 @@ def check_vector_index(path, man: dict[str, Any], n_reps: int, copies: int, l2: 
     need = ["vectors", "ids", "offsets", "lists", "assign", "centres"]
     need += ["sqnorms"] if l2 else []
     need += ["pq_books", "pq_codes"] if pq else []
-    for name in need:
-        if name not in arrays:
-            raise IndexFormatError(f"{path}: missing {name}.npy")
+    _require(path, arrays, need)
     n, d = arrays["vectors"].shape
     reps, b1 = arrays["offsets"].shape
     if (arrays["ids"].shape != (n,) or arrays["lists"].shape != (reps, copies * n)
@@ -428,15 +421,13 @@ def check_vector_index(path, man: dict[str, Any], n_reps: int, copies: int, l2: 
         if a.size and (a.min() < 0 or a.max() >= hi):
             raise IndexFormatError(f"{path}: {name}.npy holds entries outside [0, {hi}) (corrupted)")
     small = {name: arrays[name] for name in ("centres", "sqnorms", "pq_books") if name in arrays}
-    for name, a in {**small, **tensors}.items():
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            raise IndexFormatError(f"{path}: {name} holds NaN or inf (corrupted)")
+    _check_finite(path, {**small, **tensors})
     live = arrays.get("live")
     if live is not None and (live.shape != (n,) or live.dtype != bool):
         raise IndexFormatError(f"{path}: live.npy must be bool ({n},), got {live.dtype} {live.shape}")
     ids = np.asarray(arrays["ids"])
     alive = ids if live is None else ids[np.asarray(live)]
-    if alive.size and (alive.min() < 0 or np.unique(alive).size != alive.size):
+    if alive.size and (alive.min() < 0 or first_duplicate(alive) is not None):
         raise IndexFormatError(f"{path}: item ids are negative or repeat (corrupted ids.npy)")
     next_id = man.get("next_id")
     if next_id is not None:
@@ -455,9 +446,7 @@ def check_label_index(path, man: dict[str, Any], scorer: bool, n_buckets: int | 
     """Refuse (IndexFormatError) a label index directory whose arrays miss,
     disagree in shape with each other or the manifest, hold bucket ids out
     of range or NaN."""
-    for name in ("w1", "b1", "w2", "b2", "assign", "label_counts") + (("v", "c") if scorer else ()):
-        if name not in arrays:
-            raise IndexFormatError(f"{path}: missing {name}.npy")
+    _require(path, arrays, ("w1", "b1", "w2", "b2", "assign", "label_counts") + (("v", "c") if scorer else ()))
     a = arrays
     f, d = a["w1"].shape
     reps, h, b = a["w2"].shape
@@ -472,6 +461,17 @@ def check_label_index(path, man: dict[str, Any], scorer: bool, n_buckets: int | 
     assign = np.asarray(a["assign"])
     if not ok or assign.size and (assign.min() < 0 or assign.max() >= b):
         raise IndexFormatError(f"{path}: array shapes or bucket ids do not agree with each other or the manifest")
-    for name, arr in a.items():
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise IndexFormatError(f"{path}: {name}.npy holds NaN or inf (corrupted)")
+    _check_finite(path, a)
+
+
+def _require(path, arrays: dict[str, np.ndarray], names) -> None:
+    for name in names:
+        if name not in arrays:
+            raise IndexFormatError(f"{path}: missing {name}.npy")
+
+
+def _check_finite(path, arrays: dict[str, np.ndarray]) -> None:
+    """Refuse float arrays holding NaN or inf."""
+    for name, a in arrays.items():
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise IndexFormatError(f"{path}: {name} holds NaN or inf (corrupted)")
