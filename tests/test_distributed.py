@@ -13,7 +13,8 @@ from conftest import FAST
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'irli[ray]')")
 
-from irli.distributed import DistributedError, RayExecutor, ShardedIndex, _merge  # noqa: E402
+from irli.distributed import DistributedError, RayExecutor  # noqa: E402
+from irli.sharded import ShardedIndex, merge  # noqa: E402
 
 
 def test_ray_training_equals_single_process_for_kmeans_repetitions(cluster, data):
@@ -74,7 +75,7 @@ def test_sharded_search_fans_out_only_to_probed_shards(cluster, data):
     try:
         probed = index.route(q[:1], probes=1)[0, 0, 0]
         for s, actor in enumerate(sharded.actors):  # only the owner of the one bucket is asked
-            if s != probed % 4:
+            if s != sharded.layout.owner[0, probed]:
                 ray.kill(actor, no_restart=True)
         np.testing.assert_array_equal(sharded.search(q[:1], k=5, probes=1).ids,
                                       index.search(q[:1], k=5, probes=1).ids)
@@ -82,17 +83,57 @@ def test_sharded_search_fans_out_only_to_probed_shards(cluster, data):
         sharded.close()
 
 
-def test_a_crashed_shard_restarts_or_is_reported(cluster, data):
+def test_a_crashed_shard_restarts_or_is_reported(cluster, data, tmp_path):
+    """A part actor killed once reloads its part and answers; one killed for
+    good is named in a DistributedError within the timeout."""
+    import time
+
     x, q = data
     index = irli.Index("ivf", n_buckets=32).fit(x)
-    sharded = ShardedIndex(index, shards=2, executor=cluster)
-    want = index.search(q, k=5, probes=4).ids
-    ray.kill(sharded.actors[0], no_restart=False)  # dies; Ray restarts it from its arguments
-    np.testing.assert_array_equal(sharded.search(q, k=5, probes=4).ids, want)
-    ray.kill(sharded.actors[1], no_restart=True)  # dies for good
-    with pytest.raises(DistributedError, match="shard 1 of 2"):
-        sharded.search(q, k=5, probes=4)
-    sharded.close()
+    sharded = ShardedIndex.open(index.save(tmp_path / "s", shards=2), executor=cluster, timeout_s=20)
+    try:
+        want = index.search(q, k=5, probes=4).ids
+        ray.kill(sharded.actors[0], no_restart=False)  # dies; Ray restarts it, and it loads its part again
+        np.testing.assert_array_equal(sharded.search(q, k=5, probes=4).ids, want)
+        ray.kill(sharded.actors[1], no_restart=True)  # dies for good
+        t0 = time.monotonic()
+        with pytest.raises(DistributedError, match="shard 1 of 2"):
+            sharded.search(q, k=5, probes=4)
+        assert time.monotonic() - t0 < 20
+    finally:
+        sharded.close()
+
+
+def test_a_hung_shard_is_reported_within_the_timeout(cluster, data, tmp_path):
+    import time
+
+    x, q = data
+    index = irli.Index("ivf", n_buckets=32).fit(x)
+    sharded = ShardedIndex.open(index.save(tmp_path / "s", shards=2), executor=cluster, timeout_s=2)
+    try:
+        sharded.actors[0].__ray_call__.remote(lambda self: time.sleep(30))  # busy: the part never answers
+        t0 = time.monotonic()
+        with pytest.raises(DistributedError, match="shard 0 of 2 did not answer"):
+            sharded.search(q, k=5, probes=32)  # every query reaches every part
+        assert time.monotonic() - t0 < 10
+    finally:
+        sharded.close()
+
+
+def _sleeps(item, seconds):
+    import time
+
+    time.sleep(seconds)
+    return item
+
+
+def test_a_hung_task_is_reported_within_the_timeout(cluster):
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(DistributedError, match="did not finish within 2 s"):
+        RayExecutor(workers=2, timeout_s=2).map(_sleeps, [1], seconds=60)
+    assert time.monotonic() - t0 < 15
 
 
 def _dies_once(item, marker):
@@ -120,7 +161,7 @@ def test_merge_deduplicates_and_orders():
     pos = np.array([[3, 5, -1, 5, 7, 3], [1, 1, 1, -1, -1, -1]])
     scores = np.array([[0.1, 0.9, -np.inf, 0.95, 0.5, 0.2], [0.3, 0.3, 0.2, -np.inf, -np.inf, -np.inf]],
                       dtype=np.float32)
-    p, s = _merge(pos, scores, 3)
+    p, s = merge(pos, scores, 3)
     assert p.tolist() == [[5, 7, 3], [1, -1, -1]]
     np.testing.assert_allclose(s[0], [0.95, 0.5, 0.2])
 

@@ -96,14 +96,29 @@ class TestBuiltOutOfCore(VectorContract):
         return built, fitted("ivf", data)
 
 
-class TestSharded(VectorContract):
+class TestShardedOnRay(VectorContract):
+    """Written as parts, each part loaded by its own Ray actor."""
+
     search_options = {"probes": 4}
 
     def make(self, request, data, tmp_path):
-        from irli.distributed import ShardedIndex
-
         ref = fitted("ivf", data)
-        return ShardedIndex(ref, shards=2, executor=request.getfixturevalue("cluster")), ref
+        sharded = irli.ShardedIndex.open(ref.save(tmp_path / "sharded", shards=2),
+                                         executor=request.getfixturevalue("cluster"))
+        request.addfinalizer(sharded.close)
+        return sharded, ref
+
+
+class TestShardedInProcess(VectorContract):
+    """Written as parts to an fsspec URL, opened by irli.load in this process."""
+
+    search_options = {"probes": 4}
+
+    def make(self, request, data, tmp_path):
+        pytest.importorskip("fsspec")
+        ref = fitted("ivf", data)
+        url = f"memory://irli-test/{tmp_path.name}"
+        return irli.load(ref.save(url, shards=3)), ref
 
 
 @pytest.fixture(scope="module")

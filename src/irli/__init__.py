@@ -30,11 +30,12 @@ from .labels import LabelIndex
 from .loader import load
 from .progress import Progress
 from .result import SearchResult
+from .sharded import ShardedIndex
 from .threads import get_num_threads, set_num_threads
 from .version import __version__
 
 __all__ = [
-    "Index", "SearchResult", "load", "build", "LabelIndex", "LabelConfig", "IndexConfig", "PRESETS", "Progress",
+    "Index", "ShardedIndex", "SearchResult", "load", "build", "LabelIndex", "LabelConfig", "IndexConfig", "PRESETS", "Progress",
     "IrliError", "ConfigError", "InvalidInputError", "NotFittedError", "IndexFormatError",
     "set_num_threads", "get_num_threads", "__version__",
 ]

@@ -150,14 +150,22 @@ def cmd_search(a) -> int:
             print(f"{i}\t" + " ".join(f"{j}:{s:.4f}" for j, s in zip(ids[i], scores[i]) if j >= 0))
         return 0
     q = _read(a.queries, a.key)
-    if a.ray_address:  # shards of the index in Ray actors
-        from .distributed import RayExecutor, ShardedIndex
+    from .sharded import ShardedIndex
 
+    if a.ray_address:  # the parts of the index in Ray actors
+        from .distributed import RayExecutor
+
+        executor = RayExecutor(address=a.ray_address)
+        if isinstance(index, ShardedIndex):  # each actor loads its own part
+            index.close()
+            index = ShardedIndex.open(a.index, executor=executor)
+        else:
+            index = ShardedIndex(index, shards=a.shards, executor=executor)
+    if isinstance(index, ShardedIndex):
         if a.min_votes or a.top_c:
-            raise InvalidInputError("--min-votes and --top-c are not supported with --ray-address")
-        sharded = ShardedIndex(index, shards=a.shards, executor=RayExecutor(address=a.ray_address))
-        res = sharded.search(q, k=a.k, probes=a.probes)
-        sharded.close()
+            raise InvalidInputError("--min-votes and --top-c are not supported for a sharded search")
+        with index:
+            res = index.search(q, k=a.k, probes=a.probes)
     else:
         res = index.search(q, k=a.k, probes=a.probes, min_votes=a.min_votes, top_c=a.top_c, threads=a.threads)
     if a.out:
@@ -213,6 +221,8 @@ def cmd_info(a) -> int:
     from .storage import read_manifest
 
     man = read_manifest(a.index)
+    if man.get("task") == "sharded":
+        return _info_sharded(a, man)
     index = load(a.index, verify=not a.no_verify)
     if man.get("task") == "xml":
         size = sum(f.get("bytes", 0) for f in man["files"].values())
@@ -241,6 +251,35 @@ def cmd_info(a) -> int:
     if fit is not None:
         print(f"fit        {fit:.1f} s")
     print("config     " + ", ".join(f"{k}={v}" for k, v in cfg.items()))
+    return 0
+
+
+def _info_sharded(a, man) -> int:
+    from .shards import Layout
+    from .storage import read_manifest
+
+    layout = Layout.read(a.index, verify=not a.no_verify)
+    cfg = man["config"]
+    print(f"index      {a.index}  (sharded: {layout.n_shards} parts, buckets by {layout.assignment})")
+    print(f"preset     {man.get('preset')}  metric {cfg['metric']}  router {man.get('router')}")
+    print(f"items      {man['n_items']:,} x {man['dim']}   repetitions {man['n_reps']}  "
+          f"buckets {man['n_buckets']:,}")
+    entries = np.diff(layout.offsets, axis=1)
+    for s, (where, _) in enumerate(layout.parts):
+        part = read_manifest(where)
+        size = sum(f.get("bytes", 0) for f in part["files"].values())
+        print(f"part {s:<5} {part['n_items']:,} items  {int(entries[layout.owner == s].sum()):,} entries  "
+              f"{int((layout.owner == s).sum())} buckets  {size / 1e6:.1f} MB  {where}")
+    print("config     " + ", ".join(f"{k}={v}" for k, v in cfg.items()))
+    return 0
+
+
+def cmd_shard(a) -> int:
+    from .index import Index
+
+    index = Index.load(a.index, verify=not a.no_verify)
+    out = index.save(a.output, shards=a.shards, assignment=a.assignment)
+    print(f"wrote {out}: {a.shards} parts, buckets by {a.assignment}")
     return 0
 
 
@@ -308,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", help="label index, split format: the labels file of QUERIES")
     s.add_argument("--ray-address", default=None,
                    help="search shards of the index in Ray actors on this cluster ('auto': an existing one)")
-    s.add_argument("--shards", type=int, default=2, help="shards (Ray actors) with --ray-address")
+    s.add_argument("--shards", type=int, default=2,
+                   help="with --ray-address and an unsharded INDEX: cut it into this many parts in memory")
     s.add_argument("--threads", type=_positive, default=None, help="threads for the search (default: all cores)")
     s.set_defaults(func=cmd_search)
 
@@ -329,6 +369,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="also write the table as JSON here")
     e.add_argument("-q", "--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
+
+    h = sub.add_parser("shard", help="write an index as S self-contained parts",
+                       description="Write INDEX as a sharded index at OUTPUT (a directory or an fsspec URL): "
+                       "S part directories, each with only its buckets' items, plus the routers and the "
+                       "bucket -> part table. Serve or search it with Ray, one actor per part.")
+    h.add_argument("index")
+    h.add_argument("output")
+    h.add_argument("--shards", type=_positive, required=True, help="parts to write")
+    h.add_argument("--assignment", default="locality", choices=["locality", "modulo"],
+                   help="buckets to parts by locality (few parts per query) or by bucket mod S")
+    h.add_argument("--no-verify", action="store_true", help="skip checksum verification of INDEX")
+    h.set_defaults(func=cmd_shard)
 
     i = sub.add_parser("info", help="what an index directory holds",
                        description="Print the manifest, sizes and bucket loads of INDEX.")

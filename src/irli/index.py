@@ -84,6 +84,8 @@ class Index:
     attributes ending in "_" and exists after `fit` or `load`.
     """
 
+    part_: dict | None = None  # set on a part of a sharded index (read-only)
+
     def __init__(self, preset: str = "fast", metric: str = "cosine", **overrides: Any) -> None:
         self.config = IndexConfig.from_preset(preset, metric=metric, **overrides)
         self.preset = preset
@@ -197,6 +199,7 @@ class Index:
             self.lists_, self.routers_, self.codes_, self.history_ = lists, routers, codes, history
             self.routing_, self.live_, self.sqnorms_, self.idmap_ = routing, live, sqnorms, idmap
             self.next_id_ = int(next_id)
+            self.part_ = None
             self.__dict__.pop("_buffers", None)
             self._publish()
 
@@ -214,6 +217,14 @@ class Index:
         """Raise NotFittedError unless the index is fitted or loaded."""
         if not self.is_fitted:
             raise NotFittedError("this Index is not fitted yet; call fit(vectors) or irli.load(path) first")
+
+    def check_writable(self) -> None:
+        """Raise unless items can be added or removed (fitted, not a part
+        of a sharded index)."""
+        self.check_fitted()
+        if self.part_ is not None:
+            raise InvalidInputError(f"this index is part {self.part_.get('shard')} of a sharded index and "
+                                    "read-only; change the whole index and shard it again")
 
     def __len__(self) -> int:
         """Items searchable now (removed ones excluded)."""
@@ -526,7 +537,7 @@ class Index:
             return self._add(vectors, ids, replace, callback)
 
     def _add(self, vectors, ids, replace, callback) -> "Index":
-        self.check_fitted()
+        self.check_writable()
         # everything is checked and computed first, then applied in one step
         # under the lock: a failed add leaves the index as it was
         cfg = self.config
@@ -608,7 +619,7 @@ class Index:
         """Remove items by id; they vanish from results at once (their slots
         are reclaimed by `compact`). An id not in the index is an error, or
         skipped with missing="ignore". Returns the number removed."""
-        self.check_fitted()
+        self.check_writable()
         if missing not in ("raise", "ignore"):
             raise InvalidInputError(f"missing must be 'raise' or 'ignore', got {missing!r}")
         want = as_ids(ids, name="ids")
@@ -632,7 +643,7 @@ class Index:
         """Reclaim the slots of removed items: rewrite the stored arrays, lists
         and codes without them (positions change, ids do not) and regroup the
         items by bucket. Returns the number of slots reclaimed."""
-        self.check_fitted()
+        self.check_writable()
         gone = self.n_removed
         alive = np.flatnonzero(self.live_)
         perm = alive[np.argsort(self.assign_[0, 0][alive], kind="stable")]
@@ -670,7 +681,7 @@ class Index:
         (a `fit` on them, in id order, with the same configuration and ids).
         The old state serves until the new one is complete; save afterwards
         to replace a saved copy atomically. Returns self."""
-        self.check_fitted()
+        self.check_writable()
         alive = self.idmap_.pos  # ascending id order
         next_id = self.next_id_
         self.fit(np.asarray(self.vectors_[alive]), ids=self.idmap_.keys.copy(),
@@ -680,9 +691,19 @@ class Index:
 
     # -- persistence ---------------------------------------------------------------
     @_exclusive
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, shards: int | None = None, assignment: str = "locality") -> Path:
         """Write the index to the directory `path`, atomically (see
-        irli.storage); returns its path."""
+        irli.storage); returns its path.
+
+        With `shards` = S, write a sharded index instead: S self-contained
+        part directories, each holding only the items of the buckets it
+        owns, plus the routers and the bucket -> part table (see
+        irli.shards; `assignment` "locality" or "modulo"). `path` may then
+        be an fsspec URL. Open it with `irli.ShardedIndex.open`."""
+        if shards is not None:
+            from .shards import save_sharded
+
+            return save_sharded(self, path, shards, assignment)
         return write_index(path, *self.to_arrays())
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
@@ -717,6 +738,17 @@ class Index:
         and lists stay on disk, memory-mapped; `verify` checks every file's
         sha256 against the manifest."""
         man, arrays, tensors = read_index(path, mmap=mmap, verify=verify)
+        return cls.from_saved(path, man, arrays, tensors)
+
+    @classmethod
+    def from_saved(cls, path, man: dict[str, Any], arrays: dict[str, np.ndarray],
+                   tensors: dict[str, np.ndarray]) -> "Index":
+        """An index from what `to_arrays` gives or `storage.read_index`
+        reads (manifest, arrays by name, router tensors), checked; `path`
+        names it in errors. A part of a sharded index (manifest "part") is
+        read-only."""
+        if man.get("task", "ann") == "sharded":
+            raise IndexFormatError(f"{path}: a sharded index; open it with irli.ShardedIndex.open or irli.load")
         if man.get("task", "ann") != "ann":
             raise IndexFormatError(f"{path}: a label index (task {man.get('task')!r}); load it with irli.LabelIndex.load or irli.load")
         try:
@@ -741,6 +773,8 @@ class Index:
                                          bool(man.get("pq_residual", True)), lists, arrays["assign"], n,
                                          eta=float(man.get("pq_eta", 0.0)))
         live = np.asarray(arrays["live"]) if "live" in arrays else None
-        return cls.from_arrays(config, man.get("preset", "custom"), arrays["vectors"], arrays["ids"],
+        self = cls.from_arrays(config, man.get("preset", "custom"), arrays["vectors"], arrays["ids"],
                                arrays["assign"], centres, lists, routers, codes, man.get("history", {}), live=live,
                                next_id=man.get("next_id"), sqnorms=arrays.get("sqnorms"))
+        self.part_ = man.get("part")
+        return self

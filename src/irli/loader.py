@@ -6,12 +6,21 @@ import os
 
 from .index import Index
 from .labels import LabelIndex
+from .sharded import ShardedIndex
 from .storage import read_manifest
 
 
-def load(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> Index | LabelIndex:
-    """Load an index directory: an `Index`, or a `LabelIndex` for a label
-    index (task "xml" in its manifest); see their `load` methods."""
-    if read_manifest(path).get("task", "ann") == "xml":
+def load(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> Index | LabelIndex | ShardedIndex:
+    """Load an index directory: an `Index`, a `LabelIndex` for a label
+    index (task "xml" in its manifest), or a sharded index (task "sharded")
+    with its parts in this process (`ShardedIndex.open` puts them in Ray
+    actors); see their `load` / `open` methods. A sharded index may be at
+    an fsspec URL."""
+    if "://" in os.fspath(path) and not os.fspath(path).startswith("file://"):
+        return ShardedIndex.open(path, mmap=mmap, verify=verify)
+    task = read_manifest(path).get("task", "ann")
+    if task == "xml":
         return LabelIndex.load(path, mmap=mmap, verify=verify)
+    if task == "sharded":
+        return ShardedIndex.open(path, mmap=mmap, verify=verify)
     return Index.load(path, mmap=mmap, verify=verify)

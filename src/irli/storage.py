@@ -75,15 +75,20 @@ def _fsync(path: Path) -> None:
 
 def write_index(path: str | os.PathLike, arrays: dict[str, np.ndarray],
                 routers: dict[str, np.ndarray], manifest: dict[str, Any],
-                staged: dict[str, Path] | None = None) -> Path:
+                staged: dict[str, Path] | None = None, parts: dict[str, Any] | None = None) -> Path:
     """Write an index directory at `path` atomically.
 
     `arrays` maps names ("vectors", ...) to arrays saved as <name>.npy;
     `staged` maps names to .npy files already written (by a streaming build,
     on the same file system as `path`), moved in as <name>.npy;
     `routers` maps "<rep>.<param>" to float32 arrays; `manifest` is completed
-    with the format, file sizes and checksums. Refuses to replace anything at
-    `path` that is not an irli index directory.
+    with the format, file sizes and checksums. `parts` maps sub-directory
+    names to (arrays, routers, manifest) triples, or to callables returning
+    one (so a sharded index holds one part in memory at a time), each
+    written as an index directory inside this one (the parts of a sharded
+    index; the manifest lists them under "parts" with the sha256 of their
+    manifests). Refuses to replace anything at `path` that is not an irli
+    index directory.
     """
     from safetensors.numpy import save_file
 
@@ -112,6 +117,14 @@ def write_index(path: str | os.PathLike, arrays: dict[str, np.ndarray],
             del head
         save_file({k: np.ascontiguousarray(v) for k, v in routers.items()}, str(tmp / ROUTERS))
         files[ROUTERS] = {}
+        written = {}
+        for name, part in (parts or {}).items():
+            if not _FILE_NAME.fullmatch(name + ".npy"):
+                raise ValueError(f"part name {name!r} is not a plain directory name")
+            write_index(tmp / name, *(part() if callable(part) else part))
+            written[name] = {"sha256": sha256(tmp / name / MANIFEST)}
+        if parts is not None:
+            manifest = {**manifest, "parts": written}
         for fname, meta in files.items():
             p = tmp / fname
             _fsync(p)
@@ -404,17 +417,22 @@ def check_vector_index(path, man: dict[str, Any], n_reps: int, copies: int, l2: 
     history are malformed. Checks what a crafted directory could use to read
     out of bounds even when checksums are not verified."""
     need = ["vectors", "ids", "offsets", "lists", "assign", "centres"]
+    part = man.get("part") is not None  # one part of a sharded index: only its buckets' entries are listed
     need += ["sqnorms"] if l2 else []
     need += ["pq_books", "pq_codes"] if pq else []
     _require(path, arrays, need)
     n, d = arrays["vectors"].shape
     reps, b1 = arrays["offsets"].shape
-    if (arrays["ids"].shape != (n,) or arrays["lists"].shape != (reps, copies * n)
+    width = arrays["lists"].shape[1] if arrays["lists"].ndim == 2 else -1
+    if (arrays["ids"].shape != (n,) or arrays["lists"].shape != (reps, width)
+            or width != copies * n and not (part and width <= copies * n)
             or arrays["assign"].shape != (reps, copies, n) or arrays["centres"].shape != (reps, b1 - 1, d)
             or reps != n_reps or b1 - 1 != man.get("n_buckets")):
         raise IndexFormatError(f"{path}: array shapes do not agree with each other or the manifest")
     offsets = np.asarray(arrays["offsets"])
-    if (offsets[:, 0] != 0).any() or (offsets[:, -1] != copies * n).any() or (np.diff(offsets, axis=1) < 0).any():
+    ends = offsets[:, -1]
+    if ((offsets[:, 0] != 0).any() or (np.diff(offsets, axis=1) < 0).any()
+            or ((ends > width) if part else (ends != width)).any()):
         raise IndexFormatError(f"{path}: inverted-list offsets are inconsistent")
     for name, hi in (("lists", n), ("assign", b1 - 1)):
         a = np.asarray(arrays[name])
