@@ -17,6 +17,7 @@ Extreme multi-label classification (the items are labels):
 """
 
 from .build import build
+from .client import Client
 from .config import PRESETS, IndexConfig, LabelConfig
 from .errors import (
     ConfigError,
@@ -35,7 +36,7 @@ from .threads import get_num_threads, set_num_threads
 from .version import __version__
 
 __all__ = [
-    "Index", "ShardedIndex", "SearchResult", "load", "build", "LabelIndex", "LabelConfig", "IndexConfig", "PRESETS", "Progress",
+    "Index", "ShardedIndex", "Client", "SearchResult", "load", "build", "LabelIndex", "LabelConfig", "IndexConfig", "PRESETS", "Progress",
     "IrliError", "ConfigError", "InvalidInputError", "NotFittedError", "IndexFormatError",
     "set_num_threads", "get_num_threads", "__version__",
 ]

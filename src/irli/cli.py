@@ -283,6 +283,20 @@ def cmd_shard(a) -> int:
     return 0
 
 
+def cmd_serve(a) -> int:
+    from .serve import ServeOptions, start, stop
+
+    options = ServeOptions(replicas=a.replicas, replica_cpus=a.replica_cpus, max_batch=a.max_batch,
+                           batch_wait_ms=a.batch_wait_ms, request_timeout_s=a.request_timeout)
+    print(f"irli: serving {a.index} on http://{a.host}:{a.port} ({a.replicas} replica(s)); Ctrl-C stops",
+          file=sys.stderr)
+    try:
+        start(a.index, host=a.host, port=a.port, options=options, ray_address=a.ray_address, blocking=True)
+    finally:
+        stop()
+    return 0
+
+
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
@@ -381,6 +395,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="buckets to parts by locality (few parts per query) or by bucket mod S")
     h.add_argument("--no-verify", action="store_true", help="skip checksum verification of INDEX")
     h.set_defaults(func=cmd_shard)
+
+    v = sub.add_parser("serve", help="serve an index over HTTP (Ray Serve)",
+                       description="Serve INDEX (single or sharded) over HTTP with Ray Serve: POST /search, "
+                       "/add, /remove (single index, one replica), GET /health, /info. Concurrent searches "
+                       "are batched. Runs until interrupted.")
+    v.add_argument("index")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    v.add_argument("--port", type=_positive, default=8000)
+    v.add_argument("--replicas", type=_positive, default=1, help="copies of the index answering requests")
+    v.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs each replica reserves (and its threads)")
+    v.add_argument("--max-batch", type=_positive, default=256, help="vectors per batched search")
+    v.add_argument("--batch-wait-ms", type=float, default=1.0, help="how long a batch waits to fill")
+    v.add_argument("--request-timeout", type=float, default=30.0, help="seconds before a request is abandoned")
+    v.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster ('auto': the one `ray start` made); default: start a local one")
+    v.set_defaults(func=cmd_serve)
 
     i = sub.add_parser("info", help="what an index directory holds",
                        description="Print the manifest, sizes and bucket loads of INDEX.")

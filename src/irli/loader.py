@@ -7,6 +7,7 @@ import os
 from .index import Index
 from .labels import LabelIndex
 from .sharded import ShardedIndex
+from .shards import remote
 from .storage import read_manifest
 
 
@@ -16,7 +17,7 @@ def load(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> Ind
     with its parts in this process (`ShardedIndex.open` puts them in Ray
     actors); see their `load` / `open` methods. A sharded index may be at
     an fsspec URL."""
-    if "://" in os.fspath(path) and not os.fspath(path).startswith("file://"):
+    if remote(path) is not None:  # an fsspec URL: only sharded indexes are read from one
         return ShardedIndex.open(path, mmap=mmap, verify=verify)
     task = read_manifest(path).get("task", "ann")
     if task == "xml":

@@ -206,10 +206,10 @@ def save_sharded(index, path: str | os.PathLike, n_shards: int, assignment: str 
     Returns the path."""
     arrays, routers, man, owner = sharded_arrays(index, n_shards, assignment)
     parts = {part_name(s): (lambda s=s: part_arrays(index, owner, s)) for s in range(n_shards)}
-    remote = _remote(path)
-    if remote is None:
+    url = remote(path)
+    if url is None:
         return write_index(_local(path), arrays, routers, man, parts=parts)
-    fs, root = remote
+    fs, root = url
     with tempfile.TemporaryDirectory(prefix="irli-upload-") as tmp:
         local = write_index(Path(tmp) / "index", arrays, routers, man, parts=parts)
         files = sorted(p for p in local.rglob("*") if p.is_file() and p.name != ".saving")
@@ -222,7 +222,7 @@ def save_sharded(index, path: str | os.PathLike, n_shards: int, assignment: str 
 
 
 # -- reading -----------------------------------------------------------------------------
-def _remote(path) -> tuple[Any, str] | None:
+def remote(path) -> tuple[Any, str] | None:
     """(fsspec file system, root) for a URL other than file://; None for a local path."""
     text = os.fspath(path)
     if "://" not in text or text.startswith("file://"):
@@ -259,12 +259,12 @@ def _download(fs, root: str, dest: Path, recursive: bool) -> None:
 def fetched(path, recursive: bool):
     """A local copy of the directory at `path`: (local path, temporary
     directory to delete after reading or None)."""
-    remote = _remote(path)
-    if remote is None:
+    url = remote(path)
+    if url is None:
         return _local(path), None
     tmp = Path(tempfile.mkdtemp(prefix="irli-fetch-"))
     try:
-        _download(*remote, tmp, recursive)
+        _download(*url, tmp, recursive)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
