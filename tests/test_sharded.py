@@ -87,6 +87,25 @@ def test_locality_balances_and_touches_fewer_parts_than_modulo(data):
         assign_buckets(index.centres_, sizes, 4, "random")
 
 
+def test_refining_by_sample_queries_cuts_parts_reached_and_keeps_balance(data):
+    from irli.shards import refine_by_queries
+
+    x, q = data
+    index = irli.Index("ivf", n_buckets=64).fit(x)
+    sizes = np.diff(index.lists_.offsets, axis=1)
+    w = (sizes + 1).astype(float)
+    cap = (1 + SLACK) * w.sum() / 4
+    start = assign_buckets(index.centres_, sizes, 4)
+    sample = index.route(x[::3], probes=6)
+    refined = refine_by_queries(start, sample, w, cap)
+    assert shards_touched(refined, sample).sum() < shards_touched(start, sample).sum()  # only improving moves
+    load = np.bincount(refined.ravel(), weights=w.ravel(), minlength=4)
+    assert load.max() <= max(cap, np.bincount(start.ravel(), weights=w.ravel()).max())
+    held_out = index.route(q, probes=6)
+    assert shards_touched(refined, held_out).mean() <= shards_touched(start, held_out).mean() + 0.05
+    np.testing.assert_array_equal(assign_buckets(index.centres_, sizes, 4, probed=sample), refined)
+
+
 def test_shards_touched_counts_distinct_parts():
     owner = np.array([[0, 1, 2, 2]])
     probed = np.array([[[0, 1], [2, 3], [3, 2]]])

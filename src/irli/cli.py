@@ -291,7 +291,8 @@ def cmd_serve(a) -> int:
     print(f"irli: serving {a.index} on http://{a.host}:{a.port} ({a.replicas} replica(s)); Ctrl-C stops",
           file=sys.stderr)
     try:
-        start(a.index, host=a.host, port=a.port, options=options, ray_address=a.ray_address, blocking=True)
+        start(a.index, host=a.host, port=a.port, options=options, ray_address=a.ray_address, blocking=True,
+              ingress=a.ingress)
     finally:
         stop()
     return 0
@@ -410,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--request-timeout", type=float, default=30.0, help="seconds before a request is abandoned")
     v.add_argument("--ray-address", default=None,
                    help="join this Ray cluster ('auto': the one `ray start` made); default: start a local one")
+    v.add_argument("--ingress", default="haproxy", choices=["haproxy", "proxy"],
+                   help="Serve's HAProxy ingress straight to the replicas (fast) or its Python HTTP proxy")
     v.set_defaults(func=cmd_serve)
 
     i = sub.add_parser("info", help="what an index directory holds",

@@ -52,7 +52,7 @@ SLACK = 0.05
 
 # -- which part owns which bucket ----------------------------------------------------
 def assign_buckets(centres: np.ndarray, sizes: np.ndarray, n_shards: int, assignment: str = "locality",
-                   seed: int = 0, iters: int = 25) -> np.ndarray:
+                   seed: int = 0, iters: int = 25, probed: np.ndarray | None = None) -> np.ndarray:
     """The part that owns each bucket: int32 (R, B) in [0, n_shards).
 
     centres: float32 (R, B, d) bucket centres; sizes: int (R, B) entries per
@@ -60,7 +60,9 @@ def assign_buckets(centres: np.ndarray, sizes: np.ndarray, n_shards: int, assign
     centres (all repetitions together, so one part holds the neighbouring
     buckets of every repetition), each part holding at most (1 + SLACK) /
     S of the entries (+1 per bucket, so empty buckets spread too), plus one
-    bucket where the buckets do not pack."""
+    bucket where the buckets do not pack; then, given `probed` (int (R, n,
+    m), the buckets sample queries open), buckets move between parts while
+    a move cuts the parts those queries reach (see `refine_by_queries`)."""
     reps, b, d = centres.shape
     if assignment not in ASSIGNMENTS:
         raise InvalidInputError(f"assignment must be one of {ASSIGNMENTS}, got {assignment!r}")
@@ -81,7 +83,56 @@ def assign_buckets(centres: np.ndarray, sizes: np.ndarray, n_shards: int, assign
         for s in range(n_shards):
             mine = owner == s
             cent[s] = np.average(pts[mine], axis=0, weights=w[mine])
-    return owner.reshape(reps, b).astype(np.int32)
+    owner = owner.reshape(reps, b).astype(np.int32)
+    if probed is not None:
+        owner = refine_by_queries(owner, probed, w.reshape(reps, b), cap)
+    return owner
+
+
+def refine_by_queries(owner: np.ndarray, probed: np.ndarray, weights: np.ndarray, cap: float,
+                      passes: int = 6) -> np.ndarray:
+    """Local search on the bucket -> part table: move a bucket to the part
+    that most reduces the sum over sample queries of the parts each reaches,
+    where the target part stays under `cap` (in `weights`, float (R, B)),
+    until a pass moves nothing. owner int (R, B); probed int (R, n, m).
+    Returns the new int32 (R, B) table."""
+    reps, b = owner.shape
+    _, n, m = probed.shape
+    s = int(owner.max()) + 1
+    own = owner.ravel().astype(np.int64).copy()
+    w = weights.ravel()
+    g = (probed + (np.arange(reps) * b)[:, None, None]).transpose(1, 0, 2).reshape(n, reps * m)  # global bucket ids
+    counts = np.zeros((n, s), dtype=np.int32)  # probed buckets of each query in each part
+    np.add.at(counts, (np.repeat(np.arange(n), reps * m), own[g.ravel()]), 1)
+    order = np.argsort(g.ravel(), kind="stable")
+    queries = (np.arange(g.size) // (reps * m))[order]
+    start = np.concatenate([[0], np.cumsum(np.bincount(g.ravel(), minlength=reps * b))])
+    load = np.bincount(own, weights=w, minlength=s)
+    for _ in range(passes):
+        moved = 0
+        for j in range(reps * b):
+            q = queries[start[j]:start[j + 1]]
+            if q.size == 0:
+                continue
+            p = own[j]
+            c = counts[q]
+            gain = (c[:, p] == 1).sum() - (c == 0).sum(axis=0)  # parts reached, fewer after a move to each part
+            gain[p] = 0
+            room = load + w[j] <= cap
+            room[p] = False
+            if not room.any():
+                continue
+            to = int(np.argmax(np.where(room, gain, np.iinfo(np.int64).min)))
+            if gain[to] > 0:
+                counts[q, p] -= 1
+                counts[q, to] += 1
+                load[p] -= w[j]
+                load[to] += w[j]
+                own[j] = to
+                moved += 1
+        if not moved:
+            break
+    return own.reshape(reps, b).astype(np.int32)
 
 
 def _balanced(dist: np.ndarray, w: np.ndarray, cap: float) -> np.ndarray:
@@ -186,7 +237,7 @@ def sharded_arrays(index, n_shards: int, assignment: str = "locality") -> tuple[
     check_shards(index, n_shards)
     offsets = live_offsets(index)
     owner = assign_buckets(np.asarray(index.centres_), np.diff(offsets, axis=1), n_shards, assignment,
-                           seed=index.config.seed)
+                           seed=index.config.seed, probed=sample_probes(index) if assignment == "locality" else None)
     routers = {f"{r}.{k}": v for r, rt in enumerate(index.routers_) for k, v in rt.state().items()}
     man = {"task": "sharded", "irli_version": __version__, "preset": index.preset,
            "config": index.config.to_dict(), "n_items": len(index), "dim": index.dim,
@@ -194,6 +245,17 @@ def sharded_arrays(index, n_shards: int, assignment: str = "locality") -> tuple[
            "n_shards": n_shards, "assignment": assignment,
            "saved_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     return {"owner": owner, "offsets": offsets}, routers, man, owner
+
+
+def sample_probes(index, n: int = 20_000) -> np.ndarray:
+    """The buckets a seeded sample of the index's own items opens at the
+    index's probes, as queries: int32 (R, n, m). What the locality
+    assignment learns from (the items stand in for the queries, as in
+    training)."""
+    alive = index.idmap_.pos
+    rng = np.random.default_rng([index.config.seed, 0x5A4E])
+    rows = np.sort(rng.choice(alive, size=min(n, alive.size), replace=False))
+    return index.route(np.asarray(index.vectors_[rows]), probes=index.config.probes)
 
 
 def part_name(s: int) -> str:
