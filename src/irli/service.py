@@ -30,11 +30,10 @@ import numpy as np
 
 from .errors import InvalidInputError, IrliError
 from .idmap import as_ids
+from .index import K_MAX
 
 # largest request body, bytes (about 40,000 vectors of 50 floats as JSON text)
 MAX_BODY = 16 << 20
-# k may be at most this (or the items stored)
-K_MAX = 4096
 
 
 class RequestError(Exception):
