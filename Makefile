@@ -22,7 +22,7 @@ demo: setup
 	$(BIN)/irli demo
 
 test: setup
-	$(BIN)/python -m pytest
+	bash .ci/suite $(BIN)/python
 
 # the extreme-classification peers (omikuji, napkinXC, PECOS) need numpy < 2: their own venv
 .venv-xc/bin/python:

@@ -70,3 +70,11 @@ def cluster():
                  [str(Path(irli.__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)])}})
     yield RayExecutor(workers=2)
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that uses the Ray cluster is marked `ray` (make test runs those
+    in their own pytest process), however it is written."""
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)

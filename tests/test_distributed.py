@@ -11,6 +11,8 @@ import irli
 
 from conftest import FAST
 
+pytestmark = pytest.mark.ray  # run in their own pytest process (.ci/suite)
+
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'irli[ray]')")
 
 from irli.distributed import DistributedError, RayExecutor  # noqa: E402

@@ -96,6 +96,7 @@ class TestBuiltOutOfCore(VectorContract):
         return built, fitted("ivf", data)
 
 
+@pytest.mark.ray
 class TestShardedOnRay(VectorContract):
     """Written as parts, each part loaded by its own Ray actor."""
 

@@ -15,6 +15,8 @@ import irli
 
 from conftest import FAST
 
+pytestmark = pytest.mark.ray  # run in their own pytest process (.ci/suite)
+
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'irli[ray]')")
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'ray[serve]')")
 
