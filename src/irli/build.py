@@ -126,6 +126,7 @@ def build(vectors, path: str | os.PathLike, preset: str = "fast", metric: str = 
     staged_codes = dest.parent / f".{dest.name}.pq_codes-{tag}.npy"
     encoder = learned.codes_.encoder() if learned.codes_ is not None else None
     routers, centres, learned_history = learned.routers_, learned.centres_, learned.history_
+    budget = learned.budget_  # fitted on the sample's partition
     del learned  # the sample's index: its vectors and codes are not needed any more
     index = vec = None
     try:
@@ -164,7 +165,7 @@ def build(vectors, path: str | os.PathLike, preset: str = "fast", metric: str = 
         history = {**learned_history, "fit_seconds": time.perf_counter() - t0, "sample": int(rows.size),
                    "out_of_core": True}
         index = Index.from_arrays(cfg, preset, vec, uid, assign, centres, lists, routers, codes, history,
-                                  sqnorms=sqnorms)
+                                  sqnorms=sqnorms, budget=budget)
         report(callback, "write", 0, 1)
         # the staged files are moved in; the index's maps of them stay valid
         moved = {"vectors": staged, **({"pq_codes": staged_codes} if codes is not None else {})}

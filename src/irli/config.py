@@ -168,6 +168,9 @@ class IndexConfig(ModelConfig):
     measuring both on a sample; `pq_anisotropic`: ScaNN's threshold T for
     score-aware codes under ip / cosine, None or 0 for plain PQ) and
     re-scores the best `refine` x k distinct items exactly.
+    `learned_probes` ("pq4", one repetition): fit a per-query probe budget
+    (irli.budget) on training queries; `probes` is then the mean number of
+    buckets a query opens, spent where the model predicts they are needed.
     Search defaults: `probes` buckets per repetition, keep candidates seen in at
     least `min_votes` repetitions, optionally only the `top_c` with the highest
     summed router probability ("exact" scan only).
@@ -192,6 +195,7 @@ class IndexConfig(ModelConfig):
     pq_anisotropic: float | None = None
     probes: int = 16
     top_c: int | None = None
+    learned_probes: bool = False
 
     # -- construction -------------------------------------------------------
     @classmethod
@@ -229,6 +233,9 @@ class IndexConfig(ModelConfig):
             _float(c, "pq_anisotropic", 0.0, 1.0, hi_open=True)
         _bool(c, "pq_residual", none=True)
         _bool(c, "router_bias", none=True)
+        _bool(c, "learned_probes")
+        if c.learned_probes and (c.scan != "pq4" or c.n_reps != 1):
+            raise ConfigError("learned_probes needs scan='pq4' and n_reps=1")
         if c.router == "mlp" and c.epochs == 0:
             raise ConfigError("router='mlp' starts random and needs epochs >= 1")
         if c.scan == "pq4" and (c.min_votes > 1 or c.top_c is not None):

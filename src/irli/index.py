@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .budget import FIXED, ProbeBudget, fit_budget
 from .codes import PQ4Codes, default_pq_m
 from .config import IndexConfig
 from .errors import IndexFormatError, InvalidInputError, NotFittedError
@@ -68,6 +69,7 @@ class _State(NamedTuple):
     dim: int
     n_buckets: int
     kernel_args: tuple  # the index's arguments of the search kernel (pq_block or exact_block)
+    budget: ProbeBudget | None  # the learned probe budget (learned_probes), or None: fixed probes
 
 
 class Index:
@@ -85,6 +87,7 @@ class Index:
     """
 
     part_: dict | None = None  # set on a part of a sharded index (read-only)
+    budget_ = None  # the learned probe budget (irli.budget.ProbeBudget) with learned_probes
 
     def __init__(self, preset: str = "fast", metric: str = "cosine", **overrides: Any) -> None:
         self.config = IndexConfig.from_preset(preset, metric=metric, **overrides)
@@ -161,33 +164,42 @@ class Index:
                                     residual=cfg.pq_residual, seed=cfg.seed, queries=tq, lists=lists_,
                                     anisotropic=cfg.pq_anisotropic)
             report(callback, "codes", 1, 1)
+        budget_ = None
+        if cfg.learned_probes:
+            report(callback, "budget", 0, 1)
+            budget_ = fit_budget(vectors_, assign_[0], lists_.offsets[0], lists_.lists[0],
+                                 Routing.from_routers(result.routers), cfg.metric, cfg.seed, queries=tq)
+            report(callback, "budget", 1, 1)
         rows = sample_rows(n, 20_000, cfg.seed)
         moved, imbalance, _ = measure(vectors_[rows], assign_[:, 0, rows], assign_[:, 0], result.routers, cfg, b)
         history = {"rounds": result.history, "fit_seconds": time.perf_counter() - t0,
                    "drift_at_fit": {"moved": float(np.mean(moved)), "imbalance": imbalance},
                    "added": 0, "removed": 0}
         self._install(vectors_, uid[perm], assign_, result.centres, lists_, result.routers, codes_,
-                      history, live=None, next_id=int(uid.max()) + 1)
+                      history, live=None, next_id=int(uid.max()) + 1, budget=budget_)
         return self
 
     @classmethod
     def from_arrays(cls, config: IndexConfig, preset: str, vectors: np.ndarray, ids: np.ndarray,
                     assign: np.ndarray, centres: np.ndarray, lists: InvertedLists, routers: list[Router],
                     codes: PQ4Codes | None, history: dict, live: np.ndarray | None = None,
-                    next_id: int | None = None, sqnorms: np.ndarray | None = None) -> "Index":
+                    next_id: int | None = None, sqnorms: np.ndarray | None = None,
+                    budget: ProbeBudget | None = None) -> "Index":
         """A fitted index from its parts (what `fit` learns and `load` and
         `irli.build` read): vectors float32 (N, d) by position, ids int64
         (N,), assign int32 (R, c, N), centres float32 (R, B, d), lists over
         the positions, one router per repetition, PQ codes (scan="pq4"),
-        history, live bool (N,) (None: all), the next free id, sqnorms (l2)."""
+        history, live bool (N,) (None: all), the next free id, sqnorms (l2),
+        the learned probe budget (learned_probes)."""
         self = cls.from_config(config, preset=preset)
         if next_id is None:
             next_id = int(ids.max()) + 1 if ids.size else 0
-        self._install(vectors, ids, assign, centres, lists, routers, codes, history, live, next_id, sqnorms)
+        self._install(vectors, ids, assign, centres, lists, routers, codes, history, live, next_id, sqnorms,
+                      budget)
         return self
 
     def _install(self, vectors, ids, assign, centres, lists, routers, codes, history, live,
-                 next_id, sqnorms=None) -> None:
+                 next_id, sqnorms=None, budget=None) -> None:
         """Set the learned state in one step (see fit, from_arrays and compact)."""
         routing = Routing.from_routers(routers)
         live = np.ones(ids.shape[0], dtype=bool) if live is None else live
@@ -199,6 +211,7 @@ class Index:
             self.lists_, self.routers_, self.codes_, self.history_ = lists, routers, codes, history
             self.routing_, self.live_, self.sqnorms_, self.idmap_ = routing, live, sqnorms, idmap
             self.next_id_ = int(next_id)
+            self.budget_ = budget
             self.part_ = None
             self.__dict__.pop("_buffers", None)
             self._publish()
@@ -426,7 +439,8 @@ class Index:
                         self.lists_.lists, keep, ids)
             st = _State(self.vectors_, self.sqnorms_, self.ids_, self.live_, keep, self.lists_, self.codes_,
                         self.routing_, self.idmap_, self.assign_.shape[1], len(self.idmap_),
-                        self.vectors_.shape[1], self.lists_.offsets.shape[1] - 1, args)
+                        self.vectors_.shape[1], self.lists_.offsets.shape[1] - 1, args,
+                        self.__dict__.get("budget_"))
             self._state = st
             return st
 
@@ -450,7 +464,10 @@ class Index:
         Returns -1, or the first row holding NaN or inf."""
         if st.codes is not None:  # approximate scan of codes, exact re-rank of the best refine x k distinct
             kk = max(1, min(factor * k, st.n_live))
-            return pq_block(q, lo, hi, m, kk, k, *st.kernel_args, *outs)
+            if st.budget is None:
+                return pq_block(q, lo, hi, m, kk, k, *FIXED, *st.kernel_args, *outs)
+            stop_w, first, budget, width = st.budget.args(m, st.n_buckets)
+            return pq_block(q, lo, hi, width, kk, k, stop_w, first, budget, *st.kernel_args, *outs)
         # exact scan of the lists; removed items are skipped
         dedup = st.routing.n_reps > 1 or cut is not None or st.copies > 1
         _, mark, cnt, stamp0 = marks(dedup, False, st.vectors.shape[0], hi - lo)
@@ -654,7 +671,8 @@ class Index:
         if self.codes_ is not None:
             codes = self.codes_.extended(np.ascontiguousarray(self.codes_.codes[:, :, perm]), lists, assign)
         self._install(vectors, np.ascontiguousarray(self.ids_[perm]), assign, self.centres_, lists,
-                      self.routers_, codes, self.history_, live=None, next_id=self.next_id_)
+                      self.routers_, codes, self.history_, live=None, next_id=self.next_id_,
+                      budget=self.budget_)
         return gone
 
     def drift(self, sample: int = 20_000) -> Drift:
@@ -730,6 +748,8 @@ class Index:
         if self.codes_ is not None:
             manifest["pq_residual"] = self.codes_.residual
             manifest["pq_eta"] = self.codes_.eta
+        if self.budget_ is not None:
+            manifest["probe_budget"] = self.budget_.to_dict()
         return arrays, routers, manifest
 
     @classmethod
@@ -773,8 +793,14 @@ class Index:
                                          bool(man.get("pq_residual", True)), lists, arrays["assign"], n,
                                          eta=float(man.get("pq_eta", 0.0)))
         live = np.asarray(arrays["live"]) if "live" in arrays else None
+        budget = None
+        if config.learned_probes:
+            try:
+                budget = ProbeBudget.from_dict(man["probe_budget"])
+            except Exception as e:  # missing or damaged
+                raise IndexFormatError(f"{path}: invalid probe_budget in manifest ({e})") from None
         self = cls.from_arrays(config, man.get("preset", "custom"), arrays["vectors"], arrays["ids"],
                                arrays["assign"], centres, lists, routers, codes, man.get("history", {}), live=live,
-                               next_id=man.get("next_id"), sqnorms=arrays.get("sqnorms"))
+                               next_id=man.get("next_id"), sqnorms=arrays.get("sqnorms"), budget=budget)
         self.part_ = man.get("part")
         return self

@@ -154,9 +154,73 @@ def _finish(qv, hs, hid, size, x, sqn, ids, l2, ks, ki, k, out_ids, out_score, q
         out_score[qi, t] = np.inf if l2 else -np.inf
 
 
+N_SCORES = 32  # router scores the learned probe budget reads (irli.budget)
+_FEATURE_K = 10  # its result feature: the 10th best exact score after the first probes
+
+
+@numba.njit(inline="always")
+def _budget(qv, hs, hid, size, x, sqn, l2, top, m, m0, stop_w, budget, ex):
+    """A query's probe count from the learned model stop_w float32
+    (N_SCORES + 3,) (irli.budget): its best N_SCORES router scores `top`,
+    the best and 10th best exact scores among the heap's items after m0
+    probes, and a bias give log(probes needed); the count is
+    ceil(budget x exp(that)), clipped to [m0, m]."""
+    qn = dot(qv, qv) if l2 else np.float32(0.0)
+    for h in range(size):
+        ex[h] = score(qv, qn, x, sqn, hid[h], l2)
+    best = np.float32(-np.inf)
+    kth = np.float32(-np.inf)
+    if size > 0:
+        srt = np.sort(ex[:size])
+        best = srt[size - 1]
+        kth = srt[max(0, size - _FEATURE_K)]
+    else:
+        best = top[0]
+        kth = top[0]
+    pred = stop_w[N_SCORES + 2] + stop_w[N_SCORES] * kth + stop_w[N_SCORES + 1] * best
+    for j in range(N_SCORES):
+        pred += stop_w[j] * top[min(j, m - 1)]
+    want = budget * np.exp(min(pred, np.float32(30.0)))
+    if not want < m:
+        return m
+    mq = int(np.ceil(want))
+    return max(m0, min(m, mq))
+
+
 @numba.njit(nogil=True, fastmath=FAST, cache=True)
-def pq_block(q, lo, hi, m, kk, k, cosine, l2, residual, n_sub, a1, b1, a2, b2, centres, books, blocks, block_pos,
-             bstart, bsizes, x, sqn, keep, ids, out_ids, out_score, out_ncand, out_scanned):
+def _scan_major(r, c0, cn, jlo, jhi, probed, count, who, nb, qb, book, n_sub, centres, residual, per_bucket, rq,
+                lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col, stride, npairs, bstart, keep, has_keep,
+                hs, hid, size, kk, seen, sums):
+    """Probes jlo .. jhi[t] - 1 of the chunk's queries t, bucket-major: the
+    queries of each probed bucket together (a counting sort by bucket)."""
+    count[:] = 0
+    for t in range(cn):
+        for j in range(jlo, jhi[t]):
+            count[probed[r, c0 + t, j] + 1] += 1
+    for b in range(nb):
+        count[b + 1] += count[b]
+    for t in range(cn):
+        for j in range(jlo, jhi[t]):
+            b = probed[r, c0 + t, j]
+            who[count[b]] = t
+            count[b] += 1
+    start = 0
+    for b in range(nb):  # count[b] is now the end of bucket b's queries
+        end = count[b]
+        for w in range(start, end):
+            t = who[w]
+            qv = qb[c0 + t]
+            base, scale = _bucket_base(qv, r, b, base0[t], scale0[t], book, n_sub, centres, residual,
+                                       per_bucket, rq, lutf, luts[t], maxv)
+            size[t] = _scan_bucket(blocks, block_pos, pos_col, stride, npairs, bstart[r, b],
+                                   bstart[r, b + 1], luts[t], sums, base, scale, keep, has_keep, hs[t],
+                                   hid[t], size[t], kk, seen[t])
+        start = end
+
+
+@numba.njit(nogil=True, fastmath=FAST, cache=True)
+def pq_block(q, lo, hi, m, kk, k, stop_w, m0, budget, cosine, l2, residual, n_sub, a1, b1, a2, b2, centres, books,
+             blocks, block_pos, bstart, bsizes, x, sqn, keep, ids, out_ids, out_score, out_ncand, out_scanned):
     """The whole compressed search of queries lo .. hi - 1 of raw q float32
     (n, d): check and prepare them (normalised for cosine), route them with
     the layers a1, b1, a2, b2 (irli.routers.Routing) to m buckets per
@@ -165,6 +229,10 @@ def pq_block(q, lo, hi, m, kk, k, cosine, l2, residual, n_sub, a1, b1, a2, b2, c
     (n, k), out_score float32 (n, k) (similarity, or squared distance for l2;
     padding -1 / -inf, +inf for l2), out_ncand (items re-ranked) and
     out_scanned (entries in the probed buckets), int64 (n,).
+
+    stop_w float32 (N_SCORES + 3,) or empty: with a learned probe budget
+    (irli.budget), each query scans its first m0 buckets, then as many as
+    `_budget` gives it (at most m, the routing width); empty: m buckets.
 
     centres float32 (R, B, d); books float32 (R, M, 16, dsub) codebooks,
     n_sub = M; blocks uint8 (nblocks * stride,) flat code blocks and
@@ -183,8 +251,11 @@ def pq_block(q, lo, hi, m, kk, k, cosine, l2, residual, n_sub, a1, b1, a2, b2, c
     if bad >= 0:
         return bad
     reps = a1.shape[0]
+    learned = stop_w.shape[0] > 0
     probed = np.empty((reps, n, m), dtype=np.int32)
-    route_rows(qb, 0, n, a1, b1, a2, b2, probed, np.empty((reps, 0, 0), dtype=np.float32), 0)
+    top = np.empty((reps, n, m) if learned else (reps, 0, 0), dtype=np.float32)
+    route_rows(qb, 0, n, a1, b1, a2, b2, probed, top, 0, True)
+    first = min(m0, m) if learned else m
     m2 = n_sub + (n_sub & 1)
     npairs = m2 // 2
     stride = block_pos.shape[1] * 4
@@ -205,6 +276,8 @@ def pq_block(q, lo, hi, m, kk, k, cosine, l2, residual, n_sub, a1, b1, a2, b2, c
     ks = np.empty(k, dtype=np.float32)
     ki = np.empty(k, dtype=np.int64)
     rq = np.empty(d, dtype=np.float32)
+    ex = np.empty(kk, dtype=np.float32)
+    mq = np.empty(chunk, dtype=np.int64)
     nb = bstart.shape[1] - 1
     count = np.zeros(nb + 1 if n > 1 else 0, dtype=np.int64)  # one query needs no bucket-major order
     who = np.empty(chunk * m if n > 1 else 0, dtype=np.int64)
@@ -219,42 +292,35 @@ def pq_block(q, lo, hi, m, kk, k, cosine, l2, residual, n_sub, a1, b1, a2, b2, c
             for t in range(cn):
                 if not per_bucket:
                     base0[t], scale0[t] = _tables(qb[c0 + t], book, n_sub, l2, lutf, luts[t], maxv)
-                for j in range(m):
-                    out_scanned[lo + c0 + t] += bsizes[r, probed[r, c0 + t, j]]
+                mq[t] = first
             if cn == 1:  # one query: its buckets best first, so its floor rises fast
                 qv = qb[c0]
-                for j in range(m):
+                j = 0
+                while j < mq[0]:
                     b = probed[r, c0, j]
                     base, scale = _bucket_base(qv, r, b, base0[0], scale0[0], book, n_sub, centres, residual,
                                                per_bucket, rq, lutf, luts[0], maxv)
                     size[0] = _scan_bucket(blocks, block_pos, pos_col, stride, npairs, bstart[r, b],
                                            bstart[r, b + 1], luts[0], sums, base, scale, keep, has_keep, hs[0],
                                            hid[0], size[0], kk, seen[0])
-                continue
-            # bucket-major: the queries of each probed bucket, together (a counting sort by bucket)
-            count[:] = 0
+                    j += 1
+                    if learned and j == first:
+                        mq[0] = _budget(qv, hs[0], hid[0], size[0], x, sqn, l2, top[r, c0], m, first, stop_w,
+                                        budget, ex)
+            else:
+                _scan_major(r, c0, cn, 0, mq, probed, count, who, nb, qb, book, n_sub, centres, residual,
+                            per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col, stride,
+                            npairs, bstart, keep, has_keep, hs, hid, size, kk, seen, sums)
+                if learned:
+                    for t in range(cn):
+                        mq[t] = _budget(qb[c0 + t], hs[t], hid[t], size[t], x, sqn, l2, top[r, c0 + t], m, first,
+                                        stop_w, budget, ex)
+                    _scan_major(r, c0, cn, first, mq, probed, count, who, nb, qb, book, n_sub, centres, residual,
+                                per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col,
+                                stride, npairs, bstart, keep, has_keep, hs, hid, size, kk, seen, sums)
             for t in range(cn):
-                for j in range(m):
-                    count[probed[r, c0 + t, j] + 1] += 1
-            for b in range(nb):
-                count[b + 1] += count[b]
-            for t in range(cn):
-                for j in range(m):
-                    b = probed[r, c0 + t, j]
-                    who[count[b]] = t
-                    count[b] += 1
-            start = 0
-            for b in range(nb):  # count[b] is now the end of bucket b's queries
-                end = count[b]
-                for w in range(start, end):
-                    t = who[w]
-                    qv = qb[c0 + t]
-                    base, scale = _bucket_base(qv, r, b, base0[t], scale0[t], book, n_sub, centres, residual,
-                                               per_bucket, rq, lutf, luts[t], maxv)
-                    size[t] = _scan_bucket(blocks, block_pos, pos_col, stride, npairs, bstart[r, b],
-                                           bstart[r, b + 1], luts[t], sums, base, scale, keep, has_keep, hs[t],
-                                           hid[t], size[t], kk, seen[t])
-                start = end
+                for j in range(mq[t]):
+                    out_scanned[lo + c0 + t] += bsizes[r, probed[r, c0 + t, j]]
         for t in range(cn):
             qi = lo + c0 + t
             out_ncand[qi] = size[t]

@@ -233,8 +233,10 @@ _GROUP = 4  # queries that share each pass over a layer's weights
 
 
 @numba.njit(inline="always")
-def route_rows(q, lo, hi, a1, b1, a2, b2, probed, probs, plo):
-    """Route rows lo .. hi - 1 of q into rows plo .. of probed / probs."""
+def route_rows(q, lo, hi, a1, b1, a2, b2, probed, probs, plo, raw):
+    """Route rows lo .. hi - 1 of q into rows plo .. of probed / probs
+    (probs: softmax probabilities of the probed buckets, or with `raw` their
+    router scores; not written when probs has no columns)."""
     reps = a1.shape[0]
     two = a2.shape[1] > 0
     width = a2.shape[2] if two else a1.shape[2]
@@ -256,7 +258,10 @@ def route_rows(q, lo, hi, a1, b1, a2, b2, probed, probs, plo):
                 row = logits[t, :width]
                 at = plo + g - lo + t
                 top_row(row, m, buf_v, buf_i, probed[r, at], val)
-                if with_probs:
+                if with_probs and raw:
+                    for j in range(m):
+                        probs[r, at, j] = val[j]
+                elif with_probs:
                     mx = val[0]
                     z = np.float32(0.0)
                     for c in range(width):
@@ -267,4 +272,4 @@ def route_rows(q, lo, hi, a1, b1, a2, b2, probed, probs, plo):
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True)
 def _route_kernel(q, lo, hi, a1, b1, a2, b2, probed, probs):
-    route_rows(q, lo, hi, a1, b1, a2, b2, probed, probs, lo)
+    route_rows(q, lo, hi, a1, b1, a2, b2, probed, probs, lo, False)

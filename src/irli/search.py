@@ -191,7 +191,7 @@ def exact_block(q, lo, hi, m, k, min_votes, top_c, dedup, mark, cnt, stamp0, cos
     reps = a1.shape[0]
     probed = np.empty((reps, n, m), dtype=np.int32)
     probs = np.empty((reps, n, m) if with_probs else (reps, 0, 0), dtype=np.float32)
-    route_rows(qb, 0, n, a1, b1, a2, b2, probed, probs, 0)
+    route_rows(qb, 0, n, a1, b1, a2, b2, probed, probs, 0, False)
     hs = np.empty(k, dtype=np.float32)
     hid = np.empty(k, dtype=np.int64)
     none = np.zeros(0, dtype=np.int64)
