@@ -31,8 +31,8 @@ import numpy as np
 
 from .exact import exact_knn
 from .pqscan import N_SCORES
-from .routers import route_rows
 from .scoring import FAST
+from .topk import push_lex
 
 #: training queries drawn from the items when the fit has no query log
 N_TRAIN = 10_000
@@ -104,12 +104,13 @@ def fit_budget(x: np.ndarray, assign: np.ndarray, offsets: np.ndarray, lists: np
     _drop_self(nb, skip, truth)
     b = offsets.shape[0] - 1
     width = min(b, FIT_WIDTH)
-    probed = np.empty((1, q.shape[0], width), dtype=np.int32)
-    top = np.empty((1, q.shape[0], width), dtype=np.float32)
-    _route(q, routing.a1[:1], routing.b1[:1], routing.a2[:1], routing.b2[:1], probed, top)
+    probed = np.empty((routing.n_reps, q.shape[0], width), dtype=np.int32)
+    top = np.empty((routing.n_reps, q.shape[0], width), dtype=np.float32)
+    routing.block(q, 0, q.shape[0], probed, top, raw=True)
     need = _needed(probed[0], assign, truth, b)
     first = min(FIRST, width)
     feats = _first_scores(q, probed[0], first, offsets, lists, x, l2, skip)
+    feats = np.where(np.isfinite(feats), feats, top[0][:, :1])  # nothing found: the kernel uses the best router score
     cols = np.minimum(np.arange(N_SCORES), width - 1)
     design = np.hstack([top[0][:, cols], feats, np.ones((q.shape[0], 1), np.float32)]).astype(np.float64)
     y = np.log(need.astype(np.float64))
@@ -138,11 +139,6 @@ def _drop_self(nb, skip, out):
         while c < out.shape[1]:
             out[i, c] = -1
             c += 1
-
-
-@numba.njit(nogil=True, fastmath=FAST, cache=True)
-def _route(q, a1, b1, a2, b2, probed, top):
-    route_rows(q, 0, q.shape[0], a1, b1, a2, b2, probed, top, 0, True)
 
 
 @numba.njit(cache=True)
@@ -180,10 +176,11 @@ def _first_scores(q, probed, first, offsets, lists, x, l2, skip):
     them at search."""
     n, d = q.shape
     out = np.empty((n, 2), dtype=np.float32)
-    best = np.empty(10, dtype=np.float32)
+    hs = np.empty(10, dtype=np.float32)  # a min-heap of the best 10, as the kernel keeps them
+    hid = np.empty(10, dtype=np.int64)
     stamp = np.full(x.shape[0], -1, dtype=np.int64)  # an item spilled to two of the buckets counts once
     for i in range(n):
-        best[:] = -np.inf
+        size = 0
         for j in range(first):
             b = probed[i, j]
             for e in range(offsets[b], offsets[b + 1]):
@@ -199,15 +196,7 @@ def _first_scores(q, probed, first, offsets, lists, x, l2, skip):
                 else:
                     for t in range(d):
                         s += q[i, t] * x[p, t]
-                if s > best[9]:
-                    at = 9
-                    while at > 0 and best[at - 1] < s:
-                        best[at] = best[at - 1]
-                        at -= 1
-                    best[at] = s
-        c = 9
-        while c > 0 and best[c] == -np.inf:
-            c -= 1
-        out[i, 0] = best[c]
-        out[i, 1] = best[0]
+                size = push_lex(hs, hid, size, 10, s, p)
+        out[i, 0] = hs[0] if size else -np.inf  # the 10th best, or the worst of fewer
+        out[i, 1] = hs[:size].max() if size else -np.inf
     return out

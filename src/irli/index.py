@@ -440,7 +440,7 @@ class Index:
             st = _State(self.vectors_, self.sqnorms_, self.ids_, self.live_, keep, self.lists_, self.codes_,
                         self.routing_, self.idmap_, self.assign_.shape[1], len(self.idmap_),
                         self.vectors_.shape[1], self.lists_.offsets.shape[1] - 1, args,
-                        self.__dict__.get("budget_"))
+                        self.budget_)
             self._state = st
             return st
 

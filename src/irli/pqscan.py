@@ -168,15 +168,12 @@ def _budget(qv, hs, hid, size, x, sqn, l2, top, m, m0, stop_w, budget, ex):
     qn = dot(qv, qv) if l2 else np.float32(0.0)
     for h in range(size):
         ex[h] = score(qv, qn, x, sqn, hid[h], l2)
-    best = np.float32(-np.inf)
-    kth = np.float32(-np.inf)
+    best = top[0]
+    kth = top[0]
     if size > 0:
-        srt = np.sort(ex[:size])
-        best = srt[size - 1]
-        kth = srt[max(0, size - _FEATURE_K)]
-    else:
-        best = top[0]
-        kth = top[0]
+        ex[:size].sort()
+        best = ex[size - 1]
+        kth = ex[max(0, size - _FEATURE_K)]
     pred = stop_w[N_SCORES + 2] + stop_w[N_SCORES] * kth + stop_w[N_SCORES + 1] * best
     for j in range(N_SCORES):
         pred += stop_w[j] * top[min(j, m - 1)]

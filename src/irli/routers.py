@@ -202,11 +202,13 @@ class Routing:
     def n_buckets(self) -> int:
         return self.a2.shape[2] if self.a2.shape[1] else self.a1.shape[2]
 
-    def block(self, q: np.ndarray, lo: int, hi: int, probed: np.ndarray, probs: np.ndarray) -> None:
+    def block(self, q: np.ndarray, lo: int, hi: int, probed: np.ndarray, probs: np.ndarray,
+              raw: bool = False) -> None:
         """Route prepared queries lo .. hi - 1 of q (float32 (n, d)) into
         rows lo .. hi - 1 of probed int32 (R, n, m) and, when probs is (R, n,
-        m) rather than (R, 0, 0), their softmax probabilities."""
-        _route_kernel(q, lo, hi, self.a1, self.b1, self.a2, self.b2, probed, probs)
+        m) rather than (R, 0, 0), their softmax probabilities (with `raw`,
+        their router scores)."""
+        _route_kernel(q, lo, hi, self.a1, self.b1, self.a2, self.b2, probed, probs, raw)
 
 
 def route(routers: list[Router] | Routing, q: np.ndarray, probes: int, with_probs: bool = False,
@@ -271,5 +273,5 @@ def route_rows(q, lo, hi, a1, b1, a2, b2, probed, probs, plo, raw):
 
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True)
-def _route_kernel(q, lo, hi, a1, b1, a2, b2, probed, probs):
-    route_rows(q, lo, hi, a1, b1, a2, b2, probed, probs, lo, False)
+def _route_kernel(q, lo, hi, a1, b1, a2, b2, probed, probs, raw):
+    route_rows(q, lo, hi, a1, b1, a2, b2, probed, probs, lo, raw)
