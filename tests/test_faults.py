@@ -576,3 +576,55 @@ def test_changes_from_several_threads_are_all_kept(small, tmp_path):
     np.testing.assert_array_equal(index.ids, np.r_[np.arange(50, 200), np.arange(200, 560) + 10_000])
     for t in range(3):
         assert len(irli.load(tmp_path / f"t{t}")) > 150
+
+
+def test_a_change_whose_save_fails_changes_nothing(small, tmp_path, monkeypatch):
+    """save_to: the change is saved before it is applied; a full disk leaves
+    the index in memory, what searches see and the saved directory as they
+    were, with one SaveError naming the path; the retry then works."""
+    import errno
+
+    from irli.errors import SaveError
+
+    x, q = small
+    index = make("fast", x=x)
+    path = index.save(tmp_path / "idx")
+    index.remove([5])  # one removed item: compact has work to do
+    index.save(path)
+    before = index.search(q[:8], k=5)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("irli.storage.np.save", full_disk)
+    changes = {"add": lambda: index.add(q[:3], save_to=path), "replace": lambda: index.add(
+        q[:1], ids=[0], replace=True, save_to=path), "remove": lambda: index.remove([0, 1], save_to=path),
+        "compact": lambda: index.compact(save_to=path)}
+    for name, change in changes.items():
+        with pytest.raises(SaveError, match=f"{path}: could not save the index \\(No space left on device"):
+            change()
+        assert len(index) == len(x) - 1 and index.n_removed == 1 and 0 in index and 1 in index, name
+        after = index.search(q[:8], k=5)
+        np.testing.assert_array_equal(after.ids, before.ids, err_msg=name)
+        np.testing.assert_array_equal(after.scores, before.scores, err_msg=name)
+    assert len(irli.load(path)) == len(x) - 1 and not list(tmp_path.glob(".idx.tmp-*"))
+    monkeypatch.undo()
+    index.add(q[:3], save_to=path)
+    index.remove([0], save_to=path)
+    assert index.compact(save_to=path) == 2
+    saved = irli.load(path)
+    assert len(saved) == len(index) == len(x) + 1 and saved.n_removed == 0 and 0 not in saved
+
+
+def test_a_search_holds_its_id_map_while_ids_change(small):
+    """The published state's id map is never changed in place: a search
+    that took it before an add or remove keeps a consistent one."""
+    x, q = small
+    index = make(x=x)
+    st = index._snapshot()
+    keys, pos = st.idmap.keys.copy(), st.idmap.pos.copy()
+    index.add(q[:4], ids=[10_000, 10_001, 10_002, 10_003])
+    index.remove([2, 10_000])
+    np.testing.assert_array_equal(st.idmap.keys, keys)
+    np.testing.assert_array_equal(st.idmap.pos, pos)
+    assert st.live.all() and index.n_removed == 2

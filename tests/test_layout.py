@@ -3,8 +3,9 @@
 - no module imports another module's private names (or private modules);
 - the import graph between irli's modules has no cycle, counting imports
   inside functions too (a lazy import is still a dependency);
-- the library never imports its front ends (cli, demo, bars, serve) or the package
-  face, so it never prints and loads without them.
+- the library never imports its front ends (cli, demo, bars, the serving
+  sub-package) or the package face, so it never prints and loads without them.
+Sub-packages count: "serving.app" is a module like any other.
 """
 
 import ast
@@ -13,8 +14,41 @@ from pathlib import Path
 import irli
 
 PACKAGE = Path(irli.__file__).resolve().parent
-MODULES = {p.stem: p for p in PACKAGE.glob("*.py")}
-FRONT_ENDS = {"cli", "demo", "bars", "serve"}
+
+
+def _name(path: Path) -> str:
+    """A module's dotted name inside irli: "index", "serving.app"; a
+    sub-package's __init__ is the sub-package ("serving"), irli's own is
+    "__init__"."""
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {_name(p): p for p in PACKAGE.rglob("*.py")}
+FRONT_ENDS = {"cli", "demo", "bars", "serving"}
+
+
+def _front_end(name: str) -> bool:
+    return name.split(".")[0] in FRONT_ENDS
+
+
+def _package(name: str) -> list[str]:
+    """The package a module's relative imports start from, as parts."""
+    if name == "__init__":
+        return []
+    parts = name.split(".")
+    return parts if MODULES[name].name == "__init__.py" else parts[:-1]
+
+
+def _resolve(base: str, alias: str) -> str:
+    """The module that `from base import alias` reads: base.alias if that
+    is a module, else base ("" is the package face)."""
+    whole = f"{base}.{alias}" if base else alias
+    if whole in MODULES:
+        return whole
+    return base or "__init__"
 
 
 def _imports(name: str) -> list[tuple[str, str]]:
@@ -22,26 +56,30 @@ def _imports(name: str) -> list[tuple[str, str]]:
     out = []
     for node in ast.walk(ast.parse(MODULES[name].read_text())):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1:
-                base = node.module or ""
+            if node.level:
+                pkg = _package(name)
+                up = pkg[: len(pkg) - (node.level - 1)] if node.level > 1 else pkg
+                base = ".".join(up + ([node.module] if node.module else []))
             elif node.module and node.module.split(".")[0] == "irli":
                 base = node.module.split(".", 1)[1] if "." in node.module else ""
             else:
                 continue
             for alias in node.names:
-                if not base:  # from . import x: a module, or a name of the package face
-                    out.append((alias.name if alias.name in MODULES else "__init__", alias.name))
-                else:
-                    out.append((base.split(".")[0], alias.name))
+                out.append((_resolve(base, alias.name), alias.name))
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 parts = alias.name.split(".")
                 if parts[0] == "irli":
-                    out.append((parts[1] if len(parts) > 1 else "__init__", ""))
+                    out.append((".".join(parts[1:]) or "__init__", ""))
     return out
 
 
 GRAPH = {name: {m for m, _ in _imports(name)} - {name} for name in MODULES}
+
+
+def test_sub_packages_are_seen():
+    assert "serving.app" in MODULES and "serving.protocol" in GRAPH["serving.app"]
+    assert "errors" in GRAPH["serving.service"] and "serving" in GRAPH["__init__"]
 
 
 def test_no_private_names_cross_modules():
@@ -76,6 +114,6 @@ def test_import_graph_has_no_cycle():
 
 
 def test_library_does_not_import_front_ends_or_the_package_face():
-    bad = [f"{name} imports {mod}" for name, deps in GRAPH.items()
-           if name not in FRONT_ENDS | {"__init__"} for mod in deps & (FRONT_ENDS | {"__init__"})]
+    bad = [f"{name} imports {mod}" for name, deps in GRAPH.items() if not _front_end(name) and name != "__init__"
+           for mod in deps if _front_end(mod) or mod == "__init__"]
     assert not bad, bad

@@ -17,7 +17,7 @@ Extreme multi-label classification (the items are labels):
 """
 
 from .build import build
-from .client import Client
+from .serving import Client
 from .config import PRESETS, IndexConfig, LabelConfig
 from .errors import (
     ConfigError,

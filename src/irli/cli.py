@@ -6,6 +6,8 @@
   irli eval DIR QUERIES          recall@k, candidates and QPS over a sweep of probes;
                                  for a label index, P@k, nDCG@k, PSP@k on an XC-format file
   irli info DIR                  what an index directory holds
+  irli shard DIR OUT --shards S  split an index into S self-contained parts
+  irli serve DIR                 serve an index over HTTP (see irli.serving)
   irli demo                      GloVe: build irli and ivf, compare, show word neighbours
 
 Errors print one line, "irli: error: ...", and exit with status 1.
@@ -284,18 +286,40 @@ def cmd_shard(a) -> int:
 
 
 def cmd_serve(a) -> int:
-    from .serve import ServeOptions, start, stop
+    from .serving import ServeOptions
 
-    options = ServeOptions(replicas=a.replicas, replica_cpus=a.replica_cpus, max_batch=a.max_batch,
-                           batch_wait_ms=a.batch_wait_ms, request_timeout_s=a.request_timeout)
-    print(f"irli: serving {a.index} on http://{a.host}:{a.port} ({a.replicas} replica(s)); Ctrl-C stops",
-          file=sys.stderr)
-    try:
-        start(a.index, host=a.host, port=a.port, options=options, ray_address=a.ray_address, blocking=True,
-              ingress=a.ingress)
-    finally:
-        stop()
+    options = ServeOptions(host=a.host, port=a.port, token=a.token, read_only=a.read_only, threads=a.threads,
+                           max_batch=a.max_batch, max_body=a.max_body, max_vectors=a.max_vectors,
+                           max_results=a.max_results, header_timeout_s=a.header_timeout,
+                           body_timeout_s=a.body_timeout, request_timeout_s=a.request_timeout,
+                           drain_s=a.drain, replicas=a.replicas, replica_cpus=a.replica_cpus)
+    on_ray = a.ray or a.replicas > 1 or a.ray_address is not None or _sharded(a.index)
+    guard = "token required" if options.token else "no token: anyone who reaches the port may search" + (
+        "" if options.read_only else " and change the index")
+
+    def ready(url: str, what: str) -> None:
+        print(f"irli: serving {a.index} ({what}) on {url}; {guard}; Ctrl-C stops", file=sys.stderr, flush=True)
+
+    if on_ray:
+        from .serving.on_ray import run
+
+        run(a.index, options, ray_address=a.ray_address, ready=lambda url: ready(url, f"Ray Serve, "
+                                                                               f"{a.replicas} replica(s)"))
+        return 0
+    from .serving.server import Server
+
+    server = Server(a.index, options)
+    ready(server.url, f"{len(server.app.service.index):,} items")
+    server.run()
+    print("irli: stopped", file=sys.stderr)
     return 0
+
+
+def _sharded(path: str) -> bool:
+    from .shards import remote
+    from .storage import read_manifest
+
+    return remote(path) is not None or read_manifest(path).get("task") == "sharded"
 
 
 def cmd_demo(a) -> int:
@@ -397,22 +421,33 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--no-verify", action="store_true", help="skip checksum verification of INDEX")
     h.set_defaults(func=cmd_shard)
 
-    v = sub.add_parser("serve", help="serve an index over HTTP (Ray Serve)",
-                       description="Serve INDEX (single or sharded) over HTTP with Ray Serve: POST /search, "
-                       "/add, /remove (single index, one replica), GET /health, /info. Concurrent searches "
-                       "are batched. Runs until interrupted.")
-    v.add_argument("index")
+    v = sub.add_parser("serve", help="serve an index over HTTP",
+                       description="Serve INDEX over HTTP: POST /search, /add, /remove, GET /health, /info "
+                       "(JSON, msgpack or .npy bodies). By default in this process (uvicorn), listening on "
+                       "127.0.0.1 only; with --ray (implied by --replicas, --ray-address or a sharded index) "
+                       "on Ray Serve. Changes are saved to INDEX before they are answered. SIGTERM or Ctrl-C "
+                       "finishes the requests in flight and exits.")
+    v.add_argument("index", help="index directory (from irli build or Index.save)")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    v.add_argument("--port", type=_positive, default=8000)
-    v.add_argument("--replicas", type=_positive, default=1, help="copies of the index answering requests")
-    v.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs each replica reserves (and its threads)")
-    v.add_argument("--max-batch", type=_positive, default=256, help="vectors per batched search")
-    v.add_argument("--batch-wait-ms", type=float, default=1.0, help="how long a batch waits to fill")
-    v.add_argument("--request-timeout", type=float, default=30.0, help="seconds before a request is abandoned")
+    v.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
+    v.add_argument("--token", default=os.environ.get("IRLI_TOKEN"),
+                   help="bearer token every request but /health must carry (default: $IRLI_TOKEN)")
+    v.add_argument("--read-only", action="store_true", help="refuse /add and /remove (403)")
+    v.add_argument("--threads", type=_positive, default=None, help="threads per search (default: all cores)")
+    v.add_argument("--max-batch", type=_positive, default=256, help="query rows searched together under load")
+    v.add_argument("--max-body", type=_positive, default=16 << 20, help="largest request body, bytes")
+    v.add_argument("--max-vectors", type=_positive, default=4096, help="most vectors in one request")
+    v.add_argument("--max-results", type=_positive, default=1 << 20, help="most results (queries x k) per request")
+    v.add_argument("--header-timeout", type=float, default=10.0, help="seconds a client has to send its headers")
+    v.add_argument("--body-timeout", type=float, default=30.0, help="seconds a client has to send its body")
+    v.add_argument("--request-timeout", type=float, default=30.0, help="seconds before a search answers 504")
+    v.add_argument("--drain", type=float, default=5.0, help="seconds to finish requests in flight when stopping")
+    v.add_argument("--ray", action="store_true", help="run on Ray Serve (a private local cluster unless "
+                   "--ray-address)")
+    v.add_argument("--replicas", type=_positive, default=1, help="copies of the index answering (implies --ray)")
+    v.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs each Ray replica reserves")
     v.add_argument("--ray-address", default=None,
-                   help="join this Ray cluster ('auto': the one `ray start` made); default: start a local one")
-    v.add_argument("--ingress", default="haproxy", choices=["haproxy", "proxy"],
-                   help="Serve's HAProxy ingress straight to the replicas (fast) or its Python HTTP proxy")
+                   help="join this Ray cluster ('auto': the one `ray start` made; implies --ray)")
     v.set_defaults(func=cmd_serve)
 
     i = sub.add_parser("info", help="what an index directory holds",

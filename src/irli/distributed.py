@@ -42,7 +42,8 @@ def failure(e: Exception, what: str) -> DistributedError:
 class RayExecutor:
     """Where distributed work runs: a Ray cluster.
 
-    address: None starts (or reuses) a local Ray in this process, "auto" joins
+    address: None starts (or reuses) a local Ray in this process, "local"
+    always starts a new one (never joins another's), "auto" joins
     the cluster of `ray start`, or a "ray://host:port" address. workers:
     parallel tasks (default: the cluster's CPUs / cpus_per_task).
     cpus_per_task / gpus_per_task: each task's resource request; torch in a
@@ -67,7 +68,7 @@ class RayExecutor:
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"address": self.address, "include_dashboard": False,
                                       "log_to_driver": False}
-            if self.address is None:
+            if self.address in (None, "local"):
                 kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(_package_paths())}}
             ray.init(**kwargs)
         return ray

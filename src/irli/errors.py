@@ -23,3 +23,12 @@ class NotFittedError(IrliError, AttributeError):
 
 class IndexFormatError(IrliError, OSError):
     """An index directory that is missing, truncated, corrupted or not irli's."""
+
+
+class SaveError(IrliError, OSError):
+    """A save that could not be completed (disk full, no permission): the
+    message names the path and the cause; nothing at the path changed."""
+
+
+class IndexLockedError(IrliError, OSError):
+    """An index directory another writer holds (see irli.storage.WriterLock)."""

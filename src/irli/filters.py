@@ -67,41 +67,54 @@ def _ids_array(v, name: str) -> np.ndarray:
     return as_ids(v, name=name)
 
 
-def parse_allow(allow, n_queries: int, idmap: IdMap, ids: np.ndarray, live: np.ndarray) -> Allowed:
-    """Turn the user's `allow` into an `Allowed` for an index whose positions
-    hold user ids `ids` int64 (N,) and are alive where `live` (bool (N,))."""
+def allow_form(allow, n_queries: int) -> tuple[str, object]:
+    """`allow` checked and in one of four forms: ("ids", int64 (m,)) one
+    filter for all queries; ("mask", bool (M,)) a mask by id for all;
+    ("lists", [int64 array] * n) one id list per query; ("masks", bool
+    (n, M)) a mask by id per query. InvalidInputError otherwise."""
     if _is_sequence_of_arrays(allow):  # one list of ids per query
         if len(allow) != n_queries:
             raise InvalidInputError(f"allow has {len(allow)} id lists for {n_queries} queries")
-        parts = [_ids_array(a, f"allow[{i}]") for i, a in enumerate(allow)]
-        lens = np.array([p.shape[0] for p in parts], dtype=np.int64)
-        flat = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        return _per_query(np.repeat(np.arange(n_queries), lens), idmap.find(flat), n_queries)
+        return "lists", [_ids_array(a, f"allow[{i}]") for i, a in enumerate(allow)]
     if isinstance(allow, (set, frozenset, range)):
-        a = _ids_array(allow, "allow")
-    else:
-        try:
-            a = np.asarray(allow)
-        except (ValueError, TypeError):
-            raise InvalidInputError("allow mixes ids and id lists; give one id list per query, "
-                                    "or one id list for all") from None
+        return "ids", _ids_array(allow, "allow")
+    try:
+        a = np.asarray(allow)
+    except (ValueError, TypeError):
+        raise InvalidInputError("allow mixes ids and id lists; give one id list per query, "
+                                "or one id list for all") from None
     if a.dtype == bool:
-        if a.ndim == 1:  # a mask by id, shared by all queries
-            keep = np.zeros(ids.shape[0], dtype=bool)
-            inside = ids < a.shape[0]
-            keep[inside] = a[ids[inside]]
-            keep &= live
-            return Allowed(keep=keep.view(np.uint8), positions=np.flatnonzero(keep).astype(np.int64))
-        if a.ndim == 2:  # a mask per query, indexed by id
+        if a.ndim == 1:
+            return "mask", a
+        if a.ndim == 2:
             if a.shape[0] != n_queries:
                 raise InvalidInputError(f"allow mask has {a.shape[0]} rows for {n_queries} queries")
-            rows, cols = np.nonzero(a)
-            return _per_query(rows, idmap.find(cols.astype(np.int64)), n_queries)
+            return "masks", a
         raise InvalidInputError(f"an allow mask must be 1-D (by id) or 2-D (query, id), got shape {a.shape}")
     if a.ndim == 2:
         raise InvalidInputError("allow as a 2-D array must be a boolean mask (query, id); "
                                 "give per-query id lists as a list of arrays")
-    found = idmap.find(_ids_array(a, "allow"))
+    return "ids", _ids_array(a, "allow")
+
+
+def parse_allow(allow, n_queries: int, idmap: IdMap, ids: np.ndarray, live: np.ndarray) -> Allowed:
+    """Turn the user's `allow` into an `Allowed` for an index whose positions
+    hold user ids `ids` int64 (N,) and are alive where `live` (bool (N,))."""
+    form, a = allow_form(allow, n_queries)
+    if form == "lists":
+        lens = np.array([p.shape[0] for p in a], dtype=np.int64)
+        flat = np.concatenate(a) if a else np.zeros(0, np.int64)
+        return _per_query(np.repeat(np.arange(n_queries), lens), idmap.find(flat), n_queries)
+    if form == "mask":  # a mask by id, shared by all queries
+        keep = np.zeros(ids.shape[0], dtype=bool)
+        inside = ids < a.shape[0]
+        keep[inside] = a[ids[inside]]
+        keep &= live
+        return Allowed(keep=keep.view(np.uint8), positions=np.flatnonzero(keep).astype(np.int64))
+    if form == "masks":  # a mask per query, indexed by id
+        rows, cols = np.nonzero(a)
+        return _per_query(rows, idmap.find(cols.astype(np.int64)), n_queries)
+    found = idmap.find(a)
     pos = np.unique(found[found >= 0])
     keep = np.zeros(ids.shape[0], dtype=np.uint8)
     keep[pos] = 1

@@ -50,7 +50,8 @@ def first_duplicate(ids: np.ndarray) -> int | None:
 
 
 class IdMap:
-    """Live user ids <-> storage positions.
+    """Live user ids <-> storage positions, never changed once made (a
+    change makes a new map), so a search may hold one while ids change.
 
     keys: int64 (n_live,) sorted live ids; pos: int64 (n_live,) their positions.
     """
@@ -74,18 +75,25 @@ class IdMap:
         """bool (m,): which of `ids` are live."""
         return self.find(ids) >= 0
 
-    def insert(self, ids: np.ndarray, positions: np.ndarray) -> None:
-        """Add `ids` (not live yet, no repeats) stored at `positions`."""
+    @classmethod
+    def _sorted(cls, keys: np.ndarray, pos: np.ndarray) -> "IdMap":
+        self = cls.__new__(cls)
+        self.keys, self.pos = keys, pos
+        return self
+
+    def inserted(self, ids: np.ndarray, positions: np.ndarray) -> "IdMap":
+        """A new map with `ids` (not live yet, no repeats) stored at
+        `positions`; this one is left as it was (a search may hold it)."""
         order = np.argsort(ids, kind="stable")
         at = np.searchsorted(self.keys, ids[order])  # non-decreasing: np.insert keeps keys sorted
-        self.keys = np.insert(self.keys, at, ids[order])
-        self.pos = np.insert(self.pos, at, positions[order])
+        return IdMap._sorted(np.insert(self.keys, at, ids[order]), np.insert(self.pos, at, positions[order]))
 
-    def delete(self, ids: np.ndarray) -> np.ndarray:
-        """Drop the live ids among `ids`; returns their positions, int64."""
+    def without(self, ids: np.ndarray) -> tuple["IdMap", np.ndarray]:
+        """(a new map without the live ids among `ids`, their positions
+        int64 ascending); this one is left as it was."""
         found = self.find(ids)
         hit = found >= 0
-        if hit.any():
-            gone = np.isin(self.keys, ids[hit])
-            self.keys, self.pos = self.keys[~gone], self.pos[~gone]
-        return np.unique(found[hit])
+        if not hit.any():
+            return self, np.zeros(0, dtype=np.int64)
+        gone = np.isin(self.keys, ids[hit])
+        return IdMap._sorted(self.keys[~gone], self.pos[~gone]), np.unique(found[hit])

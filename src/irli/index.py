@@ -3,6 +3,7 @@ other modules (training, partition, search, storage); the math lives there."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import threading
@@ -199,21 +200,33 @@ class Index:
         return self
 
     def _install(self, vectors, ids, assign, centres, lists, routers, codes, history, live,
-                 next_id, sqnorms=None, budget=None) -> None:
-        """Set the learned state in one step (see fit, from_arrays and compact)."""
-        routing = Routing.from_routers(routers)
+                 next_id, sqnorms=None, budget=None, save_to=None) -> None:
+        """Set the learned state in one step (see fit, from_arrays and
+        compact); with `save_to`, saved there first (see `_commit`)."""
         live = np.ones(ids.shape[0], dtype=bool) if live is None else live
-        sqnorms = self._sqnorms(vectors) if sqnorms is None else sqnorms
         alive = np.flatnonzero(live)
-        idmap = IdMap(ids[alive], alive.astype(np.int64))
+        self._commit({
+            "vectors_": vectors, "ids_": ids, "assign_": assign, "centres_": centres, "lists_": lists,
+            "routers_": routers, "codes_": codes, "history_": history, "routing_": Routing.from_routers(routers),
+            "live_": live, "sqnorms_": self._sqnorms(vectors) if sqnorms is None else sqnorms,
+            "idmap_": IdMap(ids[alive], alive.astype(np.int64)), "next_id_": int(next_id), "budget_": budget,
+            "part_": None}, save_to, fresh=True)
+
+    def _commit(self, changes: dict[str, Any], save_to=None, fresh: bool = False) -> None:
+        """Apply `changes` (new values of learned attributes) in one step
+        and publish them to searches. With `save_to`, the index as changed
+        is first saved to that directory (atomically): if the save fails,
+        nothing changes and the error (irli.errors.SaveError) propagates,
+        so a change is never served that was not saved. `fresh`: the
+        arrays are new (no growth buffers of earlier adds apply)."""
+        if save_to is not None:
+            changed = copy.copy(self)  # shares the arrays; __getstate__ leaves out the lock and the snapshot
+            changed.__dict__.update(changes)
+            write_index(save_to, *changed.to_arrays())
         with self._lock:
-            self.vectors_, self.ids_, self.assign_, self.centres_ = vectors, ids, assign, centres
-            self.lists_, self.routers_, self.codes_, self.history_ = lists, routers, codes, history
-            self.routing_, self.live_, self.sqnorms_, self.idmap_ = routing, live, sqnorms, idmap
-            self.next_id_ = int(next_id)
-            self.budget_ = budget
-            self.part_ = None
-            self.__dict__.pop("_buffers", None)
+            self.__dict__.update(changes)
+            if fresh:
+                self.__dict__.pop("_buffers", None)
             self._publish()
 
     def _sqnorms(self, x: np.ndarray) -> np.ndarray:
@@ -485,7 +498,7 @@ class Index:
         l2 = self.config.metric == "l2"
         allowed = parse_allow(allow, nq, st.idmap, st.ids, st.live)
         counts = allowed.counts(nq)
-        bucketed = np.flatnonzero(counts > self._exact_below(m))  # tiny allow-lists: exact search over them
+        bucketed = np.flatnonzero(counts > self._exact_below(st, m))  # tiny allow-lists: exact search over them
         for s in range(0, bucketed.shape[0], batch_size):
             rows = bucketed[s : s + batch_size]
             sub = allowed.rows(rows)
@@ -515,10 +528,11 @@ class Index:
         run_blocks(lambda lo, hi: st.routing.block(q, lo, hi, probed, probs), q.shape[0], threads)
         return probed, probs
 
-    def _exact_below(self, probes: int) -> float:
-        """Entries a search reads per query, on average: allow-lists up to
-        this size are searched exactly (it costs no more)."""
-        return self.assign_.shape[1] * self.n_reps * probes * len(self) / self.n_buckets
+    @staticmethod
+    def _exact_below(st: "_State", probes: int) -> float:
+        """Entries a search of the state `st` reads per query, on average:
+        allow-lists up to this size are searched exactly (it costs no more)."""
+        return st.copies * st.routing.n_reps * probes * st.n_live / st.n_buckets
 
     def _exact_allowed(self, st: "_State", q, k, allowed: Allowed, threads=None):
         """Exact top-k of each query among its allowed items: (positions,
@@ -538,7 +552,7 @@ class Index:
     # -- changing the items ----------------------------------------------------------
     @_exclusive
     def add(self, vectors, ids=None, replace: bool = False, callback: Callback = None,
-            threads: int | None = None) -> "Index":
+            threads: int | None = None, save_to: str | os.PathLike | None = None) -> "Index":
         """Add items without retraining: each goes to the bucket(s) its
         router picks in every repetition, under the same load rule as the
         partition (see `irli.updates`). Storage grows as needed.
@@ -548,12 +562,15 @@ class Index:
         already in the index is an error, unless `replace`, which removes the
         old item first. `threads` pins the libraries for the call (see
         irli.threads). Searches in other threads may run meanwhile: each sees
-        the index as it was before the add or after it. Returns self.
+        the index as it was before the add or after it. With `save_to` (a
+        directory), the changed index is saved there before the change is
+        applied; a failed save (irli.errors.SaveError) changes nothing.
+        Returns self.
         """
         with limit(threads):
-            return self._add(vectors, ids, replace, callback)
+            return self._add(vectors, ids, replace, callback, save_to)
 
-    def _add(self, vectors, ids, replace, callback) -> "Index":
+    def _add(self, vectors, ids, replace, callback, save_to) -> "Index":
         self.check_writable()
         # everything is checked and computed first, then applied in one step
         # under the lock: a failed add leaves the index as it was
@@ -589,7 +606,7 @@ class Index:
         first = self.vectors_.shape[0]
         new_codes = self.codes_.encode(x, where) if self.codes_ is not None else None
         # new arrays are built beside the old ones (appends write past the old
-        # views' ends), then swapped in under the lock that searches read by
+        # views' ends, which no search reads), then swapped in by _commit
         vectors = self._append("vectors", self.vectors_, x)
         ids_ = self._append("ids", self.ids_, uid)
         live = self._append("live", self.live_, np.ones(n, dtype=bool))
@@ -600,18 +617,17 @@ class Index:
         if new_codes is not None:
             codes = self.codes_.extended(self._append("pq_codes", self.codes_.codes, new_codes, axis=2),
                                          lists, assign)
-        with self._lock:
-            if replaced.size:
-                self.idmap_.delete(uid[present])
-                live[replaced] = False
-            self.vectors_, self.ids_, self.live_, self.assign_ = vectors, ids_, live, assign
-            self.sqnorms_, self.lists_, self.codes_ = sqnorms, lists, codes
-            self.idmap_.insert(uid, np.arange(first, first + n, dtype=np.int64))
-            self._publish()
-        self.next_id_ = max(self.next_id_, int(uid.max()) + 1)
-        self.history_["added"] = self.history_.get("added", 0) + n
+        idmap = self.idmap_
+        history = dict(self.history_, added=self.history_.get("added", 0) + n)
         if replaced.size:
-            self.history_["removed"] = self.history_.get("removed", 0) + int(replaced.size)
+            idmap = idmap.without(uid[present])[0]
+            live = live.copy()  # the old items' slots are shared with the published state
+            live[replaced] = False
+            history["removed"] = self.history_.get("removed", 0) + int(replaced.size)
+        self._commit({"vectors_": vectors, "ids_": ids_, "live_": live, "assign_": assign, "sqnorms_": sqnorms,
+                      "lists_": lists, "codes_": codes, "history_": history,
+                      "idmap_": idmap.inserted(uid, np.arange(first, first + n, dtype=np.int64)),
+                      "next_id_": max(self.next_id_, int(uid.max()) + 1)}, save_to)
         report(callback, "add", n, n)
         return self
 
@@ -632,10 +648,11 @@ class Index:
         return buf[tuple(at)]
 
     @_exclusive
-    def remove(self, ids, missing: str = "raise") -> int:
+    def remove(self, ids, missing: str = "raise", save_to: str | os.PathLike | None = None) -> int:
         """Remove items by id; they vanish from results at once (their slots
         are reclaimed by `compact`). An id not in the index is an error, or
-        skipped with missing="ignore". Returns the number removed."""
+        skipped with missing="ignore". With `save_to`, saved there first (as
+        for `add`). Returns the number removed."""
         self.check_writable()
         if missing not in ("raise", "ignore"):
             raise InvalidInputError(f"missing must be 'raise' or 'ignore', got {missing!r}")
@@ -644,22 +661,21 @@ class Index:
             absent = ~self.idmap_.contains(want)
             if absent.any():
                 raise InvalidInputError(f"id {int(want[np.argmax(absent)])} is not in the index")
-        with self._lock:
-            pos = self.idmap_.delete(want)
-            if pos.size:
-                if not self.live_.flags.writeable:
-                    self.live_ = self.live_.copy()
-                self.live_[pos] = False  # scans skip it at once (the keep mask)
-                self._publish()
+        idmap, pos = self.idmap_.without(want)
         if pos.size:
-            self.history_["removed"] = self.history_.get("removed", 0) + int(pos.size)
+            live = self.live_.copy()  # a search may hold the published mask
+            live[pos] = False  # scans skip it at once (the keep mask)
+            self._commit({"idmap_": idmap, "live_": live,
+                          "history_": dict(self.history_, removed=self.history_.get("removed", 0) + int(pos.size))},
+                         save_to)
         return int(pos.size)
 
     @_exclusive
-    def compact(self) -> int:
+    def compact(self, save_to: str | os.PathLike | None = None) -> int:
         """Reclaim the slots of removed items: rewrite the stored arrays, lists
         and codes without them (positions change, ids do not) and regroup the
-        items by bucket. Returns the number of slots reclaimed."""
+        items by bucket. With `save_to`, saved there first (as for `add`).
+        Returns the number of slots reclaimed."""
         self.check_writable()
         gone = self.n_removed
         alive = np.flatnonzero(self.live_)
@@ -672,7 +688,7 @@ class Index:
             codes = self.codes_.extended(np.ascontiguousarray(self.codes_.codes[:, :, perm]), lists, assign)
         self._install(vectors, np.ascontiguousarray(self.ids_[perm]), assign, self.centres_, lists,
                       self.routers_, codes, self.history_, live=None, next_id=self.next_id_,
-                      budget=self.budget_)
+                      budget=self.budget_, save_to=save_to)
         return gone
 
     def drift(self, sample: int = 20_000) -> Drift:

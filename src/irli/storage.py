@@ -21,14 +21,20 @@ Nothing is pickled. A save writes a hidden temporary sibling directory
 (`.NAME.tmp-*`, locked while written), fsyncs it, and swaps it in with one
 atomic exchange (or two renames where the file system cannot exchange), so
 an index saved earlier at the path is never left half-written; a later save
-deletes the temporary directories of saves whose process died. A read pins
+deletes the temporary directories of saves whose process died. A save that
+fails (disk full, no permission) raises SaveError naming the path and the
+cause, and leaves the path as it was. A long-lived writer (a service that
+adds and removes items) holds the path's WriterLock (`.NAME.writer`, a
+sibling file): saves from anyone else are refused while it lives. A read pins
 the directory and opens each file once, so it never mixes two saves. A
 manifest may name only plain files inside its directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import fcntl
 import glob
 import hashlib
@@ -36,13 +42,15 @@ import json
 import os
 import re
 import shutil
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import IndexFormatError
+from .errors import IndexFormatError, IndexLockedError, IrliError, SaveError
 from .idmap import first_duplicate
 
 FORMAT = "irli-index"
@@ -88,16 +96,40 @@ def write_index(path: str | os.PathLike, arrays: dict[str, np.ndarray],
     written as an index directory inside this one (the parts of a sharded
     index; the manifest lists them under "parts" with the sha256 of their
     manifests). Refuses to replace anything at `path` that is not an irli
-    index directory.
+    index directory, or a path whose WriterLock another writer holds.
     """
-    from safetensors.numpy import save_file
-
     dest = Path(path)
     if dest.exists():
         if not dest.is_dir():
             raise IndexFormatError(f"{dest}: exists and is not a directory; refusing to overwrite")
         if any(dest.iterdir()) and not (dest / MANIFEST).exists():
             raise IndexFormatError(f"{dest}: a non-empty directory that is not an irli index; refusing to overwrite")
+    guard = _save_guard(dest)
+    try:
+        return _write(dest, arrays, routers, manifest, staged, parts)
+    except OSError as e:
+        if isinstance(e, IrliError):
+            raise
+        raise save_error(dest, e) from None
+    finally:
+        if guard is not None:
+            os.close(guard)
+
+
+def save_error(dest: Path, e: OSError) -> SaveError:
+    """A one-line SaveError for an OSError met while saving to `dest`."""
+    reason = e.strerror or str(e) or type(e).__name__
+    if e.errno in (None, errno.ENOSPC, errno.EDQUOT):  # numpy says "N requested and M written" on a full disk
+        try:
+            reason += f"; {shutil.disk_usage(dest.parent).free:,} bytes free there"
+        except OSError:
+            pass
+    return SaveError(f"{dest}: could not save the index ({reason}); what was saved there before is unchanged")
+
+
+def _write(dest: Path, arrays, routers, manifest, staged, parts) -> Path:
+    from safetensors.numpy import save_file
+
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned(dest)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"
@@ -146,6 +178,115 @@ def write_index(path: str | os.PathLike, arrays: dict[str, np.ndarray],
             shutil.rmtree(tmp, ignore_errors=True)
         os.close(lock)
     return dest
+
+
+def _writer_file(dest: Path) -> Path:
+    return dest.parent / f".{dest.name}.writer"
+
+
+def _key(dest: Path) -> str:
+    return os.path.realpath(dest)
+
+
+class WriterLock:
+    """The right to change the index directory at `path`, held by one
+    writer at a time: an exclusive lock on the sibling file `.NAME.writer`
+    that dies with its process. While it is held, saves to the path are
+    refused with IndexLockedError, but those made inside `lock.saving()`
+    by the holder. Acquiring waits up to `wait_s` for saves in progress,
+    then raises IndexLockedError naming the holder.
+
+    >>> lock = WriterLock(path)
+    >>> with lock.saving():
+    ...     index.add(x, save_to=path)
+    >>> lock.release()
+    """
+
+    _held: dict[str, "WriterLock"] = {}
+    _guard = threading.Lock()
+    _active = threading.local()  # the lock whose holder saves in this thread
+
+    def __init__(self, path: str | os.PathLike, wait_s: float = 10.0, holder: str = "") -> None:
+        self.path = Path(path)
+        file = _writer_file(self.path)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    who = _holder(fd)
+                    os.close(fd)
+                    raise IndexLockedError(
+                        f"{self.path}: another writer holds this index ({who or 'a save in progress'}); "
+                        "stop it first, or open the index read-only") from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        self.holder = f"pid {os.getpid()}{', ' + holder if holder else ''}"
+        os.write(fd, self.holder.encode())
+        self._fd: int | None = fd
+        with WriterLock._guard:
+            WriterLock._held[_key(self.path)] = self
+
+    @contextlib.contextmanager
+    def saving(self):
+        """Saves to the path in this thread, within the block, are the holder's."""
+        WriterLock._active.lock = self
+        try:
+            yield self
+        finally:
+            WriterLock._active.lock = None
+
+    def release(self) -> None:
+        """Let other writers in (also on exit of a `with` block)."""
+        with WriterLock._guard:
+            if WriterLock._held.get(_key(self.path)) is self:
+                del WriterLock._held[_key(self.path)]
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "WriterLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip()
+    except OSError:  # pragma: no cover
+        return ""
+
+
+def _save_guard(dest: Path) -> int | None:
+    """Before a save to `dest`: None for the holder of its WriterLock
+    saving within `saving()`, or where no writer ever held one; else an fd
+    holding a shared lock on `.NAME.writer` for the save's duration (so no
+    writer takes the path mid-save). Raises IndexLockedError while another
+    writer holds it."""
+    held = WriterLock._held.get(_key(dest))
+    if held is not None:
+        if getattr(WriterLock._active, "lock", None) is held:
+            return None
+        raise IndexLockedError(f"{dest}: another writer holds this index ({held.holder}); refusing to save over "
+                               "its changes")
+    try:
+        fd = os.open(_writer_file(dest), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        who = _holder(fd)
+        os.close(fd)
+        raise IndexLockedError(f"{dest}: another writer holds this index ({who}); refusing to save over "
+                               "its changes") from None
+    return fd
 
 
 def _hold(tmp: Path) -> int:
