@@ -12,7 +12,8 @@ result) and against the same index searched in-process.
    request) runs in this process, on the same 2 cores. At C = 1, 8, 32 and
    128 concurrent clients, the floor and `irli serve` take turns, `--repeats`
    times each: QPS, p50, p99, errors, and whether the answers equal
-   in-process search. Then binary bodies: 256 queries per msgpack request
+   in-process search (with --off-loop, also `irli serve --inline-rows 0`:
+   every search on the search thread). Then binary bodies: 256 queries per msgpack request
    (float32 rows as bytes), 2 clients, against in-process batched QPS.
 4. Start-up until /health answers, and resident memory of each server's
    process tree once warm. With --ray, `irli serve --ray` (1 replica) too.
@@ -123,11 +124,28 @@ class Running:
         raise RuntimeError(f"{self.name} did not answer /health within {timeout_s} s")
 
     def rss_mb(self) -> float:
-        import psutil
-
-        p = psutil.Process(self.proc.pid)
-        procs = [p] + p.children(recursive=True)
-        return sum(x.memory_info().rss for x in procs if x.is_running()) / 1e6
+        """Resident memory of the server and every process under it (/proc)."""
+        parent: dict[int, int] = {}
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    pass
+        tree, grew = {self.proc.pid}, True
+        while grew:
+            new = {p for p, pp in parent.items() if pp in tree} - tree
+            tree |= new
+            grew = bool(new)
+        total = 0
+        for p in tree:
+            try:
+                for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+            except OSError:
+                pass
+        return total / 1e6
 
     def stop(self) -> dict:
         t = time.perf_counter()
@@ -272,6 +290,7 @@ def main() -> int:
     ap.add_argument("--clients", default="1,8,32,128")
     ap.add_argument("--probes", type=int, default=18)
     ap.add_argument("--ray", action="store_true", help="also irli serve --ray (1 replica)")
+    ap.add_argument("--off-loop", action="store_true", help="also irli serve --inline-rows 0")
     ap.add_argument("--touched", action="store_true", help="also the parts-touched table of a sharded index")
     a = ap.parse_args()
     out = Path(a.out)
@@ -295,6 +314,10 @@ def main() -> int:
                                     p),
                    "irli serve": Running("irli serve", [str(BIN / "irli"), "serve", str(path), "--port",
                                                         str(p2 := free_port())], p2)}
+        if a.off_loop:  # every search on the search thread (read-only: the first holds the writer lock)
+            servers["irli serve --inline-rows 0"] = Running(
+                "irli serve --inline-rows 0", [str(BIN / "irli"), "serve", str(path), "--port", str(p4 := free_port()),
+                                               "--inline-rows", "0", "--read-only"], p4)
         res["servers"] = {}
         for name, s in servers.items():
             res["servers"][name] = {"startup_s": s.startup_s}

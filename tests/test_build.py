@@ -1,12 +1,16 @@
 """Out-of-core builds (irli.build): streamed into an index directory in
 bounded memory, checked against the in-memory fit and for clean failure."""
 
+import errno
+import os
+
 import numpy as np
 import pytest
 
 import irli
 from irli.build import build
 from irli.datasets import synthetic, write_vectors
+from irli.errors import SaveError
 
 
 @pytest.mark.parametrize("preset,metric", [("fast", "cosine"), ("ivf", "l2")])
@@ -47,6 +51,51 @@ def test_a_failed_build_leaves_nothing(tmp_path, data):
     x = data[0].copy()
     x[2500, 3] = np.nan  # met only in the last streamed batch
     np.save(tmp_path / "x.npy", x)
-    with pytest.raises(irli.InvalidInputError, match="NaN"):
+    with pytest.raises(irli.InvalidInputError, match=r"NaN or inf \(first in row 2500\)"):
         build(tmp_path / "x.npy", tmp_path / "idx", preset="ivf", sample=1000, batch=1000, n_buckets=16)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]  # no index, no staged files
+    x[2500, 3] = 0.0
+    x[1234, 0] = np.inf  # in the sample this time: the row of the file is named, not the sample's
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(irli.InvalidInputError, match=r"NaN or inf \(first in row 1234\)"):
+        build(tmp_path / "x.npy", tmp_path / "idx", preset="ivf", sample=len(x), batch=1000, n_buckets=16)
+
+
+def test_an_input_that_shrinks_during_the_build_is_an_error_not_a_crash(tmp_path, data):
+    """Reading a truncated memory map ends the process with SIGBUS; the
+    build checks the file's size before each read instead."""
+    x = data[0]
+    np.save(tmp_path / "x.npy", x)
+    cut = []
+
+    def truncate_once(p):
+        if p.stage == "assign" and not cut:  # after the first streamed batch
+            os.truncate(tmp_path / "x.npy", 4096)
+            cut.append(True)
+
+    with pytest.raises(irli.InvalidInputError, match=r"x\.npy: the input file shrank to 4,096 bytes"):
+        build(tmp_path / "x.npy", tmp_path / "idx", preset="fast", sample=1000, batch=1000, n_buckets=16,
+              callback=truncate_once)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
+
+
+def test_a_full_disk_is_one_error_naming_the_path(tmp_path, data, monkeypatch):
+    """Staging files are reserved at full size before they are written
+    through memory maps (where a full disk would be a SIGBUS)."""
+    np.save(tmp_path / "x.npy", data[0])
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(SaveError, match=f"{tmp_path / 'idx'}: could not save the index \\(No space left on device"):
+        build(tmp_path / "x.npy", tmp_path / "idx", preset="fast", sample=1000, n_buckets=16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
+
+
+def test_a_build_removes_what_a_build_that_died_left(tmp_path, data):
+    np.save(tmp_path / "x.npy", data[0])
+    for name in (".idx.stage-vectors-0123456789ab.npy", ".idx.stage-pq_codes-0123456789ab.npy"):
+        (tmp_path / name).write_bytes(b"\0" * 4096)  # nobody holds them locked: their build died
+    build(tmp_path / "x.npy", tmp_path / "idx", preset="fast", sample=1000, n_buckets=16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "x.npy"]

@@ -71,14 +71,15 @@ class Served:
         self.url, self.ref, self.path = url, ref, path
 
 
-@pytest.fixture(scope="module", params=["local", pytest.param("ray", marks=pytest.mark.ray)])
+@pytest.fixture(scope="module", params=["local", "local, every search on the thread",
+                                        pytest.param("ray", marks=pytest.mark.ray)])
 def served(request, data, tmp_path_factory):
     """The fast preset's index saved and served, with an in-memory copy to
     compare against (tests that change it undo their changes)."""
     path = fitted("fast", data).save(tmp_path_factory.mktemp("serve") / "idx")
     ref = irli.load(path, mmap=False)
-    if request.param == "local":
-        server = Server(path, ServeOptions(port=0, **LIMITS))
+    if request.param.startswith("local"):
+        server = Server(path, ServeOptions(port=0, inline_rows=16 if request.param == "local" else 0, **LIMITS))
         yield Served(server.start(), ref, path)
         server.stop()
         return
@@ -551,3 +552,55 @@ def test_a_killed_replica_loses_no_request(cluster, data, tmp_path):
             client.add(q[:1])
     finally:
         on_ray.stop()
+
+
+# -- the batcher --------------------------------------------------------------------------
+def test_requests_that_queue_behind_a_search_go_together_and_none_waits_for_a_batch_to_fill():
+    import asyncio
+
+    from irli.serving.batcher import Batcher
+
+    batches = []
+    gate = threading.Event()
+
+    def run(reqs):
+        batches.append(list(reqs))
+        if len(batches) == 1:
+            gate.wait(10)  # the first search is slow: the others queue behind it
+        return [r * 10 if r >= 0 else ValueError(f"bad {r}") for r in reqs]
+
+    async def main():
+        b = Batcher(run, rows=lambda r: 1, max_rows=3, timeout_s=30)
+        first = asyncio.ensure_future(b.submit(1))
+        await asyncio.sleep(0.05)
+        assert batches == [[1]]  # it started at once, alone
+        rest = [asyncio.ensure_future(b.submit(r)) for r in (2, 3, 4, -5)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        out = await asyncio.gather(first, *rest, return_exceptions=True)
+        b.close()
+        return out
+
+    out = asyncio.run(main())
+    assert out[:4] == [10, 20, 30, 40] and isinstance(out[4], ValueError) and "bad -5" in str(out[4])
+    assert batches == [[1], [2, 3, 4], [-5]]  # queued ones together, up to max_rows
+
+
+def test_a_request_that_waits_too_long_gets_the_timeout_error():
+    import asyncio
+
+    from irli.serving.batcher import Batcher
+
+    gate = threading.Event()
+
+    async def main():
+        b = Batcher(lambda reqs: (gate.wait(10), reqs)[1], rows=lambda r: 1, timeout_s=0.3,
+                    expired=lambda: TimeoutError("no answer in time"))
+        try:
+            with pytest.raises(TimeoutError, match="no answer in time"):
+                await b.submit(1)
+        finally:
+            gate.set()
+            b.close()
+
+    asyncio.run(main())

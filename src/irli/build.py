@@ -19,7 +19,13 @@ the assignments, the lists and one copy of the PQ codes, in their scan
 layout; never the vectors: the vectors and the codes are streamed into
 their files, and pages of the mapped files are released after each batch.
 The finished files are moved into the directory and the returned index
-maps them. Items keep their input
+maps them. The staging files are reserved on disk at their full size
+before they are written (a full disk is a SaveError naming the path, not a
+SIGBUS) and locked while the build runs; a later build or save to the same
+path deletes those of a build that died. The input file's size is checked
+before every read of it: one that shrinks during the build is an error
+naming it (reading a truncated memory map would end the process). Items
+keep their input
 order on disk (a streamed build cannot regroup them by bucket without a
 second pass), so the `fast` preset, which reads vectors only to re-rank a few
 candidates, is the natural choice for such collections.
@@ -27,51 +33,79 @@ candidates, is the natural choice for such collections.
 
 from __future__ import annotations
 
-import mmap
 import os
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 
 from .codes import PQ4Codes
 from .config import IndexConfig
-from .errors import InvalidInputError
+from .errors import InvalidInputError, IrliError
 from .idmap import as_ids, first_duplicate
 from .index import Index
 from .partition import InvertedLists
 from .progress import Callback, report
-from .storage import write_index
+from .storage import preallocate, release, remove_abandoned, save_error, stage_file, write_index
 from .updates import place, sample_rows
 from .validation import as_matrix, check_norms, normalize_rows, positive_int
 
 
-def release(x: np.ndarray) -> None:
-    """Drop the resident pages of the file mapping under `x` (a memory map or
-    a view of one) from this process; later reads fault them back in from
-    the page cache. A no-op for arrays in memory."""
+def _backing(x: np.ndarray) -> tuple[str, int] | None:
+    """(the file under the memory map `x` views, the bytes that map needs),
+    or None for an array in memory."""
     base = x
-    while base is not None and not isinstance(base, mmap.mmap):
-        base = getattr(base, "_mmap", None) if isinstance(base, np.memmap) and base._mmap is not None \
-            else getattr(base, "base", None)
-    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-        try:
-            base.madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError):  # pragma: no cover - platform dependent
-            pass
+    while isinstance(base, np.ndarray):
+        if isinstance(base, np.memmap) and getattr(base, "filename", None):
+            return base.filename, int(base.offset) + int(base.nbytes)
+        base = base.base
+    return None
+
+
+def check_source(x: np.ndarray) -> None:
+    """Raise InvalidInputError if the file under the memory map `x` has
+    shrunk below what the map needs (reading past its end would end the
+    process with SIGBUS)."""
+    backing = _backing(x)
+    if backing is None:
+        return
+    name, need = backing
+    try:
+        size = os.stat(name).st_size
+    except OSError as e:
+        raise InvalidInputError(f"{name}: the input file went away during the build ({e.strerror})") from None
+    if size < need:
+        raise InvalidInputError(f"{name}: the input file shrank to {size:,} bytes during the build (it held "
+                                f"{need:,}); nothing was written")
+
+
+def _rows(x: np.ndarray, s: int, e: int) -> np.ndarray:
+    """Rows s .. e - 1 of `x` as float32 (e - s, d), the input file's size
+    checked first; NaN or inf is an error naming the row of the file."""
+    check_source(x)
+    xb = as_matrix(np.ascontiguousarray(x[s:e]), "vectors", finite=False)
+    finite = np.isfinite(xb).all(axis=1)
+    if not finite.all():
+        raise InvalidInputError(f"vectors hold NaN or inf (first in row {s + int(np.argmin(finite))})")
+    return xb
 
 
 def _gather(x: np.ndarray, rows: np.ndarray, batch: int) -> np.ndarray:
-    """x[rows] for sorted row numbers `rows`, read `batch` rows of the file at
-    a time with the mapped pages released after each: a sample spread over
-    the whole file would otherwise leave most of its pages resident."""
-    out = np.empty((rows.size, x.shape[1]), dtype=x.dtype)
+    """x[rows] as float32 for sorted row numbers `rows`, read `batch` rows
+    of the file at a time with the mapped pages released after each: a
+    sample spread over the whole file would otherwise leave most of its
+    pages resident. NaN or inf is an error naming the row of the file."""
+    out = np.empty((rows.size, x.shape[1]), dtype=np.float32)
     at = 0
     for s in range(0, x.shape[0], batch):
         stop = int(np.searchsorted(rows, s + batch))
         if stop > at:
-            out[at:stop] = x[rows[at:stop]]
+            check_source(x)
+            part = as_matrix(x[rows[at:stop]], "vectors", finite=False)
+            finite = np.isfinite(part).all(axis=1)
+            if not finite.all():
+                raise InvalidInputError(f"vectors hold NaN or inf (first in row {int(rows[at + np.argmin(finite)])})")
+            out[at:stop] = part
             at = stop
         release(x)
     return out
@@ -114,27 +148,28 @@ def build(vectors, path: str | os.PathLike, preset: str = "fast", metric: str = 
     b = cfg.buckets_for(n)
     cfg = cfg.replace(n_buckets=b)
     rows = sample_rows(n, max(sample, b), cfg.seed)
+    dest = Path(path)
+    remove_abandoned(dest)  # what builds of this path that died left behind
     report(callback, "sample", 0, 1)
-    xs = as_matrix(_gather(x, rows, batch), "vectors")
+    xs = _gather(x, rows, batch)
     learned = Index.from_config(cfg, preset=preset).fit(xs, ids=uid[rows], callback=callback)
     del xs
 
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:12]
-    staged = dest.parent / f".{dest.name}.vectors-{tag}.npy"
-    staged_codes = dest.parent / f".{dest.name}.pq_codes-{tag}.npy"
     encoder = learned.codes_.encoder() if learned.codes_ is not None else None
     routers, centres, learned_history = learned.routers_, learned.centres_, learned.history_
     budget = learned.budget_  # fitted on the sample's partition
     del learned  # the sample's index: its vectors and codes are not needed any more
     index = vec = None
+    staged, hold = stage_file(dest, "vectors")
+    staged_codes, hold_codes = stage_file(dest, "pq_codes")
     try:
-        np.lib.format.open_memmap(staged, mode="w+", dtype=np.float32, shape=(n, d)).flush()  # header, size
-        if encoder is not None:  # codes go to their file as they are made, like the vectors
-            cc = cfg.copies if encoder.residual else 1
-            np.lib.format.open_memmap(staged_codes, mode="w+", dtype=np.uint8,
-                                      shape=(cfg.n_reps, cc, n, (encoder.n_sub + 1) // 2)).flush()
+        try:
+            _reserve(staged, hold, np.float32, (n, d), dest)
+            if encoder is not None:  # codes go to their file as they are made, like the vectors
+                cc = cfg.copies if encoder.residual else 1
+                _reserve(staged_codes, hold_codes, np.uint8, (cfg.n_reps, cc, n, (encoder.n_sub + 1) // 2), dest)
+        except OSError as e:
+            raise e if isinstance(e, IrliError) else save_error(dest, e) from None
         if executor is None:
             assign, sqnorms, codes = _stream(x, 0, n, staged, cfg, routers, centres, encoder, batch, callback,
                                              staged_codes=staged_codes if encoder is not None else None)
@@ -176,7 +211,16 @@ def build(vectors, path: str | os.PathLike, preset: str = "fast", metric: str = 
         for f in (staged, staged_codes):
             if f.exists():
                 f.unlink()
+        os.close(hold)
+        os.close(hold_codes)
     return index
+
+
+def _reserve(f: Path, fd: int, dtype, shape: tuple, dest: Path) -> None:
+    """Make the staging file `f` (open as `fd`) a .npy of `shape` whose
+    bytes are reserved on disk."""
+    np.lib.format.open_memmap(f, mode="w+", dtype=dtype, shape=shape).flush()  # header and size (sparse)
+    preallocate(fd, os.fstat(fd).st_size, dest)
 
 
 def _stream(x, start: int, stop: int, staged, cfg: IndexConfig, routers, centres, encoder: PQ4Codes | None,
@@ -195,7 +239,7 @@ def _stream(x, start: int, stop: int, staged, cfg: IndexConfig, routers, centres
     codes = np.load(staged_codes, mmap_mode="r+") if staged_codes is not None else None
     for s in range(start, stop, batch):
         e = min(stop, s + batch)
-        xb = as_matrix(np.ascontiguousarray(x[s:e]), "vectors")
+        xb = _rows(x, s, e)
         release(x)
         if cfg.metric == "cosine":
             xb = normalize_rows(xb)

@@ -289,7 +289,8 @@ def cmd_serve(a) -> int:
     from .serving import ServeOptions
 
     options = ServeOptions(host=a.host, port=a.port, token=a.token, read_only=a.read_only, threads=a.threads,
-                           max_batch=a.max_batch, max_body=a.max_body, max_vectors=a.max_vectors,
+                           max_batch=a.max_batch, inline_rows=a.inline_rows, max_body=a.max_body,
+                           max_vectors=a.max_vectors,
                            max_results=a.max_results, header_timeout_s=a.header_timeout,
                            body_timeout_s=a.body_timeout, request_timeout_s=a.request_timeout,
                            drain_s=a.drain, replicas=a.replicas, replica_cpus=a.replica_cpus)
@@ -435,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--read-only", action="store_true", help="refuse /add and /remove (403)")
     v.add_argument("--threads", type=_positive, default=None, help="threads per search (default: all cores)")
     v.add_argument("--max-batch", type=_positive, default=256, help="query rows searched together under load")
+    v.add_argument("--inline-rows", type=int, default=16, help="searches of at most this many queries run on the "
+                   "event loop when the search thread is idle (0: all on the thread)")
     v.add_argument("--max-body", type=_positive, default=16 << 20, help="largest request body, bytes")
     v.add_argument("--max-vectors", type=_positive, default=4096, help="most vectors in one request")
     v.add_argument("--max-results", type=_positive, default=1 << 20, help="most results (queries x k) per request")

@@ -35,6 +35,7 @@ import numba
 import numpy as np
 
 from .errors import IndexFormatError, InvalidInputError
+from .storage import release
 
 
 def default_pq_m(d: int) -> int:
@@ -373,6 +374,7 @@ class PQ4Codes:
         self.blocks = blocks.reshape(-1)
         self.bstart = np.ascontiguousarray(np.stack(starts))
         self.bsizes = np.ascontiguousarray(np.diff(lists.offsets, axis=1))
+        release(self.codes)  # scans read the blocks: a mapped codes file need not stay resident
 
     # -- building ------------------------------------------------------------------
     @classmethod

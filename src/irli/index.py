@@ -53,6 +53,17 @@ def _exclusive(method):
     return locked
 
 
+def _read_only(a):
+    """A read-only view of an array (anything else as it is). The search
+    kernels take the index's arrays read-only whether they are memory maps
+    of a loaded index, arrays of a fitted one or buffers grown by `add`, so
+    one compiled version of each kernel serves them all."""
+    if isinstance(a, np.ndarray) and a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
 class _State(NamedTuple):
     """What a search reads, taken together (see Index._snapshot)."""
 
@@ -450,6 +461,7 @@ class Index:
             else:
                 args = (cosine, l2, r.a1, r.b1, r.a2, r.b2, self.vectors_, self.sqnorms_, self.lists_.offsets,
                         self.lists_.lists, keep, ids)
+            args = tuple(_read_only(a) for a in args)
             st = _State(self.vectors_, self.sqnorms_, self.ids_, self.live_, keep, self.lists_, self.codes_,
                         self.routing_, self.idmap_, self.assign_.shape[1], len(self.idmap_),
                         self.vectors_.shape[1], self.lists_.offsets.shape[1] - 1, args,

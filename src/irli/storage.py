@@ -39,6 +39,7 @@ import fcntl
 import glob
 import hashlib
 import json
+import mmap
 import os
 import re
 import shutil
@@ -180,6 +181,36 @@ def _write(dest: Path, arrays, routers, manifest, staged, parts) -> Path:
     return dest
 
 
+def _unlocked(f: Path) -> bool:
+    """Whether no process holds a lock on the file `f` (False if unreadable)."""
+    try:
+        fd = os.open(f, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def release(x: np.ndarray) -> None:
+    """Drop the resident pages of the file mapping under `x` (a memory map or
+    a view of one) from this process; later reads fault them back in from
+    the page cache. A no-op for arrays in memory."""
+    base = x
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "_mmap", None) if isinstance(base, np.memmap) and base._mmap is not None \
+            else getattr(base, "base", None)
+    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            base.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # pragma: no cover - platform dependent
+            pass
+
+
 def _writer_file(dest: Path) -> Path:
     return dest.parent / f".{dest.name}.writer"
 
@@ -300,13 +331,47 @@ def _hold(tmp: Path) -> int:
     return fd
 
 
+def stage_file(dest: Path, kind: str) -> tuple[Path, int]:
+    """A new, empty staging file for a save to `dest` (a streamed build
+    writes its vectors and codes there before they are moved in):
+    `.NAME.stage-KIND-TAG.npy` beside `dest`, locked by the returned fd
+    (close it when done; the lock dies with the process, and a later save
+    to `dest` then deletes the file)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:12]
+    making = dest.parent / f".{dest.name}.staging-{tag}"
+    fd = os.open(making, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # locked before it gets a name remove_abandoned looks for
+    final = dest.parent / f".{dest.name}.stage-{kind}-{tag}.npy"
+    os.rename(making, final)
+    return final, fd
+
+
+def preallocate(fd: int, size: int, dest: Path) -> None:
+    """Reserve `size` bytes for the file open as `fd`, so that writing it
+    through a memory map cannot meet a full disk (a SIGBUS): SaveError
+    naming `dest` if the space is not there."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # pragma: no cover - no fallocate here
+            return
+        raise save_error(dest, OSError(e.errno, f"{e.strerror}: {size:,} bytes needed for staging")) from None
+
+
 def remove_abandoned(dest: Path) -> list[Path]:
-    """Delete the temporary directories of saves to `dest` whose process
-    died: those whose `.saving` file nobody holds locked. Directories
-    without one are left alone (they cannot be proven abandoned). Returns
-    the directories removed."""
+    """Delete the temporary directories of saves to `dest`, and the staging
+    files of builds of it, whose process died: those nobody holds locked
+    (a directory's `.saving` file, the staging file itself). Directories
+    without a `.saving` file are left alone (they cannot be proven
+    abandoned). Returns what was removed."""
     gone = []
     try:
+        for f in dest.parent.glob(f".{glob.escape(dest.name)}.stage-*.npy"):
+            if _unlocked(f):
+                with contextlib.suppress(OSError):
+                    f.unlink()
+                    gone.append(f)
         siblings = list(dest.parent.glob(f".{glob.escape(dest.name)}.tmp-*"))
     except OSError:
         return gone

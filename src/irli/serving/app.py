@@ -50,10 +50,15 @@ class App:
     def __init__(self, service: Service, options: ServeOptions | None = None) -> None:
         self.service = service
         self.options = options or service.options
-        self.batcher = Batcher(service.search, lambda r: r.queries.shape[0], self.options.max_batch)
+        timeout = self.options.request_timeout_s
+        self.batcher = Batcher(service.search, lambda r: r.queries.shape[0], self.options.max_batch, timeout,
+                               lambda: RequestError(504, f"no answer within {timeout:g} s"))
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="irli-write")  # changes run one at a time
         token = self.options.token
         self._auth = None if token is None else b"Bearer " + token.encode()
+        # whether the app times the reading of bodies itself (the server on one
+        # machine does it in its protocol, for less work per request)
+        self.times_bodies = True
 
     def close(self) -> None:
         """Stop the worker threads and let go of the index's writer lock."""
@@ -123,11 +128,12 @@ class App:
                 req = await asyncio.to_thread(self._search_request, raw, fmt, qs)
             else:
                 req = self._search_request(raw, fmt, qs)
-            try:
-                async with asyncio.timeout(self.options.request_timeout_s):
-                    answer = await self.batcher.submit(req)
-            except TimeoutError:
-                raise RequestError(504, f"no answer within {self.options.request_timeout_s:g} s") from None
+            if req.allow is None and req.queries.shape[0] <= self.options.inline_rows and self.batcher.idle:
+                answer = self.service.search([req])[0]  # see ServeOptions.inline_rows
+            else:
+                answer = await self.batcher.submit(req)
+            if isinstance(answer, RequestError):
+                raise answer
             return 200, answer, content_type(fmt, True)
         change = self._add if path == "/add" else self._remove
         loop = asyncio.get_running_loop()
@@ -155,7 +161,7 @@ class App:
             raise _Close(413, over.format(size))
         chunks, got = [], 0
         try:
-            async with asyncio.timeout(self.options.body_timeout_s):
+            async with asyncio.timeout(self.options.body_timeout_s if self.times_bodies else None):
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":

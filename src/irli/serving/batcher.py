@@ -19,22 +19,47 @@ from typing import Any, Callable
 class Batcher:
     """run: list of requests -> list of answers (one per request, in order;
     an exception object in place of an answer is raised to its caller);
-    runs on the worker thread. rows: a request -> its query rows."""
+    runs on the worker thread. rows: a request -> its query rows. A request
+    not answered within `timeout_s` gets the exception `expired()` (checked
+    once a second, not timed one by one)."""
 
-    def __init__(self, run: Callable[[list], list], rows: Callable[[Any], int], max_rows: int = 256) -> None:
+    def __init__(self, run: Callable[[list], list], rows: Callable[[Any], int], max_rows: int = 256,
+                 timeout_s: float = 30.0, expired: Callable[[], BaseException] = TimeoutError) -> None:
         self._run, self._rows, self.max_rows = run, rows, max_rows
+        self.timeout_s, self._expired = timeout_s, expired
         self._queue: deque = deque()
+        self._pending: deque = deque()  # (deadline, future) in arrival order
         self._busy = False
+        self._watchdog: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="irli-search")
+
+    @property
+    def idle(self) -> bool:
+        """No batch running and none queued."""
+        return not self._busy and not self._queue
 
     async def submit(self, request) -> Any:
         """The answer to `request`, searched alone or with the others queued."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._queue.append((request, fut))
+        self._pending.append((loop.time() + self.timeout_s, fut))
+        if self._watchdog is None:
+            self._watchdog = loop.create_task(self._watch())
         if not self._busy:
             self._start(loop)
         return await fut
+
+    async def _watch(self) -> None:
+        """Fail the requests that waited longer than timeout_s."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, self.timeout_s))
+            now = loop.time()
+            while self._pending and (self._pending[0][1].done() or self._pending[0][0] <= now):
+                _, fut = self._pending.popleft()
+                if not fut.done():
+                    fut.set_exception(self._expired())
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         batch, rows = [], 0
@@ -72,4 +97,6 @@ class Batcher:
 
     def close(self) -> None:
         """Stop the worker after the batch in progress."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -28,7 +28,13 @@ class ServeOptions:
     between requests; request_timeout_s for an answer (504 after it);
     max_connections open at once (503 beyond).
     Searching: threads per search (None: all cores); max_batch query rows
-    searched together when requests queue up (no wait when none do).
+    searched together when requests queue up (no wait when none do);
+    inline_rows [--inline-rows]: a search of at most this many queries
+    without `allow` that finds the search thread idle runs on the event
+    loop, since the hop to the thread and back costs more than the search
+    (0.1 ms against 0.065 ms on GloVe on 2 cores: 1.7x the QPS at 8
+    clients); 0 sends every search to the thread, which keeps the loop for
+    HTTP alone (better where more cores serve than clients take).
     Stopping: drain_s to finish requests in flight after SIGTERM or Ctrl-C.
     On Ray Serve (--ray): replicas, replica_cpus, part_timeout_s (a sharded
     index's limit per call to a part).
@@ -48,6 +54,7 @@ class ServeOptions:
     max_connections: int = 16384
     threads: int | None = None
     max_batch: int = 256
+    inline_rows: int = 16
     drain_s: float = 5.0
     replicas: int = 1
     replica_cpus: float = 1.0
@@ -67,6 +74,8 @@ class ServeOptions:
                 raise ConfigError(f"{name} must be a positive number, got {v!r}")
         if type(self.port) is not int or not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0 .. 65535, got {self.port!r}")
+        if type(self.inline_rows) is not int or self.inline_rows < 0:
+            raise ConfigError(f"inline_rows must be an integer >= 0, got {self.inline_rows!r}")
         if self.threads is not None and (type(self.threads) is not int or self.threads < 1):
             raise ConfigError(f"threads must be a positive integer or None, got {self.threads!r}")
         if self.token is not None and (not isinstance(self.token, str) or not self.token.isprintable()

@@ -15,7 +15,7 @@ let requests in flight finish for up to drain_s, and return.
 from __future__ import annotations
 
 import contextlib
-import copy
+import ctypes
 import errno
 import logging
 import os
@@ -25,6 +25,7 @@ import socket
 import threading
 from pathlib import Path
 
+import numpy as np
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -55,16 +56,19 @@ def _reply(transport, status: int, reason: str, message: str) -> None:
 class GuardedProtocol(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol with bounds on what one client may hold:
     the request line and headers within `header_timeout_s` and MAX_HEAD
-    bytes, at most `max_connections` connections, and JSON for the errors
-    uvicorn writes itself."""
+    bytes, the body within `body_timeout_s` after them, at most
+    `max_connections` connections, and JSON for the errors uvicorn writes
+    itself."""
 
     header_timeout_s = 10.0
+    body_timeout_s = 30.0
     max_connections = 16384
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._head_timer = None
         self._head_bytes = 0
+        self._in_body = False
         if len(self.connections) > self.max_connections:
             _reply(transport, 503, "Service Unavailable",
                    f"over {self.max_connections} open connections; try again later")
@@ -73,6 +77,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _start_head(self) -> None:
         self._head_bytes = 0
+        self._in_body = False
         self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_late)
 
     def _stop_head(self) -> None:
@@ -82,13 +87,17 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _head_late(self) -> None:
         self._head_timer = None
-        _reply(self.transport, 408, "Request Timeout",
-               f"the request line and headers did not arrive within {self.header_timeout_s:g} s")
+        if self._in_body:
+            _reply(self.transport, 408, "Request Timeout",
+                   f"the request body did not arrive within {self.body_timeout_s:g} s")
+        else:
+            _reply(self.transport, 408, "Request Timeout",
+                   f"the request line and headers did not arrive within {self.header_timeout_s:g} s")
 
     def data_received(self, data: bytes) -> None:
-        in_head = self._head_timer is not None
+        in_head = self._head_timer is not None and not self._in_body
         super().data_received(data)
-        if in_head and self._head_timer is not None:  # the headers are still not complete
+        if in_head and self._head_timer is not None and not self._in_body:  # the headers are still not complete
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD:
                 self._stop_head()
@@ -101,8 +110,14 @@ class GuardedProtocol(HttpToolsProtocol):
             self._start_head()
 
     def on_headers_complete(self) -> None:
-        self._stop_head()
+        self._stop_head()  # the body's own clock starts
+        self._in_body = True
+        self._head_timer = self.loop.call_later(self.body_timeout_s, self._head_late)
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._stop_head()
+        super().on_message_complete()
 
     def connection_lost(self, exc) -> None:
         self._stop_head()
@@ -169,16 +184,15 @@ def open_index(path: str | os.PathLike):
 def warm(service: Service) -> None:
     """Compile every path a request can take before the first request:
     one query, a batch, a filtered search and, where the service writes,
-    an add and a remove and the searches after them (on a copy of the
-    index that shares its arrays: the index itself is not changed)."""
+    an add and a remove and the searches after them (on a miniature of the
+    index with the same array types: the index itself is not changed)."""
     index = service.index
     if service.sharded or not len(index):
         return
     q = index.get_vectors(index.ids[:1])
     trials = [index]
     if service.writable:
-        trial = copy.copy(index)
-        trial.__dict__["_buffers"] = {}  # its adds must not reuse the index's growth buffers
+        trial = _miniature(index)
         trial.add(q, threads=service.options.threads)
         trial.remove(trial.ids[-1:])
         trials.append(trial)
@@ -186,6 +200,33 @@ def warm(service: Service) -> None:
         ix.search(q[0], k=10, threads=service.options.threads)
         ix.search(q.repeat(32, axis=0), k=10, threads=service.options.threads)
         ix.search(q, k=10, allow=ix.ids[:1])
+
+
+def _miniature(index, n: int = 256):
+    """An index of the first `n` stored items of `index`, with its config,
+    routers, centres and codebooks and arrays of the same types: changing
+    it compiles what changing `index` will run, at no memory cost."""
+    from ..index import Index
+    from ..partition import InvertedLists
+
+    n = min(n, index.vectors_.shape[0])
+    assign = index.assign_[:, :, :n]
+    lists = InvertedLists.from_assignments(np.ascontiguousarray(assign), index.n_buckets)
+    codes = None if index.codes_ is None else index.codes_.extended(index.codes_.codes[:, :, :n], lists, assign)
+    live = index.live_[:n]
+    return Index.from_arrays(index.config, index.preset, index.vectors_[:n], index.ids_[:n], assign, index.centres_,
+                             lists, index.routers_, codes, dict(index.history_), live=None if live.all() else live,
+                             sqnorms=index.sqnorms_[:n] if index.config.metric == "l2" else None,
+                             budget=index.budget_)
+
+
+def _trim() -> None:
+    """Hand the heap that loading and warming up freed back to the system
+    (glibc keeps it otherwise)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
 
 
 def raise_fd_limit(want: int) -> None:
@@ -219,6 +260,7 @@ class Server:
             index.check_fitted()
             service = Service(index, self.options, path=path)
             warm(service)
+            _trim()
             self.app = App(service, self.options)
         except BaseException:
             self.sock.close()
@@ -226,7 +268,9 @@ class Server:
         self.sock.listen(4096)  # connections queue from here on; uvicorn accepts them once it runs
         raise_fd_limit(self.options.max_connections + 256)
         protocol = type("Protocol", (GuardedProtocol,), {"header_timeout_s": self.options.header_timeout_s,
+                                                          "body_timeout_s": self.options.body_timeout_s,
                                                           "max_connections": self.options.max_connections})
+        self.app.times_bodies = False  # the protocol does
         config = uvicorn.Config(self.app, http=protocol, lifespan="on", log_level="warning", access_log=False,
                                 timeout_keep_alive=self.options.keep_alive_s,
                                 timeout_graceful_shutdown=self.options.drain_s, server_header=False,
