@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import irli
+from irli.storage import manifest_sha256
 from irli.budget import ProbeBudget, _needed
 from irli.datasets import synthetic
 from irli.errors import ConfigError, IndexFormatError
@@ -84,6 +85,10 @@ def test_a_damaged_budget_is_refused(setup, tmp_path):
     path = index.save(tmp_path / "lp")
     man = json.loads((path / "manifest.json").read_text())
     man["probe_budget"]["weights"] = man["probe_budget"]["weights"][:3]
+    (path / "manifest.json").write_text(json.dumps(man))  # edited, its checksum not: refused as such
+    with pytest.raises(IndexFormatError, match="manifest.json does not match its checksum"):
+        irli.Index.load(path, verify=False)
+    man["manifest_sha256"] = manifest_sha256(man)  # crafted with a checksum to match: the values are checked
     (path / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(IndexFormatError, match="probe_budget"):
         irli.Index.load(path, verify=False)

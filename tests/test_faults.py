@@ -25,6 +25,7 @@ from irli import ConfigError, IndexFormatError, InvalidInputError, LabelIndex, N
 from irli.cli import main
 from irli.datasets import synthetic, synthetic_labels
 from irli.exact import exact_knn
+from irli.storage import manifest_sha256
 
 D = 16
 I64 = np.iinfo(np.int64).max
@@ -73,6 +74,7 @@ def edit_manifest(path: Path, **changes) -> None:
             m["config"][k[7:]] = v
         else:
             m[k] = v
+    m["manifest_sha256"] = manifest_sha256(m)  # crafted, checksum and all: the checks behind it must hold
     (path / "manifest.json").write_text(json.dumps(m))
 
 
@@ -239,6 +241,7 @@ def _outside(p: Path):
     m = json.loads((p / "manifest.json").read_text())
     np.save(p.parent / "outside.npy", np.zeros(3))
     m["files"]["../outside.npy"] = m["files"].pop("ids.npy")
+    m["manifest_sha256"] = manifest_sha256(m)
     (p / "manifest.json").write_text(json.dumps(m))
 
 
@@ -628,3 +631,19 @@ def test_a_search_holds_its_id_map_while_ids_change(small):
     np.testing.assert_array_equal(st.idmap.keys, keys)
     np.testing.assert_array_equal(st.idmap.pos, pos)
     assert st.live.all() and index.n_removed == 2
+
+
+def test_too_few_items_says_how_many_are_needed():
+    with pytest.raises(InvalidInputError, match="1 item is too few: an index needs at least 2 items"):
+        irli.Index("ivf").fit(np.ones((1, 100_000), np.float32))
+
+
+@pytest.mark.parametrize("which", ["X", "Y"])
+def test_a_sparse_matrix_with_an_index_past_its_shape_is_one_error(which):
+    ok_x = sp.random(20, 10, density=0.3, format="csr", random_state=0, dtype=np.float32)
+    ok_y = sp.csr_matrix(np.eye(20, 5, dtype=np.float32) + np.eye(20, 5, k=-5, dtype=np.float32))
+    bad = (ok_x if which == "X" else ok_y).copy()
+    bad.indices[0] = bad.shape[1] + 3  # scipy does not look; it would fail (or read) deep inside
+    x, y = (bad, ok_y) if which == "X" else (ok_x, bad)
+    with pytest.raises(InvalidInputError, match=f"{which}: column index {bad.shape[1] + 3} is out of range"):
+        LabelIndex(n_reps=2, hidden=8, epochs=1).fit(x, y)

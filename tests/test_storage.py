@@ -9,7 +9,7 @@ from conftest import fitted
 
 import irli
 from irli import IndexFormatError
-from irli.storage import MANIFEST
+from irli.storage import MANIFEST, manifest_sha256
 
 
 @pytest.fixture
@@ -89,6 +89,7 @@ def test_newer_format_version(saved):
     _, path = saved
     man = json.loads((path / MANIFEST).read_text())
     man["format_version"] = 99
+    man["manifest_sha256"] = manifest_sha256(man)
     (path / MANIFEST).write_text(json.dumps(man))
     with pytest.raises(IndexFormatError, match="format version 99 is not supported"):
         irli.load(path)
@@ -158,6 +159,7 @@ def test_mismatched_router_weights(data, tmp_path):
     man = json.loads((a / MANIFEST).read_text())  # a consistent manifest around the wrong weights
     man["files"]["routers.safetensors"].update(bytes=(a / "routers.safetensors").stat().st_size,
                                                sha256=sha256(a / "routers.safetensors"))
+    man["manifest_sha256"] = manifest_sha256(man)
     (a / MANIFEST).write_text(json.dumps(man))
     with pytest.raises(IndexFormatError, match="router 0 maps 16 -> 16, index has d=16, B=32"):
         irli.load(a)
@@ -169,6 +171,7 @@ def test_older_format_is_refused(data, tmp_path):
     path = irli.Index("ivf", n_buckets=8).fit(data[0]).save(tmp_path / "idx")
     m = json.loads((path / MANIFEST).read_text())
     m["format_version"] = 2
+    m["manifest_sha256"] = manifest_sha256(m)
     (path / MANIFEST).write_text(json.dumps(m))
     with pytest.raises(irli.IndexFormatError, match="format version 2 is older.*rebuild"):
         irli.load(path)

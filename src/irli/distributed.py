@@ -11,6 +11,7 @@ Nothing here imports Ray until it is used, and `import irli` never does.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -48,19 +49,22 @@ class RayExecutor:
     parallel tasks (default: the cluster's CPUs / cpus_per_task).
     cpus_per_task / gpus_per_task: each task's resource request; torch in a
     task uses that many threads. max_retries: re-runs of a task whose worker
-    died (Ray's own retry); a task that raises is not retried. timeout_s:
+    died (Ray's own retry); a task that raises is not retried. quiet: Ray
+    logs only errors to this process's terminal. timeout_s:
     how long `map` waits for all its tasks (a hung task raises
     DistributedError naming it, never a hang).
     """
 
     def __init__(self, address: str | None = None, workers: int | None = None, cpus_per_task: int = 1,
-                 gpus_per_task: float = 0, max_retries: int = 2, timeout_s: float = 6 * 3600.0) -> None:
+                 gpus_per_task: float = 0, max_retries: int = 2, timeout_s: float = 6 * 3600.0,
+                 quiet: bool = False) -> None:
         if workers is not None and (not isinstance(workers, int) or workers < 1):
             raise InvalidInputError(f"workers must be a positive integer, got {workers!r}")
         if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
             raise InvalidInputError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
         self.address, self.workers, self.timeout_s = address, workers, float(timeout_s)
         self.cpus_per_task, self.gpus_per_task, self.max_retries = cpus_per_task, gpus_per_task, max_retries
+        self.quiet = quiet
 
     def ray(self):
         """The ray module, connected (ray.init on first use)."""
@@ -68,6 +72,8 @@ class RayExecutor:
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"address": self.address, "include_dashboard": False,
                                       "log_to_driver": False}
+            if self.quiet:
+                kwargs["logging_level"] = logging.ERROR
             if self.address in (None, "local"):
                 kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(_package_paths())}}
             ray.init(**kwargs)

@@ -142,6 +142,8 @@ class Index:
         if dup is not None:
             raise InvalidInputError(f"ids repeat id {dup}; ids must be unique")
         b = cfg.buckets_for(n)
+        if n < 2:
+            raise InvalidInputError(f"{n} item is too few: an index needs at least 2 items (2 buckets)")
         if n < b:
             raise InvalidInputError(
                 f"{n} items are fewer than n_buckets={b}; pass n_buckets <= {n} or more items"

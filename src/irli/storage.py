@@ -3,6 +3,7 @@
 Layout of a vector index directory (R repetitions, B buckets, N stored
 items of dimension d, c = 1 + spill buckets per item and repetition):
   manifest.json        format, versions, config, shapes, history, sha256 of every file
+                       and of the manifest itself (manifest_sha256)
   vectors.npy          float32 (N, d) item vectors, grouped by repetition 0's buckets
   ids.npy              int64 (N,) the user id of each stored position
   assign.npy           int32 (R, c, N) the buckets of each stored position
@@ -164,6 +165,7 @@ def _write(dest: Path, arrays, routers, manifest, staged, parts) -> Path:
             meta["bytes"] = p.stat().st_size
             meta["sha256"] = sha256(p)
         full = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest, "files": files}
+        full["manifest_sha256"] = manifest_sha256(full)
         with open(tmp / MANIFEST, "w") as fh:
             json.dump(full, fh, indent=2, sort_keys=True)
             fh.flush()
@@ -426,6 +428,12 @@ def _valid_version(v) -> bool:
     return type(v) is int and v == FORMAT_VERSION
 
 
+def manifest_sha256(man: dict[str, Any]) -> str:
+    """sha256 of a manifest's canonical JSON, without its own checksum."""
+    body = {k: v for k, v in man.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def _parse_manifest(p: Path, text: bytes) -> dict[str, Any]:
     try:
         man = json.loads(text.decode("utf-8"))
@@ -442,6 +450,8 @@ def _parse_manifest(p: Path, text: bytes) -> dict[str, Any]:
             raise IndexFormatError(f"{p}: index format version {v} is older than this irli reads "
                                    f"({FORMAT_VERSION}); rebuild the index")
         raise IndexFormatError(f"{p}: {MANIFEST} has an invalid format_version {v!r} (corrupted)")
+    if "manifest_sha256" in man and man["manifest_sha256"] != manifest_sha256(man):
+        raise IndexFormatError(f"{p}: {MANIFEST} does not match its checksum (corrupted or edited)")
     files = man.get("files")
     if not isinstance(files, dict) or not isinstance(man.get("config"), dict):
         raise IndexFormatError(f"{p}: {MANIFEST} lacks its file list or config")

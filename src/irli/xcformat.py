@@ -188,7 +188,7 @@ def as_csr(x, name: str = "X"):
     import scipy.sparse as sp
 
     if sp.issparse(x):
-        m = sp.csr_matrix(x, dtype=np.float32)
+        m = _sparse(x, name)
     else:
         a = np.asarray(x)
         if a.ndim != 2:
@@ -200,6 +200,30 @@ def as_csr(x, name: str = "X"):
         raise InvalidInputError(f"{name} contains NaN or infinite values")
     m.sum_duplicates()
     return m
+
+
+def _sparse(x, name: str):
+    """A scipy sparse matrix as CSR float32, its structure checked first
+    (scipy itself raises deep inside, or reads out of bounds, on column
+    indices past the shape or a broken row pointer)."""
+    import scipy.sparse as sp
+
+    if x.format in ("csr", "csc"):
+        inner = x.shape[1] if x.format == "csr" else x.shape[0]
+        ptr, idx = np.asarray(x.indptr), np.asarray(x.indices)
+        if ptr.shape != (x.shape[0 if x.format == "csr" else 1] + 1,) or ptr[0] != 0 or (np.diff(ptr) < 0).any() \
+                or ptr[-1] > idx.size or ptr[-1] > np.asarray(x.data).size:
+            raise InvalidInputError(f"{name}: a malformed {x.format.upper()} matrix (its indptr does not fit "
+                                    "its indices)")
+        used = idx[: ptr[-1]]
+        if used.size and (used.min() < 0 or used.max() >= inner):
+            bad = int(used.max()) if used.max() >= inner else int(used.min())
+            raise InvalidInputError(f"{name}: {'column' if x.format == 'csr' else 'row'} index {bad} is out of "
+                                    f"range for shape {x.shape}")
+    try:
+        return sp.csr_matrix(x, dtype=np.float32)
+    except (ValueError, TypeError) as e:
+        raise InvalidInputError(f"{name}: not a usable sparse matrix ({' '.join(str(e).split())})") from None
 
 
 # label ids above this are refused when the labels in use are few (16 x fewer
@@ -226,7 +250,7 @@ def label_matrix(y, n_rows: int | None = None, n_labels: int | None = None):
     import scipy.sparse as sp
 
     if sp.issparse(y) or (isinstance(y, np.ndarray) and y.ndim == 2):
-        m = sp.csr_matrix(y, dtype=np.float32)
+        m = _sparse(y, "Y") if sp.issparse(y) else sp.csr_matrix(y, dtype=np.float32)
         m.sum_duplicates()
         m.eliminate_zeros()
         if m.nnz and not np.all(m.data == 1):

@@ -2,11 +2,15 @@
 replicas and sharded indexes on a cluster.
 
 Each replica loads the index (memory-mapped; a sharded index opens one Ray
-actor per part, owned by the replica) and runs the app behind
-`@serve.ingress`: the same endpoints, limits, token and batching as on one
-machine. Serve's HTTP proxy listens on host:port and restarts a replica
-that dies or fails its health check. Writes need one replica and an
-unsharded index.
+actor per part, owned by the replica) and runs the app: the same
+endpoints, limits, token and batching as on one machine. Serve restarts a
+replica that dies or fails its health check. Two ways in:
+  * one replica (the default): the replica serves host:port itself, with
+    the server of irli.serving.server (uvicorn) in a thread of its actor;
+    Serve runs no HTTP proxy (its path costs about 3.5 ms per request here);
+  * more replicas: Serve's HTTP proxy listens on host:port and spreads the
+    requests over them (the app behind `@serve.ingress`).
+Writes need one replica and an unsharded index.
 
 Without `ray_address`, a private Ray cluster is started for this process
 (never one another service runs), with Serve's Python proxy (not the
@@ -16,9 +20,11 @@ the host).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
 import os
 import signal
-import threading
 import time
 
 from ray import serve
@@ -27,7 +33,7 @@ from ..distributed import RayExecutor
 from ..errors import IrliError
 from .app import App
 from .options import ServeOptions
-from .server import ServeError, bind, open_index, warm
+from .server import ServeError, Server, bind, open_index, warm
 from .service import Service
 
 APP = "irli"
@@ -37,8 +43,9 @@ _RAY_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEAL
             "RAY_SERVE_SHUTDOWN_TIER_TIMEOUT_S": "10"}
 
 
-def _open(path: str, options: ServeOptions):
-    """The index at `path` (a sharded one with its parts on Ray actors)."""
+def _sharded(path: str, options: ServeOptions):
+    """The sharded index at `path` with its parts on Ray actors, or None
+    for an index of one directory."""
     from ..shards import remote
     from ..storage import read_manifest
 
@@ -46,7 +53,7 @@ def _open(path: str, options: ServeOptions):
         from ..sharded import ShardedIndex
 
         return ShardedIndex.open(path, executor=RayExecutor(address="auto"), timeout_s=options.part_timeout_s)
-    return open_index(path)
+    return None
 
 
 @serve.ingress()
@@ -54,7 +61,7 @@ class IndexServer:
     """The Ray Serve deployment: one replica of the app."""
 
     def __init__(self, path: str, options: ServeOptions) -> None:
-        index = _open(path, options)
+        index = _sharded(path, options) or open_index(path)
         writable = options.replicas == 1
         service = Service(index, options, path=path if writable and not hasattr(index, "layout") else None,
                           writable=writable)
@@ -70,11 +77,30 @@ class IndexServer:
             self._app.service.health()
 
 
+class DirectServer:
+    """The Ray Serve deployment of one replica that listens itself: the
+    server of irli.serving.server in a thread of the replica's actor."""
+
+    def __init__(self, path: str, options: ServeOptions) -> None:
+        self._server = Server(_sharded(path, options) or path, options)
+        self._server.start()
+
+    def check_health(self) -> None:
+        """Serve's health check: the HTTP server runs, a sharded index's parts answer."""
+        if not self._server.running:
+            raise ServeError("the replica's HTTP server stopped")
+        if self._server.app.service.sharded:
+            self._server.app.service.health()
+
+    def __del__(self) -> None:  # Serve stops a replica: drain and let go of the port and the index
+        self._server.stop()
+
+
 def application(path: str | os.PathLike, options: ServeOptions | None = None):
     """The Ray Serve application serving the index at `path`."""
     options = options or ServeOptions()
     deployment = serve.deployment(
-        IndexServer, name="IndexServer", num_replicas=options.replicas,
+        DirectServer if options.replicas == 1 else IndexServer, name="IndexServer", num_replicas=options.replicas,
         ray_actor_options={"num_cpus": options.replica_cpus},
         max_ongoing_requests=max(64, 4 * options.max_batch), health_check_period_s=10,
         health_check_timeout_s=max(30.0, 2 * options.part_timeout_s))
@@ -88,17 +114,27 @@ def start(path: str | os.PathLike, options: ServeOptions | None = None, ray_addr
     import ray
 
     options = options or ServeOptions()
-    if not ray.is_initialized():  # (a Serve running in this process's cluster may hold the port itself)
+    if options.port == 0:  # any free port: found here, since the replica listens in another process
+        sock = bind(options.host, 0)
+        options = dataclasses.replace(options, port=sock.getsockname()[1])
+        sock.close()
+    elif not ray.is_initialized():  # (a Serve running in this process's cluster may hold the port itself)
         bind(options.host, options.port).close()  # a busy port is an error now, not a Ray traceback later
     if ray_address is None:
         for key, value in _RAY_ENV.items():
             os.environ.setdefault(key, value)
-    RayExecutor(address=ray_address or "local").ray()
-    serve.start(http_options={"host": options.host, "port": options.port,
-                              "request_timeout_s": options.request_timeout_s + 5,
-                              "keep_alive_timeout_s": options.keep_alive_s})
+    RayExecutor(address=ray_address or "local", quiet=True).ray()
+    for name in ("ray", "ray.serve"):  # irli serve says what matters itself, in one line
+        logging.getLogger(name).setLevel(logging.WARNING)
+    direct = options.replicas == 1
+    if direct:
+        serve.start(proxy_location="Disabled")
+    else:
+        serve.start(http_options={"host": options.host, "port": options.port,
+                                  "request_timeout_s": options.request_timeout_s + 5,
+                                  "keep_alive_timeout_s": options.keep_alive_s})
     try:
-        serve.run(application(path, options), name=APP, route_prefix="/", blocking=False)
+        serve.run(application(path, options), name=APP, route_prefix=None if direct else "/", blocking=False)
     except Exception as e:  # Ray wraps the replica's error in pages of traceback: say the cause
         raise ServeError(f"the service did not start: {_cause(e)}") from None
     url = f"http://{options.host}:{options.port}"
@@ -156,17 +192,75 @@ def run(path: str | os.PathLike, options: ServeOptions | None = None, ray_addres
     (and end the private Ray cluster)."""
     import ray
 
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
+    stopping: list[int] = []  # a flag the signal handler sets (an Event would deadlock in its wait)
+
+    def catch() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, _: stopping.append(signum))
+
+    catch()
     try:
         url = start(path, options, ray_address)
+        catch()  # again: starting Ray installs handlers of its own
         if ready is not None:
             ready(url)
-        done.wait()
+        while not stopping:
+            time.sleep(0.2)
     finally:
+        cluster = _descendants() if ray_address is None else {}
         try:
             stop()
         finally:
             if ray_address is None:
                 ray.shutdown()
+                _end_stragglers(cluster)
+
+
+def _descendants() -> dict[int, str]:
+    """The processes under this one (pid -> start time, from /proc): the
+    private Ray cluster's raylet, GCS, agents and workers."""
+    parent, started = {}, {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                parent[int(d)], started[int(d)] = int(fields[1]), fields[19]
+            except (OSError, IndexError, ValueError):
+                pass
+    tree, grew = {os.getpid()}, True
+    while grew:
+        new = {p for p, pp in parent.items() if pp in tree} - tree
+        tree |= new
+        grew = bool(new)
+    tree.discard(os.getpid())
+    return {p: started[p] for p in tree}
+
+
+def _end_stragglers(before: dict[int, str], wait_s: float = 5.0) -> None:
+    """End what ray.shutdown left of the private cluster: the agents the
+    raylet started notice its end only some tens of seconds later.
+    `before`: the processes under this one before the shutdown."""
+
+    def alive() -> list[int]:
+        now = []
+        for pid, t0 in before.items():
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    if fh.read().rsplit(")", 1)[1].split()[19] == t0:  # the same process, not a reused pid
+                        now.append(pid)
+            except (OSError, IndexError):
+                pass
+        return now
+
+    left = alive()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = alive()
+        if not left:
+            return

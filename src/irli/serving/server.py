@@ -257,7 +257,8 @@ class Server:
             if isinstance(index, (str, os.PathLike)):
                 path = Path(index)
                 index = open_index(path)
-            index.check_fitted()
+            if hasattr(index, "check_fitted"):
+                index.check_fitted()
             service = Service(index, self.options, path=path)
             warm(service)
             _trim()
@@ -277,6 +278,11 @@ class Server:
                                 date_header=False, backlog=4096)
         self._uvicorn = _Uvicorn(config)
         self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether it serves (started and not stopped)."""
+        return self._uvicorn.started and not self._uvicorn.should_exit
 
     @property
     def url(self) -> str:
