@@ -633,3 +633,24 @@ def test_a_request_that_waits_too_long_gets_the_timeout_error():
             b.close()
 
     asyncio.run(main())
+
+
+def test_a_part_of_a_sharded_index_down_is_a_503_naming_it(data, tmp_path, monkeypatch):
+    from irli.distributed import DistributedError
+    from irli.serving.protocol import JSON, RequestError, SearchBody
+
+    index = irli.load(irli.Index("ivf", n_buckets=16).fit(data[0]).save(tmp_path / "s", shards=2))
+    service = Service(index)
+    assert service.sharded and not service.writable and service.lock is None
+    req = service.search_request(SearchBody(vectors=data[1][:2].tolist(), k=3), JSON)
+    assert isinstance(service.search([req])[0], bytes)
+
+    def down(*args, **kwargs):
+        raise DistributedError("part 1 (search) failed: ActorDiedError: the actor died")
+
+    monkeypatch.setattr(index, "search", down)
+    monkeypatch.setattr(index, "ping", down)
+    answer = service.search([req])[0]
+    assert isinstance(answer, RequestError) and answer.status == 503 and "part 1" in answer.message
+    with pytest.raises(RequestError, match="part 1"):
+        service.health()

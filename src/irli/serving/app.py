@@ -129,7 +129,7 @@ class App:
             else:
                 req = self._search_request(raw, fmt, qs)
             if req.allow is None and req.queries.shape[0] <= self.options.inline_rows and self.batcher.idle:
-                answer = self.service.search([req])[0]  # see ServeOptions.inline_rows
+                answer = self.service.answer(req)  # see ServeOptions.inline_rows
             else:
                 answer = await self.batcher.submit(req)
             if isinstance(answer, RequestError):
@@ -160,23 +160,33 @@ class App:
         if size is not None and size > 4 * limit:
             raise _Close(413, over.format(size))
         chunks, got = [], 0
-        try:
-            async with asyncio.timeout(self.options.body_timeout_s if self.times_bodies else None):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise _Close(400, "the client went away")
-                    chunk = message.get("body", b"")
-                    got += len(chunk)
-                    if got <= limit:
-                        chunks.append(chunk)
-                    elif got > 4 * limit:
-                        raise _Close(413, over.format(f"more than {got}"))
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError:
-            raise _Close(408, f"the request body did not arrive within {self.options.body_timeout_s:g} s") \
-                from None
+        if not self.times_bodies:  # the server does
+            got = await self._chunks(receive, chunks, limit, over)
+        else:
+            try:
+                async with asyncio.timeout(self.options.body_timeout_s):
+                    got = await self._chunks(receive, chunks, limit, over)
+            except TimeoutError:
+                raise _Close(408, f"the request body did not arrive within {self.options.body_timeout_s:g} s") \
+                    from None
         if got > limit:
             raise RequestError(413, over.format(got))
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    @staticmethod
+    async def _chunks(receive, chunks: list, limit: int, over: str) -> int:
+        """Read the body's messages into `chunks` (up to `limit` bytes);
+        returns the bytes sent."""
+        got = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Close(400, "the client went away")
+            chunk = message.get("body", b"")
+            got += len(chunk)
+            if got <= limit:
+                chunks.append(chunk)
+            elif got > 4 * limit:
+                raise _Close(413, over.format(f"more than {got}"))
+            if not message.get("more_body", False):
+                return got

@@ -138,9 +138,11 @@ def _from_npy(body: bytes, kind: type, query_string: bytes) -> Any:
     return kind(vectors=a, **fields)
 
 
-def as_vectors(v: Any, dim: int, given: int | None = None, name: str = "vectors") -> np.ndarray:
+def as_vectors(v: Any, dim: int, given: int | None = None, name: str = "vectors",
+               finite: bool = True) -> np.ndarray:
     """Decoded vectors as float32 (n, d), checked: dimension (`given`: the
-    request's own `dim` field), finite."""
+    request's own `dim` field), finite (unless `finite` is False: searches
+    leave that to the search kernels, which check every query anyway)."""
     if isinstance(v, np.ndarray):
         a = v.reshape(1, -1) if v.ndim == 1 else v
         if a.ndim != 2:
@@ -167,10 +169,11 @@ def as_vectors(v: Any, dim: int, given: int | None = None, name: str = "vectors"
         raise RequestError(400, f"{name} is empty")
     if a.shape[1] != dim:
         raise RequestError(400, f"{name} have dimension {a.shape[1]}, the index has {dim}")
-    finite = np.isfinite(a).all(axis=1)
-    if not finite.all():
-        raise RequestError(400, f"{name} row {int(np.argmin(finite))} holds NaN or inf (or a number too large "
-                           "for float32)")
+    if finite:
+        rows = np.isfinite(a).all(axis=1)
+        if not rows.all():
+            raise RequestError(400, f"{name} row {int(np.argmin(rows))} holds NaN or inf (or a number too large "
+                               "for float32)")
     return a
 
 

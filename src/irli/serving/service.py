@@ -86,7 +86,7 @@ class Service:
     def search_request(self, body: SearchBody, fmt: str) -> SearchRequest:
         """The checked search of a decoded /search body."""
         o = self.options
-        q = as_vectors(body.vectors, self.dim, body.dim)
+        q = as_vectors(body.vectors, self.dim, body.dim, finite=False)
         n = q.shape[0]
         if n > o.max_vectors:
             raise RequestError(413, f"{n} query vectors in one request; the limit is {o.max_vectors}")
@@ -110,17 +110,17 @@ class Service:
             if r.allow is None:
                 groups.setdefault(r.key, []).append(i)
             else:
-                out[i] = self._answer_alone(r)
+                out[i] = self.answer(r)
         for rows in groups.values():
             if len(rows) == 1:
-                out[rows[0]] = self._answer_alone(reqs[rows[0]])
+                out[rows[0]] = self.answer(reqs[rows[0]])
                 continue
             first = reqs[rows[0]]
             try:
                 res = self._search(np.concatenate([reqs[i].queries for i in rows]), first)
             except RequestError:  # what only the search could see (a zero vector for cosine): each alone
                 for i in rows:
-                    out[i] = self._answer_alone(reqs[i])
+                    out[i] = self.answer(reqs[i])
                 continue
             lo = 0
             for i in rows:
@@ -129,7 +129,8 @@ class Service:
                 lo = hi
         return out
 
-    def _answer_alone(self, r: SearchRequest) -> bytes | RequestError:
+    def answer(self, r: SearchRequest) -> bytes | RequestError:
+        """The encoded answer to one checked search (or its RequestError)."""
         try:
             res = self._search(r.queries, r)
         except RequestError as e:
@@ -137,6 +138,8 @@ class Service:
         return encode_result(res.ids, res.scores, res.candidates, r.fmt)
 
     def _search(self, q: np.ndarray, r: SearchRequest):
+        if q.shape[0] == 1:
+            q = q[0]  # one (d,) query: Index.search's short path
         try:
             if self.sharded:
                 return self.index.search(q, k=r.k, probes=r.probes, allow=r.allow)
