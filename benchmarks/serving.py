@@ -124,28 +124,10 @@ class Running:
         raise RuntimeError(f"{self.name} did not answer /health within {timeout_s} s")
 
     def rss_mb(self) -> float:
-        """Resident memory of the server and every process under it (/proc)."""
-        parent: dict[int, int] = {}
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit():
-                try:
-                    parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                except (OSError, ValueError, IndexError):
-                    pass
-        tree, grew = {self.proc.pid}, True
-        while grew:
-            new = {p for p, pp in parent.items() if pp in tree} - tree
-            tree |= new
-            grew = bool(new)
-        total = 0
-        for p in tree:
-            try:
-                for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-            except OSError:
-                pass
-        return total / 1e6
+        """Resident memory of the server and every process under it."""
+        from irli.serving.processes import rss_bytes
+
+        return rss_bytes(self.proc.pid) / 1e6
 
     def stop(self) -> dict:
         t = time.perf_counter()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import io
 import json
-import os
 import re
 import resource
 import signal
@@ -20,7 +19,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -28,7 +26,7 @@ import pytest
 
 import irli
 from irli.errors import IndexLockedError, InvalidInputError
-from irli.serving import Client, ServeOptions, ServiceError
+from irli.serving import Client, ServeOptions, ServiceError, processes
 from irli.serving.server import ServeError, Server
 from irli.serving.service import Service
 
@@ -486,35 +484,17 @@ def test_msgpack_bodies_answer_in_msgpack(served, data):
 
 
 # -- Ray Serve only: sharded indexes, replicas, stopping -----------------------------------
-def _tree(pid: int) -> set[int]:
-    """The processes under `pid`."""
-    parent = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                pass
-    tree, grew = {pid}, True
-    while grew:
-        new = {p for p, pp in parent.items() if pp in tree} - tree
-        tree |= new
-        grew = bool(new)
-    return tree - {pid}
-
-
 @pytest.mark.ray
 def test_on_ray_sigterm_exits_0_and_leaves_nothing_running(spawned, index_dir, data):
     proc, url = spawned(index_dir, "--ray")
     assert Client(url).search(data[1][:2], k=3).ids.shape == (2, 3)
-    cluster = _tree(proc.pid)
+    cluster = processes.tree(proc.pid)
     assert len(cluster) >= 3  # its own Ray: GCS, raylet, workers
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
     rest = proc.stderr.read()
     assert "Traceback" not in rest and "SIGTERM received" not in rest, rest
-    alive = [p for p in cluster if Path(f"/proc/{p}").exists()]
-    assert not alive, alive
+    assert not processes.alive(cluster)
 @pytest.mark.ray
 def test_a_sharded_index_serves_the_same_answers_on_ray(cluster, data, tmp_path):
     from irli.serving import on_ray

@@ -7,6 +7,7 @@
   server     the app in uvicorn on one machine (the default)
   on_ray     the same app on Ray Serve (--ray: replicas, sharded indexes)
   client     irli.Client
+  processes  the processes under a process (a private Ray cluster's, ended with it)
   options    ServeOptions, the settings shared by all of them
 
 Nothing here imports Ray unless `on_ray` is imported.

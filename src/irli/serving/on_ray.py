@@ -20,7 +20,6 @@ the host).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -31,6 +30,7 @@ from ray import serve
 
 from ..distributed import RayExecutor
 from ..errors import IrliError
+from . import processes
 from .app import App
 from .options import ServeOptions
 from .server import ServeError, Server, bind, open_index, warm
@@ -207,60 +207,10 @@ def run(path: str | os.PathLike, options: ServeOptions | None = None, ray_addres
         while not stopping:
             time.sleep(0.2)
     finally:
-        cluster = _descendants() if ray_address is None else {}
+        cluster = processes.tree(os.getpid()) if ray_address is None else {}
         try:
             stop()
         finally:
             if ray_address is None:
                 ray.shutdown()
-                _end_stragglers(cluster)
-
-
-def _descendants() -> dict[int, str]:
-    """The processes under this one (pid -> start time, from /proc): the
-    private Ray cluster's raylet, GCS, agents and workers."""
-    parent, started = {}, {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-                parent[int(d)], started[int(d)] = int(fields[1]), fields[19]
-            except (OSError, IndexError, ValueError):
-                pass
-    tree, grew = {os.getpid()}, True
-    while grew:
-        new = {p for p, pp in parent.items() if pp in tree} - tree
-        tree |= new
-        grew = bool(new)
-    tree.discard(os.getpid())
-    return {p: started[p] for p in tree}
-
-
-def _end_stragglers(before: dict[int, str], wait_s: float = 5.0) -> None:
-    """End what ray.shutdown left of the private cluster: the agents the
-    raylet started notice its end only some tens of seconds later.
-    `before`: the processes under this one before the shutdown."""
-
-    def alive() -> list[int]:
-        now = []
-        for pid, t0 in before.items():
-            try:
-                with open(f"/proc/{pid}/stat") as fh:
-                    if fh.read().rsplit(")", 1)[1].split()[19] == t0:  # the same process, not a reused pid
-                        now.append(pid)
-            except (OSError, IndexError):
-                pass
-        return now
-
-    left = alive()
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in left:
-            with contextlib.suppress(OSError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait_s
-        while left and time.monotonic() < deadline:
-            time.sleep(0.1)
-            left = alive()
-        if not left:
-            return
+                processes.end(cluster)  # the raylet's agents notice its end only tens of seconds later
