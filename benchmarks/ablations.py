@@ -34,8 +34,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     import irli
-    from irli.datasets import glove_split
-    from irli.exact import exact_knn
+    from irli.io.datasets import glove_split
+    from irli.kernels.exact import exact_knn
     from irli.metrics import recall_at_k
 
     x, q, _, _ = glove_split()

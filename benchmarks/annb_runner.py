@@ -15,7 +15,7 @@ vector, keeps the best of --runs runs, and recall comes from its `knn`
 metric (epsilon 1e-3) on the distances it computed. The peers are that
 project's own modules: ScaNN (`ann_benchmarks.algorithms.scann`, with its
 "scann3" arguments and the ones BENCHMARKS.md uses) and hnswlib. irli runs
-through `irli.ann_benchmarks.IrliANN`, its adapter for that project.
+through `irli.integrations.ann_benchmarks.IrliANN`, its adapter for that project.
 
 Writes results.json and table.md (QPS at recall 0.90 and 0.95) into --out.
 """
@@ -55,7 +55,7 @@ ALGORITHMS = {
 
 def write_hdf5(data_dir: Path, out: Path) -> Path:
     """The benchmark split as an ann-benchmarks HDF5 file (angular distances)."""
-    from irli.datasets import AnnDataset, write_ann_hdf5
+    from irli.io.datasets import AnnDataset, write_ann_hdf5
 
     if out.exists():
         return out
@@ -73,7 +73,7 @@ def write_hdf5(data_dir: Path, out: Path) -> Path:
 
 def _algorithm(name: str, args):
     if name == "irli":
-        from irli.ann_benchmarks import IrliANN
+        from irli.integrations.ann_benchmarks import IrliANN
 
         return IrliANN(*args)
     if name == "scann":

@@ -45,8 +45,8 @@ MODES = ("batch", "parallel", "single")
 def prepare(dataset: str, cache: Path, n_test: int, progress=None) -> tuple[Path, str]:
     """Items, queries and exact top-100 ids as .npy files under `cache`;
     returns (directory, metric). Ground truth is computed once per dataset."""
-    from irli.datasets import glove_split, read_vectors, synthetic
-    from irli.exact import exact_knn
+    from irli.io.datasets import glove_split, read_vectors, synthetic
+    from irli.kernels.exact import exact_knn
     from irli.validation import normalize_rows
 
     key = f"{dataset}_q{n_test}".replace(":", "_").replace("/", "_")
@@ -59,7 +59,7 @@ def prepare(dataset: str, cache: Path, n_test: int, progress=None) -> tuple[Path
     if kind == "glove":
         x, q, _, _ = glove_split(n_test=n_test)
     elif kind == "minilm":
-        from irli.datasets import minilm_split
+        from irli.io.datasets import minilm_split
 
         x, q, _, _ = minilm_split(n_test=n_test, callback=progress)
     elif kind == "synthetic":
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
 
     from tqdm import tqdm
 
-    from irli.bars import Bars
+    from irli.cli.bars import Bars
     from irli.config import default_buckets
     from report import write_report
 

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import machine  # noqa: E402
 
 import irli  # noqa: E402
-from irli.datasets import glove_split  # noqa: E402
-from irli.evaluation import format_table, timed_search  # noqa: E402
-from irli.exact import exact_knn  # noqa: E402
+from irli.io.datasets import glove_split  # noqa: E402
+from irli.cli.evaluation import format_table, timed_search  # noqa: E402
+from irli.kernels.exact import exact_knn  # noqa: E402
 from irli.metrics import recall_at_k  # noqa: E402
 
 K = 10
@@ -125,7 +125,7 @@ def filtered(index, x, q, rng, log, share: float = 0.01) -> list[dict]:
     res, secs = timed_search(index, q, K, index.config.probes, allow=allow)
     rows = [{"system": "exact, all items: FAISS IndexFlatIP", "allowed": x.shape[0], "QPS": q.shape[0] / flat_s,
              "recall@10 among allowed": 1.0, "speed-up": full_s / flat_s},
-            {"system": "exact, all items: faiss.knn (irli.exact)", "allowed": x.shape[0], "QPS": q.shape[0] / knn_s,
+            {"system": "exact, all items: faiss.knn (irli.kernels.exact)", "allowed": x.shape[0], "QPS": q.shape[0] / knn_s,
              "recall@10 among allowed": 1.0, "speed-up": full_s / knn_s},
             {"system": f"irli ({index.preset}) allow=ids", "allowed": allow.size, "QPS": q.shape[0] / secs,
              "recall@10 among allowed": recall_at_k(res.ids, want, K), "identical": bool((res.ids == want).all()),

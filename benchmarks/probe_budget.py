@@ -23,8 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import irli  # noqa: E402
-from irli.datasets import glove_split  # noqa: E402
-from irli.exact import exact_knn  # noqa: E402
+from irli.io.datasets import glove_split  # noqa: E402
+from irli.kernels.exact import exact_knn  # noqa: E402
 
 WIDTH = 64
 TARGETS = (0.90, 0.95, 0.962)

@@ -33,9 +33,9 @@ def main(argv=None) -> int:
     import ray
 
     import irli
-    from irli.datasets import synthetic
+    from irli.io.datasets import synthetic
     from irli.distributed import RayExecutor
-    from irli.exact import exact_knn
+    from irli.kernels.exact import exact_knn
     from irli.metrics import recall_at_k
 
     x, q = synthetic(a.n, a.d, 1000, latent=16, clusters=128, seed=3)

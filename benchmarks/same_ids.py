@@ -29,7 +29,7 @@ SETTINGS = [
 
 def run(out: Path, presets: list[str]) -> None:
     import irli
-    from irli.datasets import glove_split, synthetic_labels
+    from irli.io.datasets import glove_split, synthetic_labels
 
     out.mkdir(parents=True, exist_ok=True)
     x, q, _, _ = glove_split()

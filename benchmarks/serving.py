@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import machine  # noqa: E402
 
 import irli  # noqa: E402
-from irli.datasets import glove_split  # noqa: E402
-from irli.exact import exact_knn  # noqa: E402
+from irli.io.datasets import glove_split  # noqa: E402
+from irli.kernels.exact import exact_knn  # noqa: E402
 from irli.metrics import recall_at_k  # noqa: E402
 
 K = 10
@@ -59,7 +59,7 @@ def free_port() -> int:
 
 # -- the parts a query reaches (issue 14) ------------------------------------------------
 def touched_table(index, q, probes) -> list[dict]:
-    from irli.shards import assign_buckets, sample_probes, shards_touched
+    from irli.distributed.layout import assign_buckets, sample_probes, shards_touched
 
     probed = index.route(q, probes=probes)
     sizes = np.diff(index.lists_.offsets, axis=1)

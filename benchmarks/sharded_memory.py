@@ -3,7 +3,7 @@ only, each part actor its own part.
 
     .venv/bin/python benchmarks/sharded_memory.py [--n 2000000] [--dim 64] [--parts 4] [--work DIR]
 
-Writes a synthetic mixture (irli.datasets.synthetic_file) of n x dim
+Writes a synthetic mixture (irli.io.datasets.synthetic_file) of n x dim
 vectors, builds the fast preset out of core (irli.build), writes it as a
 sharded index with `parts` parts, then, in a fresh process, opens it with
 one Ray actor per part and searches 1,000 queries. Reports the driver's
@@ -80,7 +80,7 @@ def main() -> int:
     import numpy as np
 
     import irli
-    from irli.datasets import synthetic_file
+    from irli.io.datasets import synthetic_file
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -234,7 +234,7 @@ def machine() -> dict:
 
     import irli
 
-    from irli.demo import cpu_name
+    from irli.cli.demo import cpu_name
 
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(), "irli": irli.__version__,
             "numpy": np.__version__, "scipy": scipy.__version__, "torch": torch.__version__,
@@ -259,7 +259,7 @@ def scaling(sizes: list[int], out: Path) -> list[dict]:
     from tqdm import tqdm
 
     from irli import LabelIndex
-    from irli.datasets import synthetic_labels
+    from irli.io.datasets import synthetic_labels
     from irli.metrics import precision_at_k
 
     torch.set_num_threads(1)
@@ -298,7 +298,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     from tqdm import tqdm
 
-    from irli.xcformat import read_xc
+    from irli.labels.xcformat import read_xc
 
     out = Path(a.out or ROOT / "runs" / f"xml-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import irli
-from irli.datasets import synthetic
-from irli.exact import exact_knn
+from irli.io.datasets import synthetic
+from irli.kernels.exact import exact_knn
 
 N, D, NQ, B = 3000, 16, 200, 32
 

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 import irli
-from irli.ann_benchmarks import IrliANN
-from irli.exact import exact_knn
+from irli.integrations.ann_benchmarks import IrliANN
+from irli.kernels.exact import exact_knn
 
 CONFIG = Path(__file__).resolve().parent.parent / "benchmarks" / "ann-benchmarks" / "config.yml"
 

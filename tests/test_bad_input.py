@@ -152,7 +152,7 @@ def test_invalid_options_fail_at_construction(override, match):
 
 
 def test_unreadable_files(tmp_path):
-    from irli.datasets import read_vectors
+    from irli.io.datasets import read_vectors
 
     with pytest.raises(FileNotFoundError, match="no such file"):
         read_vectors(tmp_path / "missing.npy")

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 import irli
-from irli.storage import manifest_sha256
-from irli.budget import ProbeBudget, _needed
-from irli.datasets import synthetic
+from irli.io.storage import manifest_sha256
+from irli.learn.budget import ProbeBudget, _needed
+from irli.io.datasets import synthetic
 from irli.errors import ConfigError, IndexFormatError
-from irli.exact import exact_knn
+from irli.kernels.exact import exact_knn
 
 N, D = 6000, 16
 

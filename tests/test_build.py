@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import irli
-from irli.build import build
-from irli.datasets import synthetic, write_vectors
+from irli.index.build import build
+from irli.io.datasets import synthetic, write_vectors
 from irli.errors import SaveError
 
 
@@ -34,7 +34,7 @@ def test_out_of_core_build_from_a_sample(tmp_path):
     x, q = synthetic(20_000, 16, 100, latent=6, clusters=30, seed=4)
     np.save(tmp_path / "x.npy", x)
     index = build(tmp_path / "x.npy", tmp_path / "idx", preset="fast", sample=4000, batch=3000)
-    from irli.exact import exact_knn
+    from irli.kernels.exact import exact_knn
 
     truth = exact_knn(x, q, 10, "cosine")[0]
 

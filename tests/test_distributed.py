@@ -16,7 +16,7 @@ pytestmark = pytest.mark.ray  # run in their own pytest process (.ci/suite)
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'irli[ray]')")
 
 from irli.distributed import DistributedError, RayExecutor  # noqa: E402
-from irli.sharded import ShardedIndex, merge  # noqa: E402
+from irli.distributed.sharded import ShardedIndex, merge  # noqa: E402
 
 
 def test_ray_training_equals_single_process_for_kmeans_repetitions(cluster, data):
@@ -33,7 +33,7 @@ def test_ray_training_of_learned_routers(cluster, data):
     """One task holding every repetition is the single-process computation;
     two tasks draw each group's initial weights from its own seed, so the
     routers differ, by a bounded amount of recall."""
-    from irli.exact import exact_knn
+    from irli.kernels.exact import exact_knn
 
     x, q = data
     truth = exact_knn(x, q, 10, "cosine")[0]
@@ -203,7 +203,7 @@ def test_no_ray_import_without_an_address(data, tmp_path):
 def test_ray_build_equals_the_streamed_build(cluster, data, tmp_path, metric):
     """The streamed pass over row ranges in two Ray tasks gives the index
     one process builds: same placements, codes, vectors and results."""
-    from irli.build import build
+    from irli.index.build import build
 
     x, q = data
     np.save(tmp_path / "x.npy", x)
@@ -216,7 +216,7 @@ def test_ray_build_equals_the_streamed_build(cluster, data, tmp_path, metric):
 
 
 def test_a_failed_ray_build_leaves_nothing(cluster, data, tmp_path):
-    from irli.build import build
+    from irli.index.build import build
 
     x = data[0].copy()
     x[2900, 1] = np.inf

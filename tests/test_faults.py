@@ -23,9 +23,9 @@ import scipy.sparse as sp
 import irli
 from irli import ConfigError, IndexFormatError, InvalidInputError, LabelIndex, NotFittedError
 from irli.cli import main
-from irli.datasets import synthetic, synthetic_labels
-from irli.exact import exact_knn
-from irli.storage import manifest_sha256
+from irli.io.datasets import synthetic, synthetic_labels
+from irli.kernels.exact import exact_knn
+from irli.io.storage import manifest_sha256
 
 D = 16
 I64 = np.iinfo(np.int64).max
@@ -480,7 +480,7 @@ def test_interrupted_saves_are_cleaned_up_by_the_next(saved, tmp_path):
     path = tmp_path / "idx"
     index = irli.load(saved)
     index.save(path)
-    code = ("import irli, os, sys; from irli import storage\n"
+    code = ("import irli, os, sys; from irli.io import storage\n"
             "real = storage._swap_in\n"
             "storage._swap_in = lambda a, b: os._exit(9)\n"
             f"irli.load({str(saved)!r}).save({str(path)!r})\n")
@@ -492,7 +492,7 @@ def test_interrupted_saves_are_cleaned_up_by_the_next(saved, tmp_path):
     # a save in progress (its lock held) is never touched
     busy = tmp_path / ".idx.tmp-busy"
     busy.mkdir()
-    from irli.storage import _hold
+    from irli.io.storage import _hold
 
     fd = _hold(busy)
     try:
@@ -599,7 +599,7 @@ def test_a_change_whose_save_fails_changes_nothing(small, tmp_path, monkeypatch)
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("irli.storage.np.save", full_disk)
+    monkeypatch.setattr("irli.io.storage.np.save", full_disk)
     changes = {"add": lambda: index.add(q[:3], save_to=path), "replace": lambda: index.add(
         q[:1], ids=[0], replace=True, save_to=path), "remove": lambda: index.remove([0, 1], save_to=path),
         "compact": lambda: index.compact(save_to=path)}

@@ -13,7 +13,7 @@ import pytest
 import scipy.sparse as sp
 
 import irli
-from irli.datasets import synthetic_labels
+from irli.io.datasets import synthetic_labels
 from irli.result import SearchResult
 
 from conftest import FAST, PRESETS, fitted

@@ -8,12 +8,12 @@ import scipy.sparse as sp
 import irli
 from irli import LabelIndex
 from irli.cli import main
-from irli.datasets import synthetic_labels
+from irli.io.datasets import synthetic_labels
 from irli.errors import IndexFormatError, InvalidInputError, NotFittedError
 from irli.metrics import (
     label_coverage, ndcg_at_k, precision_at_k, propensity, propensity_from_counts, psp_at_k,
 )
-from irli.xcformat import (
+from irli.labels.xcformat import (
     label_matrix, looks_like_xc, read_sparse, read_xc, read_xc_split, write_sparse, write_xc,
 )
 

@@ -27,7 +27,7 @@ def _name(path: Path) -> str:
 
 
 MODULES = {_name(p): p for p in PACKAGE.rglob("*.py")}
-FRONT_ENDS = {"cli", "demo", "bars", "serving"}
+FRONT_ENDS = {"cli", "serving", "integrations"}
 
 
 def _front_end(name: str) -> bool:

@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import irli
-from irli.datasets import synthetic
-from irli.exact import exact_knn
+from irli.io.datasets import synthetic
+from irli.kernels.exact import exact_knn
 
 from conftest import B, FAST, PRESETS
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 import irli
-from irli.exact import exact_knn
+from irli.kernels.exact import exact_knn
 from irli.metrics import recall_at_k
-from irli.routers import route
-from irli.search import scan
+from irli.model.routers import route
+from irli.kernels.exact_scan import scan
 
 from conftest import FAST, fitted
 
@@ -110,7 +110,7 @@ def test_threads_agree_with_one_thread(data, preset, kw):
 
 @pytest.mark.parametrize("m", [1, 5, 24, 64, 65, 200])
 def test_top_m_selection_matches_a_full_sort(m):
-    from irli.topk import top_m
+    from irli.kernels.topk import top_m
 
     s = np.random.default_rng(m).normal(size=(300, 256)).astype(np.float32)
     s[:20] = np.round(s[:20] * 2)  # ties

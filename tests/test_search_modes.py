@@ -235,6 +235,6 @@ def test_pq_residual_choice_is_a_config_option(data, truth):
 
 
 def test_default_pq_m_matches_the_docs():
-    from irli.codes import default_pq_m
+    from irli.index.codes import default_pq_m
 
     assert [default_pq_m(d) for d in (16, 50, 64, 65, 96, 384)] == [16, 50, 64, 65, 48, 192]

@@ -253,7 +253,7 @@ def test_a_failed_save_applies_nothing_and_the_retry_works(local, index_dir, dat
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("irli.storage.np.save", full_disk)
+    monkeypatch.setattr("irli.io.storage.np.save", full_disk)
     with pytest.raises(ServiceError) as e:
         client.add(q, ids=[900_001, 900_002])
     assert e.value.status == 503 and str(index_dir) in str(e.value) and "No space left on device" in str(e.value)
@@ -263,7 +263,7 @@ def test_a_failed_save_applies_nothing_and_the_retry_works(local, index_dir, dat
     assert not np.isin([900_001, 900_002], client.search(q, k=5).ids).any()
     assert 0 in client.search(irli.load(index_dir).get_vectors([0]), k=1).ids
     assert len(irli.load(index_dir)) == before and not list(index_dir.parent.glob(".idx.tmp-*"))
-    monkeypatch.setattr("irli.storage.np.save", real_save)
+    monkeypatch.setattr("irli.io.storage.np.save", real_save)
     assert client.add(q, ids=[900_001, 900_002]).tolist() == [900_001, 900_002]  # the retry works
     assert client.remove([0]) == 1
     assert len(irli.load(index_dir)) == before + 1
@@ -437,7 +437,7 @@ def test_start_up_errors_are_one_line(case, index_dir, tmp_path):
     args = [str(tmp_path / "nonexist.index")]
     words = "no such index directory"
     if case == "label index":
-        from irli.datasets import synthetic_labels
+        from irli.io.datasets import synthetic_labels
 
         x, y = synthetic_labels(300, 20, n_features=50, signature=4, seed=3)
         args = [str(irli.LabelIndex(n_reps=2, hidden=8, epochs=1).fit(x, y).save(tmp_path / "labels"))]

@@ -1,4 +1,4 @@
-"""Sharded indexes on disk (irli.shards) searched in this process: the
+"""Sharded indexes on disk (irli.distributed.layout) searched in this process: the
 parts, the bucket -> part table, equality with the single index, URLs and
 damaged directories. The Ray side is in test_distributed.py."""
 
@@ -10,7 +10,7 @@ import pytest
 
 import irli
 from irli.errors import IndexFormatError, InvalidInputError
-from irli.shards import SLACK, assign_buckets, shards_touched
+from irli.distributed.layout import SLACK, assign_buckets, shards_touched
 
 from conftest import FAST, fitted
 
@@ -88,7 +88,7 @@ def test_locality_balances_and_touches_fewer_parts_than_modulo(data):
 
 
 def test_refining_by_sample_queries_cuts_parts_reached_and_keeps_balance(data):
-    from irli.shards import refine_by_queries
+    from irli.distributed.layout import refine_by_queries
 
     x, q = data
     index = irli.Index("ivf", n_buckets=64).fit(x)

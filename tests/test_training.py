@@ -5,10 +5,10 @@ import pytest
 
 import irli
 from irli.config import IndexConfig
-from irli.partition import (
+from irli.model.partition import (
     InvertedLists, assign_nearest, hash_assign, kmeans, nearest_centroids, power_of_k,
 )
-from irli.training import learn, training_set
+from irli.learn.loop import learn, training_set
 
 from conftest import FAST
 
@@ -66,7 +66,7 @@ def test_inverted_lists_hold_every_assignment(copies):
 
 
 def test_soar_spill_picks_a_different_nearby_bucket(data):
-    from irli.partition import soar_spill
+    from irli.model.partition import soar_spill
 
     x = data[0] / np.linalg.norm(data[0], axis=1, keepdims=True)
     c = kmeans(x, 16, spherical=True, iters=5, seed=0)
@@ -97,7 +97,7 @@ def test_training_set_excludes_self(data):
 
 def _neighbour_mass(index, queries, neighbours):
     """Mean router probability of the buckets holding each query's neighbours."""
-    from irli.routers import route
+    from irli.model.routers import route
 
     assign = index.assignments()
     qn = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
@@ -117,7 +117,7 @@ def test_repartitioning_raises_neighbour_bucket_probability(data):
     kw = {**FAST["irli"], "epochs": 8, "repartition_every": 4, "loss": "softmax", "min_moved": 0.0}
     before = irli.Index("irli", **{**kw, "repartition": False}).fit(x)
     after = irli.Index("irli", **kw).fit(x)
-    from irli.exact import exact_knn
+    from irli.kernels.exact import exact_knn
 
     nb = exact_knn(x, q, 10, "cosine")[0]
     assert _neighbour_mass(after, q, nb) > _neighbour_mass(before, q, nb) + 0.02
@@ -163,7 +163,7 @@ def test_user_training_queries(data):
 
 
 def test_bucket_means_in_batches():
-    from irli.partition import bucket_means
+    from irli.model.partition import bucket_means
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(500, 4)).astype(np.float32)

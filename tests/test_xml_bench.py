@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from irli.datasets import synthetic_labels
-from irli.xcformat import write_xc
+from irli.io.datasets import synthetic_labels
+from irli.labels.xcformat import write_xc
 
 ROOT = Path(__file__).resolve().parents[1]
 

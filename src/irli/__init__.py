@@ -16,9 +16,9 @@ Extreme multi-label classification (the items are labels):
     ids, scores = labels.predict(X_test, k=5)
 """
 
-from .build import build
-from .serving import Client
+from . import metrics
 from .config import PRESETS, IndexConfig, LabelConfig
+from .distributed.sharded import ShardedIndex
 from .errors import (
     ConfigError,
     IndexFormatError,
@@ -27,16 +27,18 @@ from .errors import (
     NotFittedError,
 )
 from .index import Index
-from .labels import LabelIndex
+from .index.build import build
+from .io import datasets, storage
+from .labels import LabelIndex, xcformat
 from .loader import load
 from .progress import Progress
 from .result import SearchResult
-from .sharded import ShardedIndex
+from .serving import Client
 from .threads import get_num_threads, set_num_threads
 from .version import __version__
 
 __all__ = [
     "Index", "ShardedIndex", "Client", "SearchResult", "load", "build", "LabelIndex", "LabelConfig", "IndexConfig", "PRESETS", "Progress",
     "IrliError", "ConfigError", "InvalidInputError", "NotFittedError", "IndexFormatError",
-    "set_num_threads", "get_num_threads", "__version__",
+    "set_num_threads", "get_num_threads", "__version__", "metrics", "datasets", "storage", "xcformat",
 ]

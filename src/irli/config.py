@@ -169,7 +169,7 @@ class IndexConfig(ModelConfig):
     score-aware codes under ip / cosine, None or 0 for plain PQ) and
     re-scores the best `refine` x k distinct items exactly.
     `learned_probes` ("pq4", one repetition): fit a per-query probe budget
-    (irli.budget) on training queries; `probes` is then the mean number of
+    (irli.learn.budget) on training queries; `probes` is then the mean number of
     buckets a query opens, spent where the model predicts they are needed.
     Search defaults: `probes` buckets per repetition, keep candidates seen in at
     least `min_votes` repetitions, optionally only the `top_c` with the highest

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 
-from .index import Index
-from .labels import LabelIndex
-from .sharded import ShardedIndex
-from .shards import remote
-from .storage import read_manifest
+from .index.index import Index
+from .labels.index import LabelIndex
+from .distributed.sharded import ShardedIndex
+from .distributed.layout import remote
+from .io.storage import read_manifest
 
 
 def load(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> Index | LabelIndex | ShardedIndex:

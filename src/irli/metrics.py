@@ -57,7 +57,7 @@ def _hits(pred: np.ndarray, y, k: int) -> np.ndarray:
 
     pred = np.asarray(pred)
     if not sp.issparse(y):
-        raise InvalidInputError("Y must be a scipy sparse 0/1 matrix (see irli.xcformat.label_matrix)")
+        raise InvalidInputError("Y must be a scipy sparse 0/1 matrix (see irli.labels.xcformat.label_matrix)")
     if pred.ndim != 2 or pred.shape[0] != y.shape[0]:
         raise InvalidInputError(f"predictions have shape {pred.shape} but Y has {y.shape[0]} rows")
     if not 1 <= k <= pred.shape[1]:

@@ -22,7 +22,7 @@ class Progress:
     queries searched exactly), "train" (units: epochs; info has round, loss,
     val_loss or val_p1), "repartition" (rounds; info has moved), "spill",
     "assign" (out-of-core build: items placed), "lists", "codes", "write";
-    then "add" (items added) and "embed" (texts embedded, irli.datasets).
+    then "add" (items added) and "embed" (texts embedded, irli.io.datasets).
     """
 
     stage: str

@@ -14,8 +14,8 @@ import msgspec
 import numpy as np
 
 from ..errors import InvalidInputError, IrliError
-from ..filters import allow_form
-from ..idmap import as_ids
+from ..index.filters import allow_form
+from ..index.idmap import as_ids
 from ..result import SearchResult
 from ..validation import as_matrix
 from .protocol import MSGPACK

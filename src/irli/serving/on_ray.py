@@ -28,7 +28,7 @@ import time
 
 from ray import serve
 
-from ..distributed import RayExecutor
+from ..distributed.executor import RayExecutor
 from ..errors import IrliError
 from . import processes
 from .app import App
@@ -46,11 +46,11 @@ _RAY_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEAL
 def _sharded(path: str, options: ServeOptions):
     """The sharded index at `path` with its parts on Ray actors, or None
     for an index of one directory."""
-    from ..shards import remote
-    from ..storage import read_manifest
+    from ..distributed.layout import remote
+    from ..io.storage import read_manifest
 
     if remote(path) is not None or read_manifest(path).get("task") == "sharded":
-        from ..sharded import ShardedIndex
+        from ..distributed.sharded import ShardedIndex
 
         return ShardedIndex.open(path, executor=RayExecutor(address="auto"), timeout_s=options.part_timeout_s)
     return None

@@ -170,8 +170,8 @@ def open_index(path: str | os.PathLike):
     ServeError for what cannot be served: a label index, a sharded one
     without Ray (irli serve --ray)."""
     from ..loader import load
-    from ..shards import remote
-    from ..storage import read_manifest
+    from ..distributed.layout import remote
+    from ..io.storage import read_manifest
 
     if remote(path) is not None or read_manifest(path).get("task") == "sharded":
         raise ServeError(f"{path}: a sharded index; serve it with --ray (its parts run as Ray actors)")
@@ -206,8 +206,8 @@ def _miniature(index, n: int = 256):
     """An index of the first `n` stored items of `index`, with its config,
     routers, centres and codebooks and arrays of the same types: changing
     it compiles what changing `index` will run, at no memory cost."""
-    from ..index import Index
-    from ..partition import InvertedLists
+    from ..index.index import Index
+    from ..model.partition import InvertedLists
 
     n = min(n, index.vectors_.shape[0])
     assign = index.assign_[:, :, :n]

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IndexLockedError, InvalidInputError, IrliError, SaveError
-from ..idmap import as_ids
-from ..index import K_MAX
-from ..storage import WriterLock
+from ..index.idmap import as_ids
+from ..index.index import K_MAX
+from ..io.storage import WriterLock
 from .options import ServeOptions
 from .protocol import AddBody, RemoveBody, RequestError, SearchBody, as_allow, as_vectors, encode_result
 
@@ -58,7 +58,7 @@ class Service:
 
     def __init__(self, index, options: ServeOptions | None = None, path: str | os.PathLike | None = None,
                  writable: bool = True) -> None:
-        from ..sharded import ShardedIndex
+        from ..distributed.sharded import ShardedIndex
 
         self.index, self.options = index, options or ServeOptions()
         self.sharded = isinstance(index, ShardedIndex)

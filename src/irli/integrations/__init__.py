@@ -1,0 +1,1 @@
+"""Adapters for other projects' harnesses (ann-benchmarks)."""

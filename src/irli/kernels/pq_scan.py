@@ -1,0 +1,325 @@
+"""The compressed search kernel: probed buckets of 4-bit PQ codes -> the best
+refine x k distinct items by approximate score -> exact re-rank -> top-k.
+
+One compiled call per block of queries, with no Python per query and no
+scratch that grows with the collection. Per query and repetition it builds
+the query's lookup tables (float, then 8-bit with one scale), scans the
+probed buckets' code blocks 32 items at a time with `simd.lut16`, keeps a
+min-heap of the best `kk` distinct items (an item spilled to two probed
+buckets takes one slot, with its better score), then scores the heap's items
+exactly on their float32 vectors and keeps the top k. A running threshold from
+the heap lets a block be dismissed with one vector compare.
+
+One query is scanned bucket by bucket, best bucket first. A batch is scanned
+bucket-major, in chunks of queries: each probed bucket is read once for all
+the chunk's queries that probe it, which saves memory traffic (what limits
+the scan). The two orders give the same answers, because the heaps order
+entries by (score, position), so the best kk are the same set whatever the
+order they arrive in, and ties in the final top k also break by position.
+
+Approximate scores are higher-is-better: the inner product with the
+reconstructed vector for ip / cosine, the negative squared distance for l2.
+Residual codes encode x - c_b for the item's bucket b (the bucket's term q.c_b
+is added exactly; for l2 the tables are built per bucket from q - c_b).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ..model.routers import route_rows
+from .scoring import FAST, dot, prepare_rows, score
+from .simd import ctz32, lut16, prefetch
+from .topk import beats, pop_best_first, push_lex, sift_lex
+
+_SEEN = 1 << 10
+
+
+@numba.njit(inline="always")
+def _tables(v, book, n_sub, l2, lutf, lut, maxv):
+    """Tables of vector v (float32 (d,)) against one repetition's codebook
+    (float32 (M, 16, dsub)): float scores into lutf (M2, 16), 8-bit into lut
+    (32 M2 / 2,) in the block order of simd.lut16. Returns (the summed row
+    minima, the scale): approx = minima + sum(lut) / scale."""
+    dsub = book.shape[2]
+    m2 = lutf.shape[0]
+    lo_sum = np.float32(0.0)
+    span = np.float32(0.0)
+    for j in range(m2):
+        lo = np.float32(np.inf)
+        hi = np.float32(-np.inf)
+        for c in range(16):
+            s = np.float32(0.0)
+            if j < n_sub:
+                for t in range(dsub):
+                    w = book[j, c, t]
+                    a = v[j * dsub + t]
+                    if l2:
+                        s -= (a - w) * (a - w)
+                    else:
+                        s += a * w
+            lutf[j, c] = s
+            lo = min(lo, s)
+            hi = max(hi, s)
+        for c in range(16):
+            lutf[j, c] -= lo
+        lo_sum += lo
+        span = max(span, hi - lo)
+    scale = np.float32(maxv) / span if span > 0 else np.float32(1.0)
+    for p in range(m2 // 2):
+        for c in range(16):
+            lut[32 * p + c] = np.uint8(lutf[2 * p, c] * scale + np.float32(0.5))
+            lut[32 * p + 16 + c] = np.uint8(lutf[2 * p + 1, c] * scale + np.float32(0.5))
+    return lo_sum, scale
+
+
+_CHUNK = 256  # queries scanned together, bucket-major, in a batch
+
+
+@numba.njit(inline="always")
+def _scan_bucket(blocks, block_pos, pos_col, stride, npairs, b0, b1, lut, sums, base, scale, keep, has_keep,
+                 hs, hid, size, kk, seen):
+    """Offer the entries of blocks b0 .. b1 - 1 to one query's heap (hs,
+    hid, size of kk; seen: a hint of which positions may be in it). Returns
+    the heap's new size."""
+    inv = np.float32(1.0) / scale
+    for blk in range(b0, b1):
+        thr = -1  # 8-bit sums must beat it: one step under the heap's floor, once the heap is full
+        if size == kk:
+            t = (hs[0] - base) * scale - np.float32(1.0)
+            if t >= np.float32(65535.0):
+                break  # nothing left in this bucket can enter the heap
+            if t >= 0:
+                thr = int(t)
+        mask = lut16(blocks, blk * stride, npairs, lut, sums, max(thr, 0))
+        if thr < 0:
+            mask = np.uint32(0xFFFFFFFF)
+        while mask != 0:
+            s = ctz32(mask)
+            mask &= mask - np.uint32(1)
+            i = np.int64(block_pos[blk, pos_col + s])
+            if i < 0:
+                continue
+            if has_keep:
+                if keep[i] == 0:
+                    continue
+            sc = base + np.float32(sums[s]) * inv
+            if size == kk and not beats(sc, i, hs[0], hid[0]):
+                continue
+            if seen[i & (_SEEN - 1)]:  # perhaps a spilled copy already taken
+                found = -1
+                for h in range(size):
+                    if hid[h] == i:
+                        found = h
+                if found >= 0:
+                    if sc > hs[found]:
+                        hs[found] = sc
+                        sift_lex(hs, hid, size, found)
+                    continue
+            seen[i & (_SEEN - 1)] = 1
+            size = push_lex(hs, hid, size, kk, sc, i)
+    return size
+
+
+@numba.njit(inline="always")
+def _bucket_base(qv, r, b, base0, scale0, book, n_sub, centres, residual, per_bucket, rq, lutf, lut, maxv):
+    """(base, scale) of bucket b for query qv: the shared tables' with the
+    bucket's exact term q.c_b for residual codes, or (l2, residual) the
+    bucket's own tables, built into lutf / lut."""
+    if per_bucket:
+        for t in range(qv.shape[0]):
+            rq[t] = qv[t] - centres[r, b, t]
+        return _tables(rq, book, n_sub, True, lutf, lut, maxv)
+    if residual:
+        return base0 + dot(qv, centres[r, b]), scale0
+    return base0, scale0
+
+
+@numba.njit(inline="always")
+def _finish(qv, hs, hid, size, x, sqn, ids, l2, ks, ki, k, out_ids, out_score, qi):
+    """Score the heap's items exactly, keep the best k by (score, position)
+    and write row qi: ids (-1 padding), scores (distances for l2)."""
+    d = qv.shape[0]
+    for h in range(size):
+        prefetch(x, hid[h] * d)
+    qn = dot(qv, qv) if l2 else np.float32(0.0)
+    ksize = 0
+    for h in range(size):
+        i = hid[h]
+        ksize = push_lex(ks, ki, ksize, k, score(qv, qn, x, sqn, i, l2), i)
+    pop_best_first(ks, ki, ksize, True, ids, l2, out_ids, out_score, qi)
+    for t in range(size if size < k else k, k):
+        out_ids[qi, t] = -1
+        out_score[qi, t] = np.inf if l2 else -np.inf
+
+
+N_SCORES = 32  # router scores the learned probe budget reads (irli.learn.budget)
+_FEATURE_K = 10  # its result feature: the 10th best exact score after the first probes
+
+
+@numba.njit(inline="always")
+def _budget(qv, hs, hid, size, x, sqn, l2, top, m, m0, stop_w, budget, ex):
+    """A query's probe count from the learned model stop_w float32
+    (N_SCORES + 3,) (irli.learn.budget): its best N_SCORES router scores `top`,
+    the best and 10th best exact scores among the heap's items after m0
+    probes, and a bias give log(probes needed); the count is
+    ceil(budget x exp(that)), clipped to [m0, m]."""
+    qn = dot(qv, qv) if l2 else np.float32(0.0)
+    for h in range(size):
+        ex[h] = score(qv, qn, x, sqn, hid[h], l2)
+    best = top[0]
+    kth = top[0]
+    if size > 0:
+        ex[:size].sort()
+        best = ex[size - 1]
+        kth = ex[max(0, size - _FEATURE_K)]
+    pred = stop_w[N_SCORES + 2] + stop_w[N_SCORES] * kth + stop_w[N_SCORES + 1] * best
+    for j in range(N_SCORES):
+        pred += stop_w[j] * top[min(j, m - 1)]
+    want = budget * np.exp(min(pred, np.float32(30.0)))
+    if not want < m:
+        return m
+    mq = int(np.ceil(want))
+    return max(m0, min(m, mq))
+
+
+@numba.njit(nogil=True, fastmath=FAST, cache=True)
+def _scan_major(r, c0, cn, jlo, jhi, probed, count, who, nb, qb, book, n_sub, centres, residual, per_bucket, rq,
+                lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col, stride, npairs, bstart, keep, has_keep,
+                hs, hid, size, kk, seen, sums):
+    """Probes jlo .. jhi[t] - 1 of the chunk's queries t, bucket-major: the
+    queries of each probed bucket together (a counting sort by bucket)."""
+    count[:] = 0
+    for t in range(cn):
+        for j in range(jlo, jhi[t]):
+            count[probed[r, c0 + t, j] + 1] += 1
+    for b in range(nb):
+        count[b + 1] += count[b]
+    for t in range(cn):
+        for j in range(jlo, jhi[t]):
+            b = probed[r, c0 + t, j]
+            who[count[b]] = t
+            count[b] += 1
+    start = 0
+    for b in range(nb):  # count[b] is now the end of bucket b's queries
+        end = count[b]
+        for w in range(start, end):
+            t = who[w]
+            qv = qb[c0 + t]
+            base, scale = _bucket_base(qv, r, b, base0[t], scale0[t], book, n_sub, centres, residual,
+                                       per_bucket, rq, lutf, luts[t], maxv)
+            size[t] = _scan_bucket(blocks, block_pos, pos_col, stride, npairs, bstart[r, b],
+                                   bstart[r, b + 1], luts[t], sums, base, scale, keep, has_keep, hs[t],
+                                   hid[t], size[t], kk, seen[t])
+        start = end
+
+
+@numba.njit(nogil=True, fastmath=FAST, cache=True)
+def pq_block(q, lo, hi, m, kk, k, stop_w, m0, budget, cosine, l2, residual, n_sub, a1, b1, a2, b2, centres, books,
+             blocks, block_pos, bstart, bsizes, x, sqn, keep, ids, out_ids, out_score, out_ncand, out_scanned):
+    """The whole compressed search of queries lo .. hi - 1 of raw q float32
+    (n, d): check and prepare them (normalised for cosine), route them with
+    the layers a1, b1, a2, b2 (irli.model.routers.Routing) to m buckets per
+    repetition, scan, re-rank the best kk distinct items, keep k and map
+    positions to `ids` int64 (N,), into rows lo .. hi - 1 of out_ids int64
+    (n, k), out_score float32 (n, k) (similarity, or squared distance for l2;
+    padding -1 / -inf, +inf for l2), out_ncand (items re-ranked) and
+    out_scanned (entries in the probed buckets), int64 (n,).
+
+    stop_w float32 (N_SCORES + 3,) or empty: with a learned probe budget
+    (irli.learn.budget), each query scans its first m0 buckets, then as many as
+    `_budget` gives it (at most m, the routing width); empty: m buckets.
+
+    centres float32 (R, B, d); books float32 (R, M, 16, dsub) codebooks,
+    n_sub = M; blocks uint8 (nblocks * stride,) flat code blocks and
+    block_pos int32 (nblocks, stride / 4), whose columns from 4 * M2 hold the
+    32 item positions of each block (-1 padding); bstart int64 (R, B + 1)
+    each bucket's first block; bsizes int64 (R, B) entries per bucket; x
+    float32 (N, d), sqn float32 (N,) for l2; keep uint8 (N,) or empty: only
+    positions with keep != 0 count. The arguments from cosine to ids are the
+    index's (PQ4Codes.kernel_args). Returns -1, or the first row holding NaN
+    or inf (nothing is searched).
+    """
+    n = hi - lo
+    d = q.shape[1]
+    qb = np.empty((n, d), dtype=np.float32)
+    bad = prepare_rows(q, lo, hi, cosine, qb)
+    if bad >= 0:
+        return bad
+    reps = a1.shape[0]
+    learned = stop_w.shape[0] > 0
+    probed = np.empty((reps, n, m), dtype=np.int32)
+    top = np.empty((reps, n, m) if learned else (reps, 0, 0), dtype=np.float32)
+    route_rows(qb, 0, n, a1, b1, a2, b2, probed, top, 0, True)
+    first = min(m0, m) if learned else m
+    m2 = n_sub + (n_sub & 1)
+    npairs = m2 // 2
+    stride = block_pos.shape[1] * 4
+    pos_col = 8 * npairs  # int32 column of the first position (after 32 npairs code bytes)
+    maxv = min(255, 65535 // m2)
+    per_bucket = l2 and residual
+    has_keep = keep.shape[0] > 0
+    chunk = min(n, _CHUNK)
+    lutf = np.empty((m2, 16), dtype=np.float32)
+    luts = np.empty((chunk, npairs * 32), dtype=np.uint8)
+    base0 = np.empty(chunk, dtype=np.float32)
+    scale0 = np.empty(chunk, dtype=np.float32)
+    sums = np.empty(32, dtype=np.uint16)
+    hs = np.empty((chunk, kk), dtype=np.float32)
+    hid = np.empty((chunk, kk), dtype=np.int64)
+    size = np.zeros(chunk, dtype=np.int64)
+    seen = np.zeros((chunk, _SEEN), dtype=np.uint8)
+    ks = np.empty(k, dtype=np.float32)
+    ki = np.empty(k, dtype=np.int64)
+    rq = np.empty(d, dtype=np.float32)
+    ex = np.empty(kk, dtype=np.float32)
+    mq = np.empty(chunk, dtype=np.int64)
+    nb = bstart.shape[1] - 1
+    count = np.zeros(nb + 1 if n > 1 else 0, dtype=np.int64)  # one query needs no bucket-major order
+    who = np.empty(chunk * m if n > 1 else 0, dtype=np.int64)
+    for c0 in range(0, n, chunk):
+        cn = min(chunk, n - c0)
+        size[:cn] = 0
+        seen[:cn] = 0
+        for t in range(cn):
+            out_scanned[lo + c0 + t] = 0
+        for r in range(reps):
+            book = books[r]
+            for t in range(cn):
+                if not per_bucket:
+                    base0[t], scale0[t] = _tables(qb[c0 + t], book, n_sub, l2, lutf, luts[t], maxv)
+                mq[t] = first
+            if cn == 1:  # one query: its buckets best first, so its floor rises fast
+                qv = qb[c0]
+                j = 0
+                while j < mq[0]:
+                    b = probed[r, c0, j]
+                    base, scale = _bucket_base(qv, r, b, base0[0], scale0[0], book, n_sub, centres, residual,
+                                               per_bucket, rq, lutf, luts[0], maxv)
+                    size[0] = _scan_bucket(blocks, block_pos, pos_col, stride, npairs, bstart[r, b],
+                                           bstart[r, b + 1], luts[0], sums, base, scale, keep, has_keep, hs[0],
+                                           hid[0], size[0], kk, seen[0])
+                    j += 1
+                    if learned and j == first:
+                        mq[0] = _budget(qv, hs[0], hid[0], size[0], x, sqn, l2, top[r, c0], m, first, stop_w,
+                                        budget, ex)
+            else:
+                _scan_major(r, c0, cn, 0, mq, probed, count, who, nb, qb, book, n_sub, centres, residual,
+                            per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col, stride,
+                            npairs, bstart, keep, has_keep, hs, hid, size, kk, seen, sums)
+                if learned:
+                    for t in range(cn):
+                        mq[t] = _budget(qb[c0 + t], hs[t], hid[t], size[t], x, sqn, l2, top[r, c0 + t], m, first,
+                                        stop_w, budget, ex)
+                    _scan_major(r, c0, cn, first, mq, probed, count, who, nb, qb, book, n_sub, centres, residual,
+                                per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col,
+                                stride, npairs, bstart, keep, has_keep, hs, hid, size, kk, seen, sums)
+            for t in range(cn):
+                for j in range(mq[t]):
+                    out_scanned[lo + c0 + t] += bsizes[r, probed[r, c0 + t, j]]
+        for t in range(cn):
+            qi = lo + c0 + t
+            out_ncand[qi] = size[t]
+            _finish(qb[c0 + t], hs[t], hid[t], size[t], x, sqn, ids, l2, ks, ki, k, out_ids, out_score, qi)
+    return -1

@@ -1,0 +1,277 @@
+"""Routers: functions from queries to bucket scores, one per repetition.
+
+Every router answers `logits(Q)`: float32 (n, d) -> float32 (n, B), higher is
+better, and round-trips through `state()` / `from_state()` (a dict of named
+float32 arrays, saved with safetensors). `layers()` gives the same function as
+affine layers for the compiled routing of all repetitions at once
+(`Routing`, below). This is the inference side, numpy and numba only; the
+training side is a torch twin per kind (irli.learn.loop.TWINS) that writes
+the weights back. A new router kind is a subclass here and a twin there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numba
+import numpy as np
+
+from ..errors import IndexFormatError
+from ..kernels.scoring import FAST, affine
+from ..threads import run_blocks
+from ..kernels.topk import top_row
+
+
+class Router:
+    """Interface: `logits(Q)` and a state dict of float32 arrays."""
+
+    kind: ClassVar[str]
+    _params: ClassVar[tuple[str, ...]]
+
+    def __init__(self, **params: np.ndarray | None) -> None:
+        for name in self._params:
+            v = params.get(name)
+            setattr(self, name, None if v is None else np.ascontiguousarray(v, dtype=np.float32))
+
+    def logits(self, q: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @property
+    def n_buckets(self) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @property
+    def dim(self) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def layers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """The router as affine layers for the compiled search path: (A1
+        float32 (d, H), b1 (H,), A2 (H, B) or None, b2 (B,) or None); logits
+        = b1 + q A1, or b2 + relu(b1 + q A1) A2 with a second layer."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k) for k in self._params if getattr(self, k) is not None}
+
+    @classmethod
+    def from_state(cls, kind: str, state: dict[str, np.ndarray], metric: str) -> "Router":
+        """Rebuild a router of `kind` from its `state()` for an index of `metric`."""
+        sub = ROUTER_KINDS.get(kind)
+        if sub is None:
+            raise IndexFormatError(f"unknown router kind {kind!r} in index")
+        missing = [p for p in sub._required if p not in state]
+        if missing:
+            raise IndexFormatError(f"router weights lack {missing[0]!r}")
+        return sub.build(state, metric)
+
+    @classmethod
+    def build(cls, state: dict[str, np.ndarray], metric: str) -> "Router":
+        """This kind of router from a checked state dict."""
+        return cls(**{k: state.get(k) for k in cls._params})
+
+
+class CentroidRouter(Router):
+    """Similarity to bucket centroids `centroids` float32 (B, d): inner product
+    for ip/cosine; for l2, 2 q.c - |c|^2 (the negative squared distance up to
+    a per-query constant, so the ranking and softmax are those of -|q - c|^2)."""
+
+    kind = "centroid"
+    _params = ("centroids",)
+    _required = ("centroids",)
+
+    def __init__(self, centroids: np.ndarray, l2: bool = False) -> None:
+        super().__init__(centroids=centroids)
+        self.l2 = l2
+        self._sq = (self.centroids**2).sum(1) if l2 else None
+
+    @classmethod
+    def build(cls, state: dict[str, np.ndarray], metric: str) -> "CentroidRouter":
+        return cls(state["centroids"], l2=metric == "l2")
+
+    @property
+    def n_buckets(self) -> int:
+        return self.centroids.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.centroids.shape[1]
+
+    def layers(self):
+        c = self.centroids
+        if self.l2:
+            return 2 * c.T, -self._sq, None, None
+        return c.T, np.zeros(c.shape[0], dtype=np.float32), None, None
+
+    def logits(self, q: np.ndarray) -> np.ndarray:
+        s = q @ self.centroids.T
+        if self.l2:
+            s *= 2
+            s -= self._sq
+        return s
+
+
+class LinearRouter(Router):
+    """Scores W q (+ b): `weight` float32 (B, d), optional `bias` (B,)."""
+
+    kind = "linear"
+    _params = ("weight", "bias")
+    _required = ("weight",)
+
+    @property
+    def n_buckets(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.weight.shape[1]
+
+    def layers(self):
+        b = self.bias if self.bias is not None else np.zeros(self.weight.shape[0], dtype=np.float32)
+        return self.weight.T, b, None, None
+
+    def logits(self, q: np.ndarray) -> np.ndarray:
+        s = q @ self.weight.T
+        if self.bias is not None:
+            s += self.bias
+        return s
+
+
+class MLPRouter(Router):
+    """relu(q W1 + b1) W2 + b2 with `w1` (d, h), `b1` (h,), `w2` (h, B), `b2` (B,)."""
+
+    kind = "mlp"
+    _params = ("w1", "b1", "w2", "b2")
+    _required = _params
+
+    @property
+    def n_buckets(self) -> int:
+        return self.w2.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.w1.shape[0]
+
+    def layers(self):
+        return self.w1, self.b1, self.w2, self.b2
+
+    def logits(self, q: np.ndarray) -> np.ndarray:
+        h = q @ self.w1
+        h += self.b1
+        np.maximum(h, 0, out=h)
+        s = h @ self.w2
+        s += self.b2
+        return s
+
+
+ROUTER_KINDS: dict[str, type[Router]] = {
+    c.kind: c for c in (CentroidRouter, LinearRouter, MLPRouter)
+}
+
+
+# -- compiled inference over all repetitions ------------------------------------------
+@dataclass
+class Routing:
+    """The R routers as stacked affine layers (see Router.layers): a1
+    float32 (R, d, H), b1 (R, H), a2 (R, H, B) and b2 (R, B) for two-layer
+    (MLP) routers, else empty (R, 0, 0) / (R, 0)."""
+
+    a1: np.ndarray
+    b1: np.ndarray
+    a2: np.ndarray
+    b2: np.ndarray
+
+    @classmethod
+    def from_routers(cls, routers: list[Router]) -> "Routing":
+        layers = [rt.layers() for rt in routers]
+        a1 = np.ascontiguousarray(np.stack([lay[0] for lay in layers]), dtype=np.float32)
+        b1 = np.ascontiguousarray(np.stack([lay[1] for lay in layers]), dtype=np.float32)
+        reps = len(layers)
+        if layers[0][2] is None:
+            a2, b2 = np.zeros((reps, 0, 0), np.float32), np.zeros((reps, 0), np.float32)
+        else:
+            a2 = np.ascontiguousarray(np.stack([lay[2] for lay in layers]), dtype=np.float32)
+            b2 = np.ascontiguousarray(np.stack([lay[3] for lay in layers]), dtype=np.float32)
+        return cls(a1, b1, a2, b2)
+
+    @property
+    def n_reps(self) -> int:
+        return self.a1.shape[0]
+
+    @property
+    def n_buckets(self) -> int:
+        return self.a2.shape[2] if self.a2.shape[1] else self.a1.shape[2]
+
+    def block(self, q: np.ndarray, lo: int, hi: int, probed: np.ndarray, probs: np.ndarray,
+              raw: bool = False) -> None:
+        """Route prepared queries lo .. hi - 1 of q (float32 (n, d)) into
+        rows lo .. hi - 1 of probed int32 (R, n, m) and, when probs is (R, n,
+        m) rather than (R, 0, 0), their softmax probabilities (with `raw`,
+        their router scores)."""
+        _route_kernel(q, lo, hi, self.a1, self.b1, self.a2, self.b2, probed, probs, raw)
+
+
+def route(routers: list[Router] | Routing, q: np.ndarray, probes: int, with_probs: bool = False,
+          threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-`probes` buckets of every repetition for prepared queries `q`
+    (float32 (n, d), normalised for cosine).
+
+    Returns (buckets int32 (R, n, m), probs float32 (R, n, m)), buckets best
+    first (ties to the lower bucket); probs are the router's softmax
+    probabilities of those buckets when `with_probs`, else an empty (R, 0, 0)
+    array. `probes` must be <= B.
+    """
+    routing = routers if isinstance(routers, Routing) else Routing.from_routers(routers)
+    n = q.shape[0]
+    reps = routing.n_reps
+    buckets = np.empty((reps, n, probes), dtype=np.int32)
+    probs = np.empty((reps, n, probes) if with_probs else (reps, 0, 0), dtype=np.float32)
+    run_blocks(lambda lo, hi: routing.block(q, lo, hi, buckets, probs), n, threads)
+    return buckets, probs
+
+
+
+_GROUP = 4  # queries that share each pass over a layer's weights
+
+
+@numba.njit(inline="always")
+def route_rows(q, lo, hi, a1, b1, a2, b2, probed, probs, plo, raw):
+    """Route rows lo .. hi - 1 of q into rows plo .. of probed / probs
+    (probs: softmax probabilities of the probed buckets, or with `raw` their
+    router scores; not written when probs has no columns)."""
+    reps = a1.shape[0]
+    two = a2.shape[1] > 0
+    width = a2.shape[2] if two else a1.shape[2]
+    m = probed.shape[2]
+    rows = min(_GROUP, hi - lo)
+    hidden = np.empty((rows, a1.shape[2]), dtype=np.float32)
+    logits = np.empty((rows, width), dtype=np.float32) if two else hidden
+    val = np.empty(m, dtype=np.float32)
+    buf_v = np.empty(width, dtype=np.float32)
+    buf_i = np.empty(width, dtype=np.int32)
+    with_probs = probs.shape[1] > 0
+    for r in range(reps):
+        for g in range(lo, hi, _GROUP):
+            n = min(_GROUP, hi - g)
+            affine(q, g, n, a1[r], b1[r], hidden, two)
+            if two:
+                affine(hidden, 0, n, a2[r], b2[r], logits, False)
+            for t in range(n):
+                row = logits[t, :width]
+                at = plo + g - lo + t
+                top_row(row, m, buf_v, buf_i, probed[r, at], val)
+                if with_probs and raw:
+                    for j in range(m):
+                        probs[r, at, j] = val[j]
+                elif with_probs:
+                    mx = val[0]
+                    z = np.float32(0.0)
+                    for c in range(width):
+                        z += np.exp(row[c] - mx)
+                    for j in range(m):
+                        probs[r, at, j] = np.exp(val[j] - mx) / z
+
+
+@numba.njit(nogil=True, fastmath=FAST, cache=True)
+def _route_kernel(q, lo, hi, a1, b1, a2, b2, probed, probs, raw):
+    route_rows(q, lo, hi, a1, b1, a2, b2, probed, probs, lo, raw)
