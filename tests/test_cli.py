@@ -77,6 +77,21 @@ def test_eval_computes_truth_itself(files, built):
     assert p.stdout.strip().splitlines()[2].split()[1] == "1.000"
 
 
+@pytest.mark.parametrize("preset", ["fast", "ivf-ltr"])
+def test_eval_on_a_sharded_index(files, built, preset, tmp_path):
+    """It crashed: eval passed threads, min_votes and top_c to
+    ShardedIndex.search, and read vectors_ (a sharded index has none)."""
+    src = built if preset == "ivf-ltr" else irli_cmd("build", files / "items.npy", "-o", tmp_path / "f",
+                                                     "--set", "n_buckets=16", "-q") and tmp_path / "f"
+    irli_cmd("shard", src, tmp_path / "s", "--shards", "2")
+    for truth in ([], ["--truth", files / "truth.ivecs"]):  # the truth computed through the parts, or given
+        p = irli_cmd("eval", tmp_path / "s", files / "queries.fvecs", "--probes", "2,16", "-q", *truth)
+        rows = [line.split() for line in p.stdout.strip().splitlines()[2:]]
+        assert [r[0] for r in rows] == ["2", "16"] and float(rows[-1][1]) >= 0.95, p.stdout
+    p = irli_cmd("eval", tmp_path / "s", files / "queries.fvecs", "--min-votes", "2", ok=False)
+    assert p.returncode == 1 and "min_votes is not available on a ShardedIndex" in p.stderr
+
+
 @pytest.mark.parametrize("args,needle", [
     (["info", "/no/such/dir"], "no such index directory"),
     (["build", "/no/such.npy", "-o", "/tmp/x"], "no such file"),

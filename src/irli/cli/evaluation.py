@@ -4,9 +4,12 @@ reporting recall@k, candidates per query and QPS, and one query per call
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import numpy as np
+
+from ..errors import InvalidInputError
 
 from ..metrics import recall_at_k
 
@@ -21,6 +24,11 @@ def timed_search(index, queries: np.ndarray, k: int, probes: int, threads: int |
     import numba
     from threadpoolctl import threadpool_limits
 
+    kw = _accepted(index, {k: v for k, v in kw.items() if v is not None})
+    if "threads" not in inspect.signature(index.search).parameters:  # a sharded index: its parts set their own
+        t = time.perf_counter()
+        res = index.search(queries, k=k, probes=probes, **kw)
+        return res, time.perf_counter() - t
     if threads is None:
         t = time.perf_counter()
         res = index.search(queries, k=k, probes=probes, threads=None, **kw)
@@ -38,6 +46,16 @@ def timed_search(index, queries: np.ndarray, k: int, probes: int, threads: int |
     finally:
         numba.set_num_threads(old)
         faiss.omp_set_num_threads(old_omp)
+
+
+def _accepted(index, kw: dict) -> dict:
+    """`kw` if `index.search` takes each of them; InvalidInputError naming
+    the first it does not."""
+    params = inspect.signature(index.search).parameters
+    for name in kw:
+        if name not in params:
+            raise InvalidInputError(f"{name} is not available on a {type(index).__name__}")
+    return kw
 
 
 def single_queries(index, queries: np.ndarray, probes: int, k: int = 10, n: int | None = None,

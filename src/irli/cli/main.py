@@ -201,7 +201,9 @@ def cmd_eval(a) -> int:
         q = read_vectors(a.queries)
     if a.truth:
         truth = read_vectors(a.truth)
-    if truth is None:  # exact search over the index's own vectors
+    if truth is None and not hasattr(index, "vectors_"):  # a sharded index: the parts hold the vectors
+        truth = _exhaustive(index, q, a.k)
+    elif truth is None:  # exact search over the index's own vectors
         bars = Bars(not a.quiet)
         pos, _ = exact_knn(index.vectors_, q, a.k, index.config.metric, callback=bars)
         bars.close()
@@ -215,6 +217,16 @@ def cmd_eval(a) -> int:
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))
     return 0
+
+
+def _exhaustive(index, q: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-k ids of `q` from an index whose vectors are not at hand
+    (a sharded one): every bucket probed, and with codes every probed item
+    re-ranked exactly."""
+    refine = -(-len(index) // k) if index.config.scan == "pq4" else None
+    step = 32  # each query holds a heap of every item: a few at a time
+    return np.concatenate([index.search(q[s : s + step], k=k, probes=index.n_buckets, refine=refine).ids
+                           for s in range(0, q.shape[0], step)])
 
 
 def cmd_info(a) -> int:
