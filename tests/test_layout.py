@@ -117,3 +117,25 @@ def test_library_does_not_import_front_ends_or_the_package_face():
     bad = [f"{name} imports {mod}" for name, deps in GRAPH.items() if not _front_end(name) and name != "__init__"
            for mod in deps if _front_end(mod) or mod == "__init__"]
     assert not bad, bad
+
+
+# the layers, lowest first: a module may import its own layer and those below
+LAYERS = ["top", "kernels", "model", "learn", "io", "index", "labels", "distributed", "front"]
+# the faces of the package (irli.load, `import irli`) sit above everything
+FACES = {"__init__", "loader"}
+# upward imports still to remove (each a lazy import inside a function), and why they are there
+EXCEPTIONS = {("index.index", "distributed.layout"): "Index.save(path, shards=S) writes a sharded index"}
+
+
+def _layer(name: str) -> int:
+    head = name.split(".")[0]
+    if _front_end(name):
+        return LAYERS.index("front")
+    return LAYERS.index(head) if head in LAYERS else LAYERS.index("top")
+
+
+def test_each_layer_imports_only_the_layers_below():
+    bad = [f"{name} ({LAYERS[_layer(name)]}) imports {mod} ({LAYERS[_layer(mod)]})"
+           for name, deps in GRAPH.items() if name not in FACES for mod in deps
+           if mod in MODULES and mod not in FACES and _layer(mod) > _layer(name) and (name, mod) not in EXCEPTIONS]
+    assert not bad, bad

@@ -100,3 +100,37 @@ def normalize_rows(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         np.divide(part, norms, out=part)
         out[s : s + part.shape[0]] = part
     return out
+
+
+def as_ids(ids, n: int | None = None, name: str = "ids") -> np.ndarray:
+    """`ids` as int64 (n,), checked: integers, 1-D, length `n` when given,
+    >= 0 (-1 marks a missing result)."""
+    a = np.asarray(ids)
+    if a.ndim == 0:
+        a = a.reshape(1)
+    if a.ndim != 1:
+        raise InvalidInputError(f"{name} must be a 1-D array, got shape {a.shape}")
+    if a.size and a.dtype.kind not in "iu":
+        if a.dtype.kind != "f" or not np.isfinite(a).all() or (a != np.round(a)).any():
+            bad = f"dtype {a.dtype}" if a.dtype.kind != "f" else f"{float(a[~(np.isfinite(a) & (a == np.round(a)))][0])!r}"
+            raise InvalidInputError(f"{name} must be integers, got {bad}")
+        if np.abs(a).max() >= 2.0 ** 63:
+            raise InvalidInputError(f"{name} must fit in int64, got {a[np.argmax(np.abs(a))]:g}")
+        a = a.astype(np.int64)
+    if a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max:
+        raise InvalidInputError(f"{name} must fit in int64")
+    a = a.astype(np.int64, copy=False)
+    if n is not None and a.shape[0] != n:
+        raise InvalidInputError(f"{name} has {a.shape[0]} entries for {n} vectors")
+    if a.size and a.min() < 0:
+        raise InvalidInputError(f"{name} must be >= 0 (-1 marks a missing result), got {int(a.min())}")
+    return a
+
+
+def first_duplicate(ids: np.ndarray) -> int | None:
+    """An id that occurs twice in `ids` int64 (n,), or None."""
+    if ids.size < 2:
+        return None
+    s = np.sort(ids)
+    dup = np.flatnonzero(s[1:] == s[:-1])
+    return int(s[dup[0]]) if dup.size else None

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InvalidInputError
-from .idmap import IdMap, as_ids
+from ..validation import as_ids
+from .idmap import IdMap
 
 
 @dataclass

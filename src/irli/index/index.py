@@ -19,7 +19,7 @@ from ..config import IndexConfig
 from ..errors import IndexFormatError, InvalidInputError, NotFittedError
 from ..kernels.exact import exact_knn
 from .filters import Allowed, parse_allow
-from .idmap import IdMap, as_ids, first_duplicate
+from .idmap import IdMap
 from ..model.partition import InvertedLists
 from ..kernels.pq_scan import pq_block
 from ..progress import Callback, report
@@ -31,7 +31,7 @@ from ..io.storage import check_vector_index, read_index, router_states, write_in
 from ..threads import limit, resolve, run_blocks
 from ..learn.loop import learn
 from .updates import Drift, grow, measure, place, sample_rows
-from ..validation import as_matrix, check_norms, normalize_rows, positive_int
+from ..validation import as_ids, as_matrix, check_norms, first_duplicate, normalize_rows, positive_int
 from ..version import __version__
 
 _LOCKS = threading.Lock()

@@ -16,7 +16,7 @@ items of dimension d, c = 1 + spill buckets per item and repetition):
                        N, ceil(M / 2)): 4-bit PQ codes (scan="pq4" only)
   routers.safetensors  router weights, keys "<rep>.<name>"
 A label index directory (task "xml") holds w1, b1, w2, b2, assign int32 (R, L),
-label_counts and, with a scorer, v and c (see irli.labels.model).
+label_counts and, with a scorer, v and c (see irli.model.labels).
 
 Nothing is pickled. A save writes a hidden temporary sibling directory
 (`.NAME.tmp-*`, locked while written), fsyncs it, and swaps it in with one
@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import IndexFormatError, IndexLockedError, IrliError, SaveError
-from ..index.idmap import first_duplicate
+from ..validation import first_duplicate
 
 FORMAT = "irli-index"
 # 3: the first format this irli reads (live.npy for removed items, PQ codes

@@ -25,7 +25,7 @@ import numba
 import numpy as np
 
 from .gather import gather_votes
-from ..model.routers import route_rows
+from .route import route_rows
 from .scoring import FAST, dot, prepare_rows, score
 from ..threads import run_blocks, stamps
 from .topk import emit, emit_ids, push

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..model.routers import route_rows
+from .route import route_rows
 from .scoring import FAST, dot, prepare_rows, score
 from .simd import ctz32, lut16, prefetch
 from .topk import beats, pop_best_first, push_lex, sift_lex

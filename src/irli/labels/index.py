@@ -19,7 +19,7 @@ import numpy as np
 
 from ..config import LabelConfig
 from ..errors import IndexFormatError, InvalidInputError, NotFittedError
-from .model import LabelModel
+from ..model.labels import LabelModel
 from ..progress import Callback
 from ..result import SearchResult
 from ..io.storage import check_label_index, read_index, write_index

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..labels.model import LabelModel
+from ..model.labels import LabelModel
 from ..metrics import precision_at_k
 from ..model.partition import fallback_width, power_of_k
 from ..progress import Callback, report

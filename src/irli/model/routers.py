@@ -14,13 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numba
 import numpy as np
 
 from ..errors import IndexFormatError
-from ..kernels.scoring import FAST, affine
+from ..kernels.route import route_kernel
 from ..threads import run_blocks
-from ..kernels.topk import top_row
 
 
 class Router:
@@ -208,7 +206,7 @@ class Routing:
         rows lo .. hi - 1 of probed int32 (R, n, m) and, when probs is (R, n,
         m) rather than (R, 0, 0), their softmax probabilities (with `raw`,
         their router scores)."""
-        _route_kernel(q, lo, hi, self.a1, self.b1, self.a2, self.b2, probed, probs, raw)
+        route_kernel(q, lo, hi, self.a1, self.b1, self.a2, self.b2, probed, probs, raw)
 
 
 def route(routers: list[Router] | Routing, q: np.ndarray, probes: int, with_probs: bool = False,
@@ -228,50 +226,3 @@ def route(routers: list[Router] | Routing, q: np.ndarray, probes: int, with_prob
     probs = np.empty((reps, n, probes) if with_probs else (reps, 0, 0), dtype=np.float32)
     run_blocks(lambda lo, hi: routing.block(q, lo, hi, buckets, probs), n, threads)
     return buckets, probs
-
-
-
-_GROUP = 4  # queries that share each pass over a layer's weights
-
-
-@numba.njit(inline="always")
-def route_rows(q, lo, hi, a1, b1, a2, b2, probed, probs, plo, raw):
-    """Route rows lo .. hi - 1 of q into rows plo .. of probed / probs
-    (probs: softmax probabilities of the probed buckets, or with `raw` their
-    router scores; not written when probs has no columns)."""
-    reps = a1.shape[0]
-    two = a2.shape[1] > 0
-    width = a2.shape[2] if two else a1.shape[2]
-    m = probed.shape[2]
-    rows = min(_GROUP, hi - lo)
-    hidden = np.empty((rows, a1.shape[2]), dtype=np.float32)
-    logits = np.empty((rows, width), dtype=np.float32) if two else hidden
-    val = np.empty(m, dtype=np.float32)
-    buf_v = np.empty(width, dtype=np.float32)
-    buf_i = np.empty(width, dtype=np.int32)
-    with_probs = probs.shape[1] > 0
-    for r in range(reps):
-        for g in range(lo, hi, _GROUP):
-            n = min(_GROUP, hi - g)
-            affine(q, g, n, a1[r], b1[r], hidden, two)
-            if two:
-                affine(hidden, 0, n, a2[r], b2[r], logits, False)
-            for t in range(n):
-                row = logits[t, :width]
-                at = plo + g - lo + t
-                top_row(row, m, buf_v, buf_i, probed[r, at], val)
-                if with_probs and raw:
-                    for j in range(m):
-                        probs[r, at, j] = val[j]
-                elif with_probs:
-                    mx = val[0]
-                    z = np.float32(0.0)
-                    for c in range(width):
-                        z += np.exp(row[c] - mx)
-                    for j in range(m):
-                        probs[r, at, j] = np.exp(val[j] - mx) / z
-
-
-@numba.njit(nogil=True, fastmath=FAST, cache=True)
-def _route_kernel(q, lo, hi, a1, b1, a2, b2, probed, probs, raw):
-    route_rows(q, lo, hi, a1, b1, a2, b2, probed, probs, lo, raw)

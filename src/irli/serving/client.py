@@ -15,9 +15,8 @@ import numpy as np
 
 from ..errors import InvalidInputError, IrliError
 from ..index.filters import allow_form
-from ..index.idmap import as_ids
 from ..result import SearchResult
-from ..validation import as_matrix
+from ..validation import as_ids, as_matrix
 from .protocol import MSGPACK
 
 # statuses worth another try for a request that may be repeated: none

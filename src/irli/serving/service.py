@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IndexLockedError, InvalidInputError, IrliError, SaveError
-from ..index.idmap import as_ids
+from ..validation import as_ids
 from ..index.index import K_MAX
 from ..io.storage import WriterLock
 from .options import ServeOptions

@@ -1,110 +1,15 @@
-"""A trained label index's weights and its prediction path (numpy + numba).
-
-Shapes (R repetitions, B buckets, L labels, F features, h hidden units,
-D = R * h):
-  w1 float32 (F, D), b1 (D,)       the R routers' input layers side by side,
-                                   applied to sparse X as one CSR product
-  w2 float32 (R, h, B), b2 (R, B)  the routers' output layers
-  assign int32 (R, L)              each label's bucket in each repetition
-  offsets int64 (R, B+1), members int32 (R, L)  the labels of every bucket
-  v float32 (L, D), c (L,)         the optional per-label re-rank scorer
-
-Prediction (`predict_block`, one compiled call per block of points): hidden
-= relu(X w1 + b1); per repetition, bucket probabilities (sigmoid or softmax
-of hidden_r w2_r + b2_r) and the top `probes` buckets; the candidate labels
-are those in any probed bucket, seen in at least `min_votes` repetitions;
-each is scored by its mean bucket probability over all R repetitions, or
-with the scorer by sigmoid(hidden . v_l + c_l) blended with that mean; the
-top k come back.
-"""
+"""The compiled prediction of a label index (see irli.model.labels for
+the arrays): one call per block of CSR rows, from the hidden layer to the
+top-k labels."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numba
 import numpy as np
 
-from ..errors import InvalidInputError
-from ..kernels.gather import gather_votes
-from ..model.partition import InvertedLists
-from ..kernels.scoring import FAST, affine, dot
-from ..threads import run_blocks, stamps
-from ..kernels.topk import pop_best_first, push, top_row
-
-
-@dataclass
-class LabelModel:
-    w1: np.ndarray
-    b1: np.ndarray
-    w2: np.ndarray
-    b2: np.ndarray
-    assign: np.ndarray
-    loss: str = "sigmoid"
-    v: np.ndarray | None = None
-    c: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        # sizes: R repetitions, B buckets, L labels, F features
-        self.n_reps, _, self.n_buckets = self.w2.shape
-        self.n_labels = self.assign.shape[1]
-        self.n_features = self.w1.shape[0]
-        lists = InvertedLists.from_assignments(self.assign, self.n_buckets)
-        self.offsets, self.members = lists.offsets, lists.lists
-
-    def predict(self, x, k: int, probes: int, min_votes: int = 1, rerank: bool = True,
-                blend: float = 0.0, normalize: bool = False,
-                threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Top-k labels for CSR x (n, F): (ids int64 (n, k), scores float32
-        (n, k), candidates int64 (n,)); -1 / -inf pad rows with fewer than k
-        candidates. With `normalize`, rows are scaled to unit length first.
-        One compiled call per block of rows (`predict_block`), the same for
-        one point as inside a batch; blocks run on `threads`."""
-        n = x.shape[0]
-        use = rerank and self.v is not None
-        ids = np.empty((n, k), dtype=np.int64)
-        scores = np.empty((n, k), dtype=np.float32)
-        ncand = np.empty(n, dtype=np.int64)
-        args = self._kernel_args(use)
-        data = np.asarray(x.data, dtype=np.float32)
-        bad = []
-
-        def block(lo, hi):
-            (mark, slot), stamp0 = stamps().take(("label-mark", "label-slot"), self.n_labels, hi - lo)
-            row = predict_block(x.indptr, x.indices, data, lo, hi, probes, k, min_votes, normalize, use,
-                                np.float32(blend), mark, slot, stamp0, *args, ids, scores, ncand)
-            if row >= 0:
-                bad.append(row)
-
-        if n <= 16:
-            block(0, n)
-        else:
-            run_blocks(block, n, threads, min_block=16, max_block=1024)
-        if bad:
-            r = min(bad)
-            raise InvalidInputError(f"X row {r}: a feature index outside [0, {self.n_features}) "
-                                    "or a NaN / infinite value")
-        return ids, scores, ncand
-
-    def _kernel_args(self, use_scorer: bool) -> tuple:
-        """The model's arguments of predict_block (cached)."""
-        key = f"_args_{use_scorer}"
-        args = self.__dict__.get(key)
-        if args is None:
-            v = self.v if use_scorer else np.zeros((1, 1), np.float32)
-            c = self.c if use_scorer else np.zeros(1, np.float32)
-            widest = int(np.diff(self.offsets, axis=1).max())
-            args = (self.w1, self.b1, self.w2, self.b2, self.loss == "sigmoid", self.offsets, self.members,
-                    self.assign, v, c, widest)
-            self.__dict__[key] = args
-        return args
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        out = {"w1": self.w1, "b1": self.b1, "w2": self.w2, "b2": self.b2, "assign": self.assign}
-        if self.v is not None:
-            out["v"], out["c"] = self.v, self.c
-        return out
-
+from .gather import gather_votes
+from .scoring import FAST, affine, dot
+from .topk import pop_best_first, push, top_row
 
 _ROWS = 4  # points that share each pass over a router's output layer
 
