@@ -77,6 +77,24 @@ def test_eval_computes_truth_itself(files, built):
     assert p.stdout.strip().splitlines()[2].split()[1] == "1.000"
 
 
+def test_build_does_not_replace_an_index_unless_forced(files, tmp_path):
+    out = tmp_path / "idx"
+    irli_cmd("build", files / "items.npy", "-o", out, "--preset", "ivf", "--set", "n_buckets=8", "-q")
+    p = irli_cmd("build", files / "items.npy", "-o", out, "--preset", "ivf", "-q", ok=False)
+    assert p.returncode == 1 and f"{out} exists; pass --force to replace it" in p.stderr
+    irli_cmd("build", files / "items.npy", "-o", out, "--preset", "ivf", "--set", "n_buckets=16", "-q", "--force")
+    assert "buckets 16" in irli_cmd("info", out).stdout
+
+
+def test_info_shows_what_applies(built, files, tmp_path):
+    learned = irli_cmd("info", built).stdout  # ivf-ltr: a trained linear router, no codes
+    assert "lr=" in learned and "pq_m" not in learned and "hidden" not in learned and "repartition_every" not in learned
+    assert "max_load caps re-partitioning only, which is off" in learned
+    irli_cmd("build", files / "items.npy", "-o", tmp_path / "f", "--set", "n_buckets=16", "-q")
+    fast = irli_cmd("info", tmp_path / "f").stdout
+    assert "pq_m=" in fast and "lr=" not in fast and "min_votes" not in fast
+
+
 @pytest.mark.parametrize("preset", ["fast", "ivf-ltr"])
 def test_eval_on_a_sharded_index(files, built, preset, tmp_path):
     """It crashed: eval passed threads, min_votes and top_c to

@@ -96,12 +96,24 @@ def format_table(rows: list[dict], cols: list[str] | None = None) -> str:
     """Rows of dicts as an aligned plain-text table."""
     cols = cols or list(rows[0])
 
-    def fmt(v):
+    def style(c) -> str:
+        """One number format per column: fractions (recall, P@k) with 3
+        decimals, other floats with 1 below 100 and none above."""
+        vals = [r[c] for r in rows if isinstance(r.get(c), float)]
+        if not vals:
+            return ""
+        if all(0.0 <= v <= 1.0 for v in vals):
+            return ".3f"
+        return ",.1f" if max(abs(v) for v in vals) < 100 else ",.0f"
+
+    styles = {c: style(c) for c in cols}
+
+    def fmt(v, c):
         if isinstance(v, float):
-            return f"{v:.3f}" if abs(v) < 100 else f"{v:,.0f}"
+            return format(v, styles[c])
         return f"{v:,}" if isinstance(v, int) else str(v)
 
-    cells = [[fmt(r.get(c, "")) for c in cols] for r in rows]
+    cells = [[fmt(r.get(c, ""), c) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
 
     def line(vals):

@@ -63,9 +63,17 @@ def _task(a) -> str:
     return "xml" if a.labels or looks_like_xc(a.vectors) else "ann"
 
 
+def _check_output(a) -> None:
+    """Refuse to replace an existing OUTPUT without --force (a build takes
+    minutes; replacing an index someone serves or uses by mistake costs more)."""
+    if Path(a.output).exists() and not a.force:
+        raise InvalidInputError(f"{a.output} exists; pass --force to replace it")
+
+
 def cmd_build(a) -> int:
     from ..index.index import Index
 
+    _check_output(a)
     if _task(a) == "xml":
         return _build_labels(a)
     executor = None
@@ -257,15 +265,43 @@ def cmd_info(a) -> int:
     print(f"preset     {man.get('preset')}  metric {cfg['metric']}  router {man.get('router')}")
     print(f"items      {man['n_items']:,} x {man['dim']}   repetitions {man['n_reps']}  "
           f"buckets {man['n_buckets']:,}")
+    cap = (f"re-partitioning capped at max_load={cfg.get('max_load')}" if cfg.get("repartition")
+           else f"{cfg.get('start')} buckets: max_load caps re-partitioning only, which is off")
     print(f"load       max/mean {load_stats['max_over_mean']:.2f}  std {load_stats['std']:.1f}  "
-          f"empty {load_stats['empty']}")
+          f"empty {load_stats['empty']}  ({cap})")
     print(f"size       {size / 1e6:.1f} MB in {len(man['files'])} files (checksums "
           f"{'skipped' if a.no_verify else 'verified'})")
     fit = (man.get("history") or {}).get("fit_seconds")
     if fit is not None:
         print(f"fit        {fit:.1f} s")
-    print("config     " + ", ".join(f"{k}={v}" for k, v in cfg.items()))
+    print("config     " + ", ".join(f"{k}={v}" for k, v in _applies(cfg).items()))
     return 0
+
+
+def _applies(cfg: dict) -> dict:
+    """The settings of a vector index's config that shape it (those of
+    training, re-partitioning, codes, k-means or spill only where used)."""
+    out = dict(cfg)
+    learns = cfg.get("router") != "centroid" and cfg.get("epochs", 0) > 0
+    drop = set()
+    if not learns:
+        drop |= {"hidden", "loss", "lr", "batch_size", "val_fraction", "patience", "n_train", "target_k", "device",
+                 "epochs"}
+    if cfg.get("router") != "mlp":
+        drop.add("hidden")
+    if not cfg.get("repartition"):
+        drop |= {"repartition_every", "k_choices", "min_moved", "max_load"}
+    if cfg.get("scan") != "pq4":
+        drop |= {"pq_m", "pq_residual", "pq_anisotropic", "refine", "learned_probes"}
+    else:  # vote and top-C filters are for exact scans
+        drop |= {"min_votes", "top_c"}
+    if cfg.get("start") != "kmeans":
+        drop |= {"kmeans_iters", "kmeans_sample"}
+    if not cfg.get("spill"):
+        drop.add("spill_lambda")
+    if cfg.get("n_reps", 1) == 1:
+        drop.add("min_votes")
+    return {k: v for k, v in out.items() if k not in drop}
 
 
 def _info_sharded(a, man) -> int:
@@ -363,8 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build an index directory from a vectors file",
                        description="Build an index from VECTORS (.npy, .fvecs, .ivecs, .bvecs or an "
                        "ann-benchmarks .hdf5, whose 'train' set is used) and save it to OUTPUT.")
-    b.add_argument("vectors")
+    b.add_argument("vectors", help="vectors file (.npy, .fvecs, .ivecs, .bvecs, .hdf5) or an XC label file")
     b.add_argument("-o", "--output", required=True, help="index directory to write")
+    b.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     b.add_argument("--preset", default="fast", choices=list(PRESETS))
     b.add_argument("--metric", default="cosine", choices=["cosine", "ip", "l2"])
     b.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -388,9 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="search an index with a file of queries",
                        description="Search INDEX with QUERIES; write PREFIX.ids.npy and PREFIX.scores.npy "
                        "with --out, else print 'row<TAB>id:score ...' lines.")
-    s.add_argument("index")
-    s.add_argument("queries")
-    s.add_argument("-k", type=int, default=10)
+    s.add_argument("index", help="index directory")
+    s.add_argument("queries", help="queries file (.npy, .fvecs, .hdf5: its test set)")
+    s.add_argument("-k", type=int, default=10, help="results per query")
     s.add_argument("--probes", type=int, default=None, help="buckets opened per repetition")
     s.add_argument("--min-votes", type=int, default=None, help="keep candidates seen in >= this many repetitions")
     s.add_argument("--top-c", type=int, default=None, help="score only the C most probable candidates")
@@ -408,10 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate INDEX on QUERIES against exact ground truth: from --truth "
                        "(ids, .npy or .ivecs), from the 'neighbors' of an .hdf5 file, or computed "
                        "exactly over the index's vectors.")
-    e.add_argument("index")
-    e.add_argument("queries")
+    e.add_argument("index", help="index directory (single, sharded or label)")
+    e.add_argument("queries", help="queries file (.npy, .fvecs, .hdf5 with its neighbors), or an XC file for a label index")
     e.add_argument("--truth", help="ground-truth ids (n, >= k)")
-    e.add_argument("-k", type=int, default=10)
+    e.add_argument("-k", type=int, default=10, help="recall@k (P@k for a label index)")
     e.add_argument("--probes", default=None, help="comma-separated probe counts (default 1,2,4,8,16,32,64; "
                    "for a label index, its own setting)")
     e.add_argument("--labels", help="label index, split format: the labels file of QUERIES")
@@ -426,8 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write INDEX as a sharded index at OUTPUT (a directory or an fsspec URL): "
                        "S part directories, each with only its buckets' items, plus the routers and the "
                        "bucket -> part table. Serve or search it with Ray, one actor per part.")
-    h.add_argument("index")
-    h.add_argument("output")
+    h.add_argument("index", help="index directory to split")
+    h.add_argument("output", help="sharded index directory (or fsspec URL) to write")
     h.add_argument("--shards", type=_positive, required=True, help="parts to write")
     h.add_argument("--assignment", default="locality", choices=["locality", "modulo"],
                    help="buckets to parts by locality (few parts per query) or by bucket mod S")
@@ -467,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="what an index directory holds",
                        description="Print the manifest, sizes and bucket loads of INDEX.")
-    i.add_argument("index")
+    i.add_argument("index", help="index directory")
     i.add_argument("--no-verify", action="store_true", help="skip checksum verification")
     i.set_defaults(func=cmd_info)
 
