@@ -3,9 +3,10 @@
 `VectorContract` holds the checks every searchable vector index honours,
 whatever made it: fitted in memory (every preset), loaded from disk,
 memory-mapped, written by the out-of-core `irli.build`, or split into Ray
-shards. `LabelContract` holds the same checks, where they make sense, for
-`LabelIndex`. Each kind's test class inherits the mixin and says how to make
-the index; every form must give the very same ids as the in-memory index.
+shards, or searched through `irli serve` by `irli.Client`. `TestLabelIndex`
+holds the same checks, where they make sense, for `LabelIndex`. Each kind's
+test class inherits the mixin and says how to make the index; every form
+must give the very same ids as the in-memory index.
 """
 
 import numpy as np
@@ -120,6 +121,19 @@ class TestShardedInProcess(VectorContract):
         ref = fitted("ivf", data)
         url = f"memory://irli-test/{tmp_path.name}"
         return irli.load(ref.save(url, shards=3)), ref
+
+
+class TestClientOfAService(VectorContract):
+    """irli.Client against `irli serve` (the default server, in this process)."""
+
+    def make(self, request, data, tmp_path):
+        from irli.serving.server import Server
+
+        ref = fitted("fast", data)
+        server = Server(ref.save(tmp_path / "idx"), irli.serving.ServeOptions(port=0, read_only=True))
+        url = server.start()
+        request.addfinalizer(server.stop)
+        return irli.Client(url), ref
 
 
 @pytest.fixture(scope="module")

@@ -165,13 +165,13 @@ def test_every_bad_request_gets_a_one_line_json_error(served, data):
         "malformed JSON": (b'{"vectors": [1, 2', 400, "malformed JSON"),
         "not an object": (b"[1, 2]", 400, "the body must be an object"),
         "deeply nested": (b'{"vectors": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "vectors[0][0] must be a number, got array"),
-        "wrong dimension": ({"vectors": [[1.0, 2.0]]}, 400, "vectors have dimension 2, the index has"),
+        "wrong dimension": ({"vectors": [[1.0, 2.0]]}, 400, "queries have dimension 2, the index has"),
         "ragged": ({"vectors": [q0, q0[:3]]}, 400, "lists of equal length"),
         "mixed depth": ({"vectors": [1.0, [2.0]]}, 400, "lists of equal length"),
         "numeric strings": ({"vectors": ["0.5"] * d}, 400, "vectors[0] must be a number or a list, got str"),
         "booleans": ({"vectors": [True] * d}, 400, "got bool"),
         "null": ({"vectors": [None] * d}, 400, "vectors[0] must be a number or a list, got null"),
-        "empty": ({"vectors": []}, 400, "vectors is empty"),
+        "empty": ({"vectors": []}, 400, "queries is empty"),
         "too large for float32": ({"vectors": [1e300] * d}, 400, "NaN or inf"),
         "k zero": ({"vectors": q0, "k": 0}, 400, "k=0 out of range"),
         "k huge": ({"vectors": q0, "k": 10**6}, 400, "out of range"),
@@ -205,7 +205,7 @@ def test_every_bad_request_gets_a_one_line_json_error(served, data):
         ans = json.loads(raw)
         assert code == status and words in ans["error"] and "\n" not in ans["error"], (path, code, ans)
         assert hdrs["Content-Type"] == "application/json"
-    with pytest.raises(ServiceError, match="400: vectors have dimension 3"):
+    with pytest.raises(InvalidInputError, match="400: queries have dimension 3"):
         Client(served.url).search([1.0, 2.0, 3.0])
 
 

@@ -21,7 +21,8 @@ class Progress:
     build: rows gathered), "kmeans" (iterations), "ground-truth" (training
     queries searched exactly), "train" (units: epochs; info has round, loss,
     val_loss or val_p1), "repartition" (rounds; info has moved), "spill",
-    "assign" (out-of-core build: items placed), "lists", "codes", "write";
+    "assign" (out-of-core build: items placed), "lists", "codes", "budget"
+    (learned_probes: the probe budget fitted), "write";
     then "add" (items added) and "embed" (texts embedded, irli.io.datasets).
     """
 

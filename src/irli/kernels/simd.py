@@ -55,7 +55,7 @@ def _element_ptr(context, builder, arrty, arr, index):
 
 
 @intrinsic
-def _lut16_avx2(typingctx, codes, at, npairs, lut, out, thr):
+def lut16_avx2(typingctx, codes, at, npairs, lut, out, thr):
     sig = types.uint32(codes, at, npairs, lut, out, thr)
 
     def codegen(context, builder, signature, args):
@@ -97,7 +97,7 @@ def _lut16_avx2(typingctx, codes, at, npairs, lut, out, thr):
 
 
 @numba.njit(inline="always")
-def _lut16_scalar(codes, at, npairs, lut, out, thr):
+def lut16_scalar(codes, at, npairs, lut, out, thr):
     mask = np.uint32(0)
     for t in range(32):
         lane = t % 16
@@ -112,7 +112,7 @@ def _lut16_scalar(codes, at, npairs, lut, out, thr):
     return mask
 
 
-lut16 = _lut16_avx2 if HAVE_AVX2 else _lut16_scalar
+lut16 = lut16_avx2 if HAVE_AVX2 else lut16_scalar
 lut16.__doc__ = """lut16(codes uint8 (·,), at int, npairs int, lut uint8 (32 npairs,),
 out uint16 (32,), thr int in [0, 65535]) -> uint32: the 32 items' summed
 table scores into `out`, and the bitmask of the items whose score exceeds

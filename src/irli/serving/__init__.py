@@ -13,7 +13,7 @@
 Nothing here imports Ray unless `on_ray` is imported.
 """
 
-from .client import Client, ServiceError
+from .client import BadRequestError, Client, ServiceError
 from .options import ServeOptions
 
-__all__ = ["Client", "ServiceError", "ServeOptions"]
+__all__ = ["BadRequestError", "Client", "ServiceError", "ServeOptions"]

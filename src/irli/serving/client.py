@@ -33,6 +33,15 @@ class ServiceError(IrliError):
         self.status = status
 
 
+class BadRequestError(ServiceError, InvalidInputError):
+    """A request the service refused as bad input (400, 413): caught as
+    InvalidInputError too, as Index would raise it."""
+
+
+def _error(status: int | None, message: str) -> ServiceError:
+    return (BadRequestError if status in (400, 413) else ServiceError)(status, message)
+
+
 class Client:
     """A client of the service at `url` ("http://host:port").
 
@@ -95,7 +104,7 @@ class Client:
             else:
                 if status == 200:
                     return msgspec.msgpack.decode(body) if ctype.startswith(MSGPACK) else msgspec.json.decode(body)
-                error = ServiceError(status, _message(body))
+                error = _error(status, _message(body))
                 if status not in _RETRY:
                     raise error
             if attempt < tries - 1:

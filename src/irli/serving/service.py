@@ -86,7 +86,7 @@ class Service:
     def search_request(self, body: SearchBody, fmt: str) -> SearchRequest:
         """The checked search of a decoded /search body."""
         o = self.options
-        q = as_vectors(body.vectors, self.dim, body.dim, finite=False)
+        q = as_vectors(body.vectors, self.dim, body.dim, name="queries", finite=False)
         n = q.shape[0]
         if n > o.max_vectors:
             raise RequestError(413, f"{n} query vectors in one request; the limit is {o.max_vectors}")
