@@ -174,7 +174,7 @@ class TestLabelIndex:
         index, x = labels
         with pytest.raises(irli.NotFittedError):
             irli.LabelIndex().predict(x, k=K)
-        with pytest.raises(irli.InvalidInputError, match="k=0"):
+        with pytest.raises(irli.InvalidInputError, match="k must be a positive integer, got 0"):
             index.predict(x, k=0)
         with pytest.raises(irli.InvalidInputError, match="features"):
             index.predict(x[:, :10], k=K)

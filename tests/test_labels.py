@@ -210,10 +210,17 @@ def test_bad_input_errors(planted, fitted):
         LabelIndex().predict(xt)
     with pytest.raises(InvalidInputError, match="features, the index was fitted on 600"):
         fitted.predict(xt[:, :100])
-    with pytest.raises(InvalidInputError, match="k=0 out of range"):
+    with pytest.raises(InvalidInputError, match="k must be a positive integer, got 0"):
         fitted.predict(xt, k=0)
-    with pytest.raises(InvalidInputError, match="probes=99 out of range"):
-        fitted.predict(xt, probes=99)
+    with pytest.raises(InvalidInputError, match="probes must be a positive integer, got 0"):
+        fitted.predict(xt, probes=0)
+    with pytest.raises(InvalidInputError, match="min_votes=9 exceeds the 3 repetitions"):
+        fitted.predict(xt, min_votes=9)
+    # the rule of every index (irli.params): probes beyond B are clamped, k beyond the labels pads with -1
+    b = fitted.fitted_config_.n_buckets
+    np.testing.assert_array_equal(fitted.predict(xt[:5], probes=99)[0], fitted.predict(xt[:5], probes=b)[0])
+    ids, scores = fitted.predict(xt[:2], k=fitted.n_labels + 3, probes=b)
+    assert (ids[:, -3:] == -1).all() and np.isneginf(scores[:, -3:]).all()
     bad = xt[:5].toarray()
     bad[0, 0] = np.nan
     with pytest.raises(InvalidInputError, match="NaN"):

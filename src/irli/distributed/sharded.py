@@ -21,6 +21,7 @@ import shutil
 import numpy as np
 
 from .executor import DistributedError, RayExecutor, failure
+from ..params import SearchParams
 from ..errors import IndexFormatError, InvalidInputError
 from ..index.index import Index
 from ..result import SearchResult
@@ -154,6 +155,11 @@ class ShardedIndex:
         return (f"ShardedIndex({self.n_shards} parts, {len(self)} items, d={self.dim}, B={self.n_buckets}, "
                 f"R={self.n_reps}, {'Ray' if self.actors else 'in process'})")
 
+    def search_params(self, k=10, probes=None, refine=None) -> SearchParams:
+        """The checked parameters of a search (irli.params)."""
+        return SearchParams.resolve(self.config, len(self), self.n_buckets, k, probes, refine=refine,
+                                    codes=self.config.scan == "pq4")
+
     def probes_for(self, probes: int | None) -> int:
         p = self.config.probes if probes is None else positive_int(probes, "probes")
         return min(p, self.n_buckets)
@@ -174,10 +180,7 @@ class ShardedIndex:
         parts, so an item held by two probed parts counts twice."""
         raw = as_queries(queries, self.dim)
         q = self.layout.prepare(raw)
-        k = positive_int(k, "k")
-        m = self.probes_for(probes)
-        if refine is not None:
-            refine = positive_int(refine, "refine")
+        k, m, _, _, refine = self.search_params(k, probes, refine=refine)
         probed = route(self.layout.routing, q, m)[0]  # (R, n, m)
         nq = q.shape[0]
         owner = self.layout.owner[np.arange(probed.shape[0])[:, None, None], probed]  # (R, n, m)

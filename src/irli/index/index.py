@@ -17,6 +17,7 @@ from ..learn.budget import FIXED, ProbeBudget, fit_budget
 from .codes import PQ4Codes, default_pq_m
 from ..config import IndexConfig
 from ..errors import IndexFormatError, InvalidInputError, NotFittedError
+from ..params import SearchParams
 from ..kernels.exact import exact_knn
 from .filters import Allowed, parse_allow
 from .idmap import IdMap
@@ -35,8 +36,6 @@ from ..validation import as_ids, as_matrix, check_norms, first_duplicate, normal
 from ..version import __version__
 
 _LOCKS = threading.Lock()
-# k may exceed the items stored (rows are padded with -1) up to this many
-K_MAX = 4096
 
 
 def _exclusive(method):
@@ -394,20 +393,7 @@ class Index:
             q = queries.reshape(1, st.dim)  # one query per request: the common case, checked in the kernel
         else:
             q = self._raw_queries(queries)
-        if type(k) is not int or k <= 0:
-            k = positive_int(k, "k")
-        if k > K_MAX and k > st.vectors.shape[0]:
-            raise InvalidInputError(f"k={k} out of range: the index holds {st.n_live} items "
-                                    f"(k may exceed them, with -1 padding, up to {max(K_MAX, st.vectors.shape[0])})")
-        m = self.config.probes if probes is None else positive_int(probes, "probes")
-        m = min(m, st.n_buckets)
-        votes = self.config.min_votes if min_votes is None else positive_int(min_votes, "min_votes")
-        if votes > self.config.n_reps:
-            raise InvalidInputError(f"min_votes={votes} exceeds the {self.config.n_reps} repetitions")
-        cut = self.config.top_c if top_c is None else positive_int(top_c, "top_c")
-        if st.codes is not None and (votes > 1 or cut is not None):
-            raise InvalidInputError("min_votes and top_c filter exact candidates; this index scans PQ codes")
-        factor = self.config.refine if refine is None else positive_int(refine, "refine")
+        k, m, votes, cut, factor = self._params(st, k, probes, min_votes, top_c, refine)
         if batch_size != 4096:
             batch_size = positive_int(batch_size, "batch_size")
         if threads is not None:
@@ -439,6 +425,15 @@ class Index:
         ids = np.where(pos >= 0, st.ids[np.maximum(pos, 0)], -1) if st.ids.size else np.full(pos.shape, -1)
         scores = -sc if self.config.metric == "l2" else sc  # negative squared distance -> squared distance
         return SearchResult(ids, scores, cand, read)
+
+    def search_params(self, k=10, probes=None, min_votes=None, top_c=None, refine=None) -> SearchParams:
+        """The checked parameters of a search (irli.params: the one rule of
+        every index, the service and the CLI)."""
+        return self._params(self._snapshot(), k, probes, min_votes, top_c, refine)
+
+    def _params(self, st: "_State", k, probes, min_votes, top_c, refine) -> SearchParams:
+        return SearchParams.resolve(self.config, st.vectors.shape[0], st.n_buckets, k, probes, min_votes, top_c,
+                                    refine, codes=st.codes is not None)
 
     def _snapshot(self) -> "_State":
         """The searchable state as one object (see `_publish`): a search

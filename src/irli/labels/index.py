@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..config import LabelConfig
+from ..params import SearchParams
 from ..errors import IndexFormatError, InvalidInputError, NotFittedError
 from ..model.labels import LabelModel
 from ..progress import Callback
@@ -120,14 +121,7 @@ class LabelIndex:
         """`predict` plus the number of candidate labels scored per point, int64 (n,)."""
         self._check_fitted()
         cfg = self.fitted_config_
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.model_.n_labels:
-            raise InvalidInputError(f"k={k!r} out of range: need 1 <= k <= {self.model_.n_labels} labels")
-        probes = cfg.probes if probes is None else probes
-        if isinstance(probes, bool) or not isinstance(probes, (int, np.integer)) or not 1 <= probes <= cfg.n_buckets:
-            raise InvalidInputError(f"probes={probes!r} out of range: need 1 <= probes <= {cfg.n_buckets} buckets")
-        votes = cfg.min_votes if min_votes is None else min_votes
-        if not isinstance(votes, (int, np.integer)) or not 1 <= votes <= cfg.n_reps:
-            raise InvalidInputError(f"min_votes={votes!r} out of range: need 1 <= min_votes <= {cfg.n_reps}")
+        k, probes, votes, _, _ = self.search_params(k, probes, min_votes)
         x = self._features(X)
         return self.model_.predict(x, int(k), int(probes), int(votes),
                                    rerank=cfg.scorer if rerank is None else bool(rerank), blend=cfg.blend,
@@ -135,6 +129,13 @@ class LabelIndex:
 
     def __len__(self) -> int:
         return 0 if self.model_ is None else self.model_.n_labels
+
+    def search_params(self, k=5, probes=None, min_votes=None) -> SearchParams:
+        """The checked parameters of a prediction (irli.params: the rule of
+        every index; k beyond the labels pads rows with -1)."""
+        self._check_fitted()
+        return SearchParams.resolve(self.fitted_config_, self.model_.n_labels, self.fitted_config_.n_buckets, k,
+                                    probes, min_votes)
 
     @property
     def n_labels(self) -> int:

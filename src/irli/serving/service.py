@@ -18,7 +18,6 @@ import numpy as np
 
 from ..errors import IndexLockedError, InvalidInputError, IrliError, SaveError
 from ..validation import as_ids
-from ..index.index import K_MAX
 from ..io.storage import WriterLock
 from .options import ServeOptions
 from .protocol import AddBody, RemoveBody, RequestError, SearchBody, as_allow, as_vectors, encode_result
@@ -40,11 +39,6 @@ class SearchRequest:
     def key(self) -> tuple:
         """Requests with the same key can be answered by one batched search."""
         return (self.k, self.probes, self.refine)
-
-
-def _positive(v, name: str) -> None:
-    if v is not None and v < 1:
-        raise RequestError(400, f"{name}={v} out of range: at least 1")
 
 
 class Service:
@@ -90,14 +84,13 @@ class Service:
         n = q.shape[0]
         if n > o.max_vectors:
             raise RequestError(413, f"{n} query vectors in one request; the limit is {o.max_vectors}")
-        k_max = max(K_MAX, len(self.index))
-        if not 1 <= body.k <= k_max:
-            raise RequestError(400, f"k={body.k} out of range: 1 .. {k_max}")
+        try:
+            self.index.search_params(k=body.k, probes=body.probes, refine=body.refine)  # the rule of every index
+        except InvalidInputError as e:
+            raise RequestError(400, str(e)) from None
         if n * body.k > o.max_results:
             raise RequestError(413, f"{n} queries x k={body.k} = {n * body.k:,} results; the limit is "
                                f"{o.max_results:,} per request")
-        _positive(body.probes, "probes")
-        _positive(body.refine, "refine")
         return SearchRequest(q, body.k, body.probes, body.refine, as_allow(body.allow, n), fmt)
 
     def search(self, reqs: list[SearchRequest]) -> list[bytes | RequestError]:
