@@ -35,7 +35,7 @@ def built(files):
     return files / "idx"
 
 
-@pytest.mark.parametrize("sub", ["", "build", "search", "eval", "info", "demo"])
+@pytest.mark.parametrize("sub", ["", "build", "search", "eval", "info", "demo", "add", "remove", "compact", "shard", "serve"])
 def test_help(sub):
     p = irli_cmd(*([sub] if sub else []), "--help")
     assert "usage: irli" in p.stdout
@@ -93,6 +93,27 @@ def test_info_shows_what_applies(built, files, tmp_path):
     irli_cmd("build", files / "items.npy", "-o", tmp_path / "f", "--set", "n_buckets=16", "-q")
     fast = irli_cmd("info", tmp_path / "f").stdout
     assert "pq_m=" in fast and "lr=" not in fast and "min_votes" not in fast
+
+
+def test_add_remove_compact_and_filtered_search(files, tmp_path):
+    out = tmp_path / "idx"
+    x = np.load(files / "items.npy")
+    irli_cmd("build", files / "items.npy", "-o", out, "--set", "n_buckets=16", "-q")
+    np.save(tmp_path / "new.npy", x[:3] * 1.0)
+    p = irli_cmd("add", out, tmp_path / "new.npy", "--ids", "9000,9001,9002")
+    assert "added 3 items (ids 9000 .. 9002); 2,003" in p.stdout
+    p = irli_cmd("add", out, tmp_path / "new.npy", "--ids", "9000,1,2", ok=False)
+    assert p.returncode == 1 and "id 9000 is already in the index" in p.stderr
+    assert "removed 2 items; 2,001" in irli_cmd("remove", out, "9000,5").stdout
+    p = irli_cmd("search", out, tmp_path / "new.npy", "-k", "2", "--probes", "16", "--refine", "8",
+                 "--allow", "9001,9002,1")
+    rows = [[int(c.split(":")[0]) for c in line.split("\t")[1].split()] for line in p.stdout.strip().splitlines()]
+    assert all(set(r) <= {9001, 9002, 1} for r in rows) and rows[1][0] in (1, 9001)
+    assert "reclaimed 2 slots; 2,001 items" in irli_cmd("compact", out).stdout
+    import irli
+
+    index = irli.load(out)
+    assert len(index) == 2001 and index.n_removed == 0 and 9000 not in index and 9002 in index
 
 
 @pytest.mark.parametrize("preset", ["fast", "ivf-ltr"])

@@ -5,6 +5,7 @@
   irli search DIR QUERIES        top-k ids and scores (.npy files, or printed)
   irli eval DIR QUERIES          recall@k, candidates and QPS over a sweep of probes;
                                  for a label index, P@k, nDCG@k, PSP@k on an XC-format file
+  irli add DIR VECTORS           add items (saved in place); remove DIR IDS; compact DIR
   irli info DIR                  what an index directory holds
   irli shard DIR OUT --shards S  split an index into S self-contained parts
   irli serve DIR                 serve an index over HTTP (see irli.serving)
@@ -171,13 +172,15 @@ def cmd_search(a) -> int:
             index = ShardedIndex.open(a.index, executor=executor)
         else:
             index = ShardedIndex(index, shards=a.shards, executor=executor)
+    allow = _read_ids(a.allow, "--allow", mask=True) if a.allow else None
     if isinstance(index, ShardedIndex):
         if a.min_votes or a.top_c:
             raise InvalidInputError("--min-votes and --top-c are not supported for a sharded search")
         with index:
-            res = index.search(q, k=a.k, probes=a.probes)
+            res = index.search(q, k=a.k, probes=a.probes, allow=allow, refine=a.refine)
     else:
-        res = index.search(q, k=a.k, probes=a.probes, min_votes=a.min_votes, top_c=a.top_c, threads=a.threads)
+        res = index.search(q, k=a.k, probes=a.probes, min_votes=a.min_votes, top_c=a.top_c, refine=a.refine,
+                           allow=allow, threads=a.threads)
     if a.out:
         prefix = Path(a.out)
         np.save(f"{prefix}.ids.npy", res.ids)
@@ -235,6 +238,64 @@ def _exhaustive(index, q: np.ndarray, k: int) -> np.ndarray:
     step = 32  # each query holds a heap of every item: a few at a time
     return np.concatenate([index.search(q[s : s + step], k=k, probes=index.n_buckets, refine=refine).ids
                            for s in range(0, q.shape[0], step)])
+
+
+def _read_ids(spec: str, what: str, mask: bool = False) -> np.ndarray:
+    """Ids from a .npy file (int ids, or with `mask` a bool mask by id) or
+    a comma-separated list."""
+    if spec.endswith(".npy"):
+        a = np.load(spec, allow_pickle=False)
+        if a.dtype == bool and mask:
+            return a
+        if a.dtype.kind not in "iu":
+            raise InvalidInputError(f"{what} {spec}: expected integer ids{' or a bool mask' if mask else ''}, "
+                                    f"got {a.dtype}")
+        return a.astype(np.int64).ravel()
+    try:
+        return np.array([int(v) for v in spec.split(",") if v.strip()], dtype=np.int64)
+    except ValueError:
+        raise InvalidInputError(f"{what} expects a .npy file or comma-separated integer ids, got {spec!r}") from None
+
+
+def _writable(path: str):
+    """The vector index at `path`, to change and save back, and the
+    directory's writer lock (held until the command ends)."""
+    from ..io.storage import WriterLock
+    from ..loader import load
+
+    index = load(path)
+    if not hasattr(index, "add") or not hasattr(index, "compact"):
+        raise InvalidInputError(f"{path}: a {type(index).__name__}; add, remove and compact change a vector "
+                                "index of one directory")
+    return index, WriterLock(path, wait_s=2.0, holder="the irli command")
+
+
+def cmd_add(a) -> int:
+    index, lock = _writable(a.index)
+    with lock, lock.saving():
+        x = _read(a.vectors, a.key)
+        ids = _read_ids(a.ids, "--ids") if a.ids else None
+        first = index.next_id_
+        index.add(x, ids=ids, replace=a.replace, threads=a.threads, save_to=a.index)
+    got = ids if ids is not None else np.arange(first, first + x.shape[0])
+    print(f"added {x.shape[0]:,} items (ids {int(got.min())} .. {int(got.max())}); {len(index):,} in {a.index}")
+    return 0
+
+
+def cmd_remove(a) -> int:
+    index, lock = _writable(a.index)
+    with lock, lock.saving():
+        n = index.remove(_read_ids(a.ids, "ids"), missing="ignore" if a.missing_ok else "raise", save_to=a.index)
+    print(f"removed {n:,} items; {len(index):,} in {a.index} ({index.n_removed:,} slots to compact)")
+    return 0
+
+
+def cmd_compact(a) -> int:
+    index, lock = _writable(a.index)
+    with lock, lock.saving():
+        n = index.compact(save_to=a.index)
+    print(f"reclaimed {n:,} slots; {len(index):,} items in {a.index}")
+    return 0
 
 
 def cmd_info(a) -> int:
@@ -431,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--probes", type=int, default=None, help="buckets opened per repetition")
     s.add_argument("--min-votes", type=int, default=None, help="keep candidates seen in >= this many repetitions")
     s.add_argument("--top-c", type=int, default=None, help="score only the C most probable candidates")
+    s.add_argument("--refine", type=int, default=None, help="with PQ codes: re-rank the best REFINE x k exactly")
+    s.add_argument("--allow", help="return only these ids: a .npy of ids or a bool mask by id, or 3,17,42")
     s.add_argument("--out", help="prefix of the .npy files to write")
     s.add_argument("--key", default="test", help="dataset to read from an .hdf5 file")
     s.add_argument("--labels", help="label index, split format: the labels file of QUERIES")
@@ -501,6 +564,25 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--ray-address", default=None,
                    help="join this Ray cluster ('auto': the one `ray start` made; implies --ray)")
     v.set_defaults(func=cmd_serve)
+
+    ad = sub.add_parser("add", help="add vectors to an index directory (saved in place)",
+                        description="Add the vectors of VECTORS to INDEX and save it (atomically, under its writer "
+                        "lock). New items get the next free ids unless --ids.")
+    ad.add_argument("index", help="index directory")
+    ad.add_argument("vectors", help="vectors file (.npy, .fvecs, .hdf5: --key)")
+    ad.add_argument("--ids", help="their ids: a .npy of integers, or 3,17,42")
+    ad.add_argument("--replace", action="store_true", help="replace items whose id is already in the index")
+    ad.add_argument("--key", default="train", help="dataset to read from an .hdf5 file")
+    ad.add_argument("--threads", type=_positive, default=None, help="threads (default: all cores)")
+    ad.set_defaults(func=cmd_add)
+    rm = sub.add_parser("remove", help="remove items from an index directory by id (saved in place)")
+    rm.add_argument("index", help="index directory")
+    rm.add_argument("ids", help="ids to remove: a .npy of integers, or 3,17,42")
+    rm.add_argument("--missing-ok", action="store_true", help="skip ids that are not in the index")
+    rm.set_defaults(func=cmd_remove)
+    co = sub.add_parser("compact", help="reclaim the slots of removed items (saved in place)")
+    co.add_argument("index", help="index directory")
+    co.set_defaults(func=cmd_compact)
 
     i = sub.add_parser("info", help="what an index directory holds",
                        description="Print the manifest, sizes and bucket loads of INDEX.")
