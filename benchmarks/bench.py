@@ -123,6 +123,7 @@ def _rss_mb() -> float:
 def worker(spec: str, data_dir: Path, metric: str, n_buckets: int, k: int, out: Path, modes: list[str],
            single_n: int, single_runs: int = 3) -> None:
     import systems
+
     from irli.metrics import recall_at_k
     from irli.threads import cpu_count
 
@@ -213,11 +214,11 @@ def main(argv=None) -> int:
                a.single_runs)
         return 0
 
+    from report import write_report
     from tqdm import tqdm
 
     from irli.cli.bars import Bars
     from irli.config import default_buckets
-    from report import write_report
 
     bars = Bars(True)
     data_dir, metric = prepare(a.dataset, Path(a.cache), a.n_test, progress=bars)

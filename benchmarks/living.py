@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import machine  # noqa: E402
 
 import irli  # noqa: E402
-from irli.io.datasets import glove_split  # noqa: E402
 from irli.cli.evaluation import format_table, timed_search  # noqa: E402
+from irli.io.datasets import glove_split  # noqa: E402
 from irli.kernels.exact import exact_knn  # noqa: E402
 from irli.metrics import recall_at_k  # noqa: E402
 

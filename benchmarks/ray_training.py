@@ -33,8 +33,8 @@ def main(argv=None) -> int:
     import ray
 
     import irli
-    from irli.io.datasets import synthetic
     from irli.distributed import RayExecutor
+    from irli.io.datasets import synthetic
     from irli.kernels.exact import exact_knn
     from irli.metrics import recall_at_k
 

@@ -48,8 +48,8 @@ def build_irli(src: str, out: str, preset: str, sample: int) -> dict:
 def build_faiss(src: str, out: str, sample: int, n_buckets: int) -> dict:
     import faiss
 
-    from irli.io.storage import release
     from irli.io.datasets import read_vectors
+    from irli.io.storage import release
     from irli.validation import normalize_rows
 
     t = time.perf_counter()
@@ -100,8 +100,8 @@ def main(argv=None) -> int:
     from threadpoolctl import threadpool_limits
 
     import irli
-    from irli.io.datasets import read_vectors, synthetic_file
     from irli.cli.evaluation import format_table, timed_search
+    from irli.io.datasets import read_vectors, synthetic_file
     from irli.kernels.exact import exact_knn
     from irli.metrics import recall_at_k
 

@@ -194,7 +194,13 @@ def run_system(system: str, train: Path, data: Path, peer_python: str, workdir: 
 
 
 def score(res: dict, y_train, y_test) -> dict:
-    from irli.metrics import label_coverage, ndcg_at_k, precision_at_k, propensity, psp_at_k
+    from irli.metrics import (
+        label_coverage,
+        ndcg_at_k,
+        precision_at_k,
+        propensity,
+        psp_at_k,
+    )
 
     pred = res.pop("pred")
     prop = propensity(y_train)
@@ -233,7 +239,6 @@ def machine() -> dict:
     import torch
 
     import irli
-
     from irli.cli.demo import cpu_name
 
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(), "irli": irli.__version__,

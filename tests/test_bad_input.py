@@ -3,11 +3,10 @@ inside FAISS or torch, never a silently wrong answer."""
 
 import numpy as np
 import pytest
+from conftest import fitted
 
 import irli
 from irli import ConfigError, InvalidInputError, NotFittedError
-
-from conftest import fitted
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 import irli
-from irli.io.storage import manifest_sha256
-from irli.learn.budget import ProbeBudget, _needed
-from irli.io.datasets import synthetic
 from irli.errors import ConfigError, IndexFormatError
+from irli.io.datasets import synthetic
+from irli.io.storage import manifest_sha256
 from irli.kernels.exact import exact_knn
+from irli.learn.budget import ProbeBudget, _needed
 
 N, D = 6000, 16
 

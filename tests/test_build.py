@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import irli
+from irli.errors import SaveError
 from irli.index.build import build
 from irli.io.datasets import synthetic, write_vectors
-from irli.errors import SaveError
 
 
 @pytest.mark.parametrize("preset,metric", [("fast", "cosine"), ("ivf", "l2")])

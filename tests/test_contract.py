@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
+from conftest import FAST, N, fitted
 
 import irli
 from irli.metrics import recall_at_k
-
-from conftest import FAST, N, fitted
 
 
 def test_shapes_dtypes_and_order(index, data):

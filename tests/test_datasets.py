@@ -5,8 +5,15 @@ import pytest
 
 from irli import InvalidInputError
 from irli.io.datasets import (
-    AnnDataset, read_ann_hdf5, read_vectors, read_xvecs, split, synthetic, write_ann_hdf5,
-    write_vectors, write_xvecs,
+    AnnDataset,
+    read_ann_hdf5,
+    read_vectors,
+    read_xvecs,
+    split,
+    synthetic,
+    write_ann_hdf5,
+    write_vectors,
+    write_xvecs,
 )
 from irli.kernels.exact import exact_knn
 
@@ -127,8 +134,8 @@ def test_glove_package_when_installed():
 
 def test_embedded_texts_are_cached_on_disk(tmp_path):
     """The MiniLM set's cache: computed once (with progress), then read back."""
-    from irli.io.datasets import embed_texts
     from irli.errors import InvalidInputError
+    from irli.io.datasets import embed_texts
 
     texts = [f"word{i}" for i in range(50)]
     calls, reports = [], []

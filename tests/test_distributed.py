@@ -6,10 +6,9 @@ import os
 
 import numpy as np
 import pytest
+from conftest import FAST
 
 import irli
-
-from conftest import FAST
 
 pytestmark = pytest.mark.ray  # run in their own pytest process (.ci/suite)
 

@@ -21,11 +21,17 @@ import pytest
 import scipy.sparse as sp
 
 import irli
-from irli import ConfigError, IndexFormatError, InvalidInputError, LabelIndex, NotFittedError
+from irli import (
+    ConfigError,
+    IndexFormatError,
+    InvalidInputError,
+    LabelIndex,
+    NotFittedError,
+)
 from irli.cli import main
 from irli.io.datasets import synthetic, synthetic_labels
-from irli.kernels.exact import exact_knn
 from irli.io.storage import manifest_sha256
+from irli.kernels.exact import exact_knn
 
 D = 16
 I64 = np.iinfo(np.int64).max

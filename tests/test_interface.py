@@ -12,12 +12,11 @@ must give the very same ids as the in-memory index.
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from conftest import FAST, PRESETS, fitted
 
 import irli
 from irli.io.datasets import synthetic_labels
 from irli.result import SearchResult
-
-from conftest import FAST, PRESETS, fitted
 
 K = 5
 

@@ -8,13 +8,24 @@ import scipy.sparse as sp
 import irli
 from irli import LabelIndex
 from irli.cli import main
-from irli.io.datasets import synthetic_labels
 from irli.errors import IndexFormatError, InvalidInputError, NotFittedError
-from irli.metrics import (
-    label_coverage, ndcg_at_k, precision_at_k, propensity, propensity_from_counts, psp_at_k,
-)
+from irli.io.datasets import synthetic_labels
 from irli.labels.xcformat import (
-    label_matrix, looks_like_xc, read_sparse, read_xc, read_xc_split, write_sparse, write_xc,
+    label_matrix,
+    looks_like_xc,
+    read_sparse,
+    read_xc,
+    read_xc_split,
+    write_sparse,
+    write_xc,
+)
+from irli.metrics import (
+    label_coverage,
+    ndcg_at_k,
+    precision_at_k,
+    propensity,
+    propensity_from_counts,
+    psp_at_k,
 )
 
 FAST = dict(n_reps=3, hidden=64, epochs=8, repartition_every=3, lr=0.01, batch_size=128, seed=1)

@@ -124,7 +124,7 @@ LAYERS = ["top", "kernels", "model", "learn", "io", "index", "labels", "distribu
 # the faces of the package (irli.load, `import irli`) sit above everything
 FACES = {"__init__", "loader"}
 # upward imports still to remove (each a lazy import inside a function), and why they are there
-EXCEPTIONS = {("index.index", "distributed.layout"): "Index.save(path, shards=S) writes a sharded index"}
+EXCEPTIONS = {("index.format", "distributed.layout"): "Index.save(path, shards=S) writes a sharded index"}
 
 
 def _layer(name: str) -> int:

@@ -3,14 +3,13 @@ search and persistence of all of it, checked against exact search."""
 
 import numpy as np
 import pytest
+from conftest import FAST, PRESETS, B
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import irli
 from irli.io.datasets import synthetic
 from irli.kernels.exact import exact_knn
-
-from conftest import B, FAST, PRESETS
 
 
 def exact_ids(x, ids, q, k, metric="cosine"):

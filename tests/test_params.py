@@ -2,12 +2,11 @@
 search: Index, ShardedIndex, LabelIndex, and the service through them."""
 
 import pytest
+from conftest import fitted
 
 import irli
 from irli.io.datasets import synthetic_labels
 from irli.params import K_MAX
-
-from conftest import fitted
 
 
 @pytest.fixture(scope="module")

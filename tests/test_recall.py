@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
+from conftest import N, fitted
 
 import irli
 from irli.metrics import recall_at_k, routing_accuracy
-
-from conftest import N, fitted
 
 # (preset, probes, recall@10 floor, largest share of the items scored)
 FLOORS = [

@@ -2,14 +2,13 @@
 
 import numpy as np
 import pytest
+from conftest import FAST, fitted
 
 import irli
 from irli.kernels.exact import exact_knn
+from irli.kernels.exact_scan import scan
 from irli.metrics import recall_at_k
 from irli.model.routers import route
-from irli.kernels.exact_scan import scan
-
-from conftest import FAST, fitted
 
 
 def _reference(index, q, k, probes, min_votes=1, top_c=None):

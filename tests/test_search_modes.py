@@ -5,12 +5,11 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import FAST, B, fitted
 
 import irli
 from irli import InvalidInputError
 from irli.metrics import recall_at_k
-
-from conftest import FAST, B, fitted
 
 VARIANTS = [("fast", {}), ("fast", dict(pq_residual=False)), ("ivf", {}), ("ivf", dict(spill=1)),
             ("ivf-ltr", {}), ("irli", {}), ("fast", dict(n_reps=2)), ("irli", dict(top_c=40))]

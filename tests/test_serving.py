@@ -23,14 +23,13 @@ import urllib.request
 import msgspec
 import numpy as np
 import pytest
+from conftest import fitted
 
 import irli
 from irli.errors import IndexLockedError, InvalidInputError
 from irli.serving import Client, ServeOptions, ServiceError, processes
 from irli.serving.server import ServeError, Server
 from irli.serving.service import Service
-
-from conftest import fitted
 
 LIMITS = dict(max_batch=64, max_body=1 << 20, max_vectors=300, max_results=20_000, header_timeout_s=2.0,
               body_timeout_s=2.0)

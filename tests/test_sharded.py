@@ -7,12 +7,11 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import FAST, fitted
 
 import irli
-from irli.errors import IndexFormatError, InvalidInputError
 from irli.distributed.layout import SLACK, assign_buckets, shards_touched
-
-from conftest import FAST, fitted
+from irli.errors import IndexFormatError, InvalidInputError
 
 
 def recall(ids, truth):

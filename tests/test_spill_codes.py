@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
+from conftest import B, N, fitted
 
 import irli
 from irli import ConfigError, InvalidInputError
 from irli.metrics import recall_at_k
-
-from conftest import B, N, fitted
 
 
 def test_spilled_items_sit_in_two_buckets(data):
@@ -108,7 +107,13 @@ def test_anisotropic_codes_lower_the_score_aware_loss(data):
     """Score-aware (anisotropic) codes: for each item, the coordinate descent
     never ends above the plain nearest codes on h_par |e_par|^2 + h_perp
     |e_perp|^2, and training the codebook for that loss lowers it overall."""
-    from irli.index.codes import _decode, _directions, _encode_book, _train_book, anisotropic_eta
+    from irli.index.codes import (
+        _decode,
+        _directions,
+        _encode_book,
+        _train_book,
+        anisotropic_eta,
+    )
 
     x = data[0] / np.linalg.norm(data[0], axis=1, keepdims=True)
     x = np.ascontiguousarray(x, dtype=np.float32)

@@ -2,15 +2,19 @@
 
 import numpy as np
 import pytest
+from conftest import FAST
 
 import irli
 from irli.config import IndexConfig
-from irli.model.partition import (
-    InvertedLists, assign_nearest, hash_assign, kmeans, nearest_centroids, power_of_k,
-)
 from irli.learn.loop import learn, training_set
-
-from conftest import FAST
+from irli.model.partition import (
+    InvertedLists,
+    assign_nearest,
+    hash_assign,
+    kmeans,
+    nearest_centroids,
+    power_of_k,
+)
 
 
 def test_hash_is_seeded_and_spreads_items():

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 
-from .index.index import Index
-from .labels.index import LabelIndex
-from .distributed.sharded import ShardedIndex
 from .distributed.layout import remote
+from .distributed.sharded import ShardedIndex
+from .index.index import Index
 from .io.storage import read_manifest
+from .labels.index import LabelIndex
 
 
 def load(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> Index | LabelIndex | ShardedIndex:

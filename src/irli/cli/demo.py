@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .bars import Bars
-from ..io.datasets import glove_split, ground_truth, load_glove
-from .evaluation import format_table, single_queries, sweep, timed_search
 from ..index.index import Index
+from ..io.datasets import glove_split, ground_truth, load_glove
 from ..threads import cpu_count
+from .bars import Bars
+from .evaluation import format_table, single_queries, sweep, timed_search
 
 
 def cpu_name() -> str:

@@ -10,7 +10,6 @@ import time
 import numpy as np
 
 from ..errors import InvalidInputError
-
 from ..metrics import recall_at_k
 
 

@@ -26,10 +26,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .bars import Bars
 from ..config import PRESETS
 from ..errors import InvalidInputError
 from ..version import __version__
+from .bars import Bars
 
 
 # -- helpers -------------------------------------------------------------------
@@ -196,9 +196,9 @@ def cmd_search(a) -> int:
 
 def cmd_eval(a) -> int:
     from ..io.datasets import read_ann_hdf5, read_vectors
-    from .evaluation import format_table, sweep
     from ..kernels.exact import exact_knn
     from ..loader import load
+    from .evaluation import format_table, sweep
 
     index = load(a.index)
     if not hasattr(index, "search"):  # a label index
@@ -299,9 +299,9 @@ def cmd_compact(a) -> int:
 
 
 def cmd_info(a) -> int:
+    from ..io.storage import read_manifest
     from ..loader import load
     from ..metrics import bucket_load
-    from ..io.storage import read_manifest
 
     man = read_manifest(a.index)
     if man.get("task") == "sharded":

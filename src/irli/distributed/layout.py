@@ -39,9 +39,9 @@ import numpy as np
 
 from ..config import IndexConfig
 from ..errors import IndexFormatError, InvalidInputError
-from ..model.routers import Router, Routing
-from ..kernels.scoring import prepare, query_error
 from ..io.storage import MANIFEST, read_index, router_states, write_index
+from ..kernels.scoring import prepare, query_error
+from ..model.routers import Router, Routing
 from ..validation import as_matrix
 from ..version import __version__
 

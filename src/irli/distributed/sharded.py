@@ -20,16 +20,16 @@ import shutil
 
 import numpy as np
 
-from .executor import DistributedError, RayExecutor, failure
-from ..params import SearchParams
 from ..errors import IndexFormatError, InvalidInputError
 from ..index.index import Index
-from ..result import SearchResult
-from ..model.routers import route
-from ..kernels.exact_scan import scanned
-from .layout import Layout, fetched, part_arrays, shards_touched
 from ..io.storage import MANIFEST, read_index, sha256
+from ..kernels.exact_scan import scanned
+from ..model.routers import route
+from ..params import SearchParams
+from ..result import SearchResult
 from ..validation import positive_int
+from .executor import DistributedError, RayExecutor, failure
+from .layout import Layout, fetched, part_arrays, shards_touched
 
 # seconds a search waits for a part (Ray) before it gives up on it
 TIMEOUT_S = 60.0

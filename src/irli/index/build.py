@@ -39,15 +39,29 @@ from pathlib import Path
 
 import numpy as np
 
-from .codes import PQ4Codes
 from ..config import IndexConfig
 from ..errors import InvalidInputError, IrliError
-from .index import Index
+from ..io.storage import (
+    preallocate,
+    release,
+    remove_abandoned,
+    save_error,
+    stage_file,
+    write_index,
+)
 from ..model.partition import InvertedLists
 from ..progress import Callback, report
-from ..io.storage import preallocate, release, remove_abandoned, save_error, stage_file, write_index
+from ..validation import (
+    as_ids,
+    as_matrix,
+    check_norms,
+    first_duplicate,
+    normalize_rows,
+    positive_int,
+)
+from .codes import PQ4Codes
+from .index import Index
 from .updates import place, sample_rows
-from ..validation import as_ids, as_matrix, check_norms, first_duplicate, normalize_rows, positive_int
 
 
 def _backing(x: np.ndarray) -> tuple[str, int] | None:

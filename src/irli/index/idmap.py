@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 
 
-
 class IdMap:
     """Live user ids <-> storage positions, never changed once made (a
     change makes a new map), so a search may hold one while ids change.

@@ -24,10 +24,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ..threads import run_blocks, stamps
 from .gather import gather_votes
 from .route import route_rows
 from .scoring import FAST, dot, prepare_rows, score
-from ..threads import run_blocks, stamps
 from .topk import emit, emit_ids, push
 
 

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from ..config import LabelConfig
-from ..params import SearchParams
 from ..errors import IndexFormatError, InvalidInputError, NotFittedError
+from ..io.storage import check_label_index, read_index, write_index
 from ..model.labels import LabelModel
+from ..params import SearchParams
 from ..progress import Callback
 from ..result import SearchResult
-from ..io.storage import check_label_index, read_index, write_index
 from .xcformat import as_csr, label_matrix
 
 TASK = "xml"

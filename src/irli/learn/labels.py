@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..model.labels import LabelModel
 from ..metrics import precision_at_k
+from ..model.labels import LabelModel
 from ..model.partition import fallback_width, power_of_k
 from ..progress import Callback, report
 from .loop import alternate, bucket_loss, torch_device, uniform, validation_split

@@ -26,8 +26,8 @@ from ..model.partition import (
     power_of_k,
     soar_spill,
 )
-from ..progress import Callback, report
 from ..model.routers import CentroidRouter, LinearRouter, MLPRouter, Router
+from ..progress import Callback, report
 
 
 @dataclass

@@ -27,7 +27,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .batcher import Batcher
 from .options import ServeOptions
-from .protocol import JSON, AddBody, RemoveBody, RequestError, SearchBody, body_format, content_type, decode, encode
+from .protocol import (
+    JSON,
+    AddBody,
+    RemoveBody,
+    RequestError,
+    SearchBody,
+    body_format,
+    content_type,
+    decode,
+    encode,
+)
 from .service import Service
 
 log = logging.getLogger("irli.serve")

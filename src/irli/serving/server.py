@@ -169,9 +169,9 @@ def open_index(path: str | os.PathLike):
     """The vector index at `path` for serving (memory-mapped), or
     ServeError for what cannot be served: a label index, a sharded one
     without Ray (irli serve --ray)."""
-    from ..loader import load
     from ..distributed.layout import remote
     from ..io.storage import read_manifest
+    from ..loader import load
 
     if remote(path) is not None or read_manifest(path).get("task") == "sharded":
         raise ServeError(f"{path}: a sharded index; serve it with --ray (its parts run as Ray actors)")

@@ -17,10 +17,18 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IndexLockedError, InvalidInputError, IrliError, SaveError
-from ..validation import as_ids
 from ..io.storage import WriterLock
+from ..validation import as_ids
 from .options import ServeOptions
-from .protocol import AddBody, RemoveBody, RequestError, SearchBody, as_allow, as_vectors, encode_result
+from .protocol import (
+    AddBody,
+    RemoveBody,
+    RequestError,
+    SearchBody,
+    as_allow,
+    as_vectors,
+    encode_result,
+)
 
 
 @dataclass

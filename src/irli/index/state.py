@@ -1,0 +1,116 @@
+"""What a search reads, published as one object: `State` (the arrays and
+kernel arguments taken together), the update lock, and how a change is
+published (see Index._commit). A search reads the state once, so it never
+mixes arrays from before and after a change running in another thread."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import NamedTuple
+
+import numpy as np
+
+from ..learn.budget import ProbeBudget
+from ..model.partition import InvertedLists
+from ..model.routers import Routing
+from .codes import PQ4Codes
+from .idmap import IdMap
+
+_LOCKS = threading.Lock()
+
+
+def exclusive(method):
+    """Run a method that changes (or saves) the index under its update
+    lock: such calls from several threads run one at a time, each on the
+    state the previous one left. Searches never wait for it: they read the
+    published snapshot (see Index._publish)."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
+def read_only(a):
+    """A read-only view of an array (anything else as it is). The search
+    kernels take the index's arrays read-only whether they are memory maps
+    of a loaded index, arrays of a fitted one or buffers grown by `add`, so
+    one compiled version of each kernel serves them all."""
+    if isinstance(a, np.ndarray) and a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
+class State(NamedTuple):
+    """What a search reads, taken together (see Index._snapshot)."""
+
+    vectors: np.ndarray
+    sqnorms: np.ndarray
+    ids: np.ndarray
+    live: np.ndarray
+    keep: np.ndarray
+    lists: InvertedLists
+    codes: PQ4Codes | None
+    routing: Routing
+    idmap: IdMap
+    copies: int
+    n_live: int
+    dim: int
+    n_buckets: int
+    kernel_args: tuple  # the index's arguments of the search kernel (pq_block or exact_block)
+    budget: ProbeBudget | None  # the learned probe budget (learned_probes), or None: fixed probes
+
+
+
+
+class StateMixin:
+    """Index's published state and its update lock."""
+
+    def _snapshot(self) -> "State":
+        """The searchable state as one object (see `_publish`): a search
+        reads it once, so it never mixes arrays from before and after an
+        add, remove or compact running in another thread."""
+        self.check_fitted()
+        st = self.__dict__.get("_state")
+        return st if st is not None else self._publish()
+
+    def _publish(self) -> "State":
+        """Bundle the current arrays into the state searches read; called
+        under the update lock at the end of every change."""
+        with self._lock:
+            keep = self.live_.view(np.uint8) if self.n_removed else np.zeros(0, dtype=np.uint8)
+            cosine, l2 = self.config.metric == "cosine", self.config.metric == "l2"
+            r = self.routing_
+            # the kernels emit ids when given a non-empty id array (positions otherwise): an index
+            # with no slots left (all removed, then compacted) passes one unused id
+            ids = self.ids_ if self.ids_.shape[0] else np.full(1, -1, dtype=np.int64)
+            if self.codes_ is not None:
+                args = self.codes_.kernel_args(cosine, r, self.vectors_, self.sqnorms_, keep, ids)
+            else:
+                args = (cosine, l2, r.a1, r.b1, r.a2, r.b2, self.vectors_, self.sqnorms_, self.lists_.offsets,
+                        self.lists_.lists, keep, ids)
+            args = tuple(read_only(a) for a in args)
+            st = State(self.vectors_, self.sqnorms_, self.ids_, self.live_, keep, self.lists_, self.codes_,
+                        self.routing_, self.idmap_, self.assign_.shape[1], len(self.idmap_),
+                        self.vectors_.shape[1], self.lists_.offsets.shape[1] - 1, args,
+                        self.budget_)
+            self._state = st
+            return st
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_update_lock", None)  # locks do not copy or pickle; a new one comes on first use
+        state.pop("_state", None)  # rebuilt from the arrays on first search
+        return state
+
+    @property
+    def _lock(self) -> threading.RLock:
+        lock = self.__dict__.get("_update_lock")
+        if lock is None:
+            with _LOCKS:
+                lock = self.__dict__.setdefault("_update_lock", threading.RLock())
+        return lock
