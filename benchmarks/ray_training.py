@@ -14,8 +14,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 
 def _warm(i: int) -> int:
     import irli  # noqa: F401  (workers import irli once, before timing)

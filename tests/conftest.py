@@ -1,7 +1,6 @@
 """Shared fixtures: small structured data with exact ground truth, and fast
 settings for each preset (same code paths, smaller models and fewer epochs)."""
 
-import numpy as np
 import pytest
 
 import irli

@@ -1,8 +1,7 @@
 """The contract every preset honours (run once per preset)."""
 
 import numpy as np
-import pytest
-from conftest import FAST, N, fitted
+from conftest import FAST, N
 
 import irli
 from irli.metrics import recall_at_k

@@ -498,7 +498,7 @@ def test_interrupted_saves_are_cleaned_up_by_the_next(saved, tmp_path):
     # a save in progress (its lock held) is never touched
     busy = tmp_path / ".idx.tmp-busy"
     busy.mkdir()
-    from irli.io.storage import _hold
+    from irli.io.locks import hold_save as _hold
 
     fd = _hold(busy)
     try:

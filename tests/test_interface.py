@@ -9,6 +9,8 @@ test class inherits the mixin and says how to make the index; every form
 must give the very same ids as the in-memory index.
 """
 
+import inspect
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -55,6 +57,16 @@ class VectorContract:
         for i in (0, 7):
             np.testing.assert_array_equal(index.search(data[1][i], k=K, **self.search_options).ids[0],
                                           batch.ids[i])
+
+    def test_is_searchable_with_the_same_facts(self, pair):
+        index, ref = pair
+        assert isinstance(index, irli.Searchable)
+        assert index.dim == ref.dim and len(index) == len(ref)
+        assert index.config.metric == ref.config.metric and index.config.n_reps == ref.config.n_reps
+        params = inspect.signature(type(index).search).parameters
+        for name in ("queries", "k", "probes", "allow", "refine"):
+            assert name in params, f"{type(index).__name__}.search lacks {name}"
+        assert params["k"].default == 10 and params["probes"].default is None
 
     def test_bad_queries_get_one_line_errors(self, pair, data):
         index, _ = pair

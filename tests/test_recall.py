@@ -1,10 +1,8 @@
 """Recall floors against exact search on generated data, for every preset."""
 
-import numpy as np
 import pytest
 from conftest import N, fitted
 
-import irli
 from irli.metrics import recall_at_k, routing_accuracy
 
 # (preset, probes, recall@10 floor, largest share of the items scored)

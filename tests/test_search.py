@@ -6,7 +6,6 @@ from conftest import FAST, fitted
 
 import irli
 from irli.kernels.exact import exact_knn
-from irli.kernels.exact_scan import scan
 from irli.metrics import recall_at_k
 from irli.model.routers import route
 

@@ -6,7 +6,7 @@ from conftest import FAST
 
 import irli
 from irli.config import IndexConfig
-from irli.learn.loop import learn, training_set
+from irli.learn.loop import training_set
 from irli.model.partition import (
     InvertedLists,
     assign_nearest,
@@ -48,7 +48,6 @@ def test_power_of_k_takes_least_loaded_choice():
 
 
 def test_power_of_k_respects_the_cap_even_without_fallbacks():
-    rng = np.random.default_rng(0)
     choices = np.zeros((1000, 2), dtype=np.int32)  # everyone wants bucket 0
     a = power_of_k(choices, 2, 50, 1.5, seed=0)
     assert np.bincount(a, minlength=50).max() <= 30
@@ -101,8 +100,6 @@ def test_training_set_excludes_self(data):
 
 def _neighbour_mass(index, queries, neighbours):
     """Mean router probability of the buckets holding each query's neighbours."""
-    from irli.model.routers import route
-
     assign = index.assignments()
     qn = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
     out = []

@@ -32,13 +32,14 @@ from .io import datasets, storage
 from .labels import LabelIndex, xcformat
 from .loader import load
 from .progress import Progress
-from .result import SearchResult
+from .result import Searchable, SearchResult
 from .serving import Client
 from .threads import get_num_threads, set_num_threads
 from .version import __version__
 
 __all__ = [
-    "Index", "ShardedIndex", "Client", "SearchResult", "load", "build", "LabelIndex", "LabelConfig", "IndexConfig", "PRESETS", "Progress",
+    "Index", "ShardedIndex", "Client", "SearchResult",
+    "Searchable", "load", "build", "LabelIndex", "LabelConfig", "IndexConfig", "PRESETS", "Progress",
     "IrliError", "ConfigError", "InvalidInputError", "NotFittedError", "IndexFormatError",
     "set_num_threads", "get_num_threads", "__version__", "metrics", "datasets", "storage", "xcformat",
 ]

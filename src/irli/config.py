@@ -15,8 +15,8 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Iterable
 
 from .errors import ConfigError
+from .metric import METRICS, Metric
 
-METRICS = ("cosine", "ip", "l2")
 STARTS = ("kmeans", "hash")
 SCANS = ("exact", "pq4")
 ROUTERS = ("centroid", "linear", "mlp")
@@ -252,14 +252,19 @@ class IndexConfig(ModelConfig):
         return default_buckets(n_items)
 
     @property
+    def metric_type(self) -> Metric:
+        """The similarity `metric` names (irli.metric.Metric)."""
+        return Metric.named(self.metric)
+
+    @property
     def spherical(self) -> bool:
         """Whether k-means and centroids live on the unit sphere (ip, cosine)."""
-        return self.metric in ("cosine", "ip")
+        return self.metric_type.spherical
 
     @property
     def uses_bias(self) -> bool:
         """Whether the linear router has a bias (auto: only for l2)."""
-        return self.metric == "l2" if self.router_bias is None else self.router_bias
+        return self.metric_type.l2 if self.router_bias is None else self.router_bias
 
     @property
     def copies(self) -> int:

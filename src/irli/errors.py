@@ -31,4 +31,4 @@ class SaveError(IrliError, OSError):
 
 
 class IndexLockedError(IrliError, OSError):
-    """An index directory another writer holds (see irli.io.storage.WriterLock)."""
+    """An index directory another writer holds (see irli.io.locks.WriterLock)."""

@@ -1,9 +1,10 @@
 """SearchResult: what every irli index answers with (Index.search,
-ShardedIndex.search, LabelIndex.predict)."""
+ShardedIndex.search, LabelIndex.predict), and Searchable: the protocol
+every vector index a user can open implements."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -36,3 +37,28 @@ class SearchResult(_Pair):
         self = tuple.__new__(cls, (ids, scores))
         self.__dict__.update(candidates=candidates, scanned=scanned)
         return self
+
+
+@runtime_checkable
+class Searchable(Protocol):
+    """What every vector index a user can open answers to: irli.Index,
+    irli.ShardedIndex and irli.Client (a live service) alike, so code
+    written against one runs against the others.
+
+    search(queries float32 (n, d) or (d,), k, probes, allow, refine) ->
+    SearchResult; `dim` the vector dimension; len() the items searchable
+    now; `config` the irli.IndexConfig the index was built with.
+    (irli.LabelIndex answers the same search call on label ids, with
+    sparse feature rows as queries.)
+    """
+
+    @property
+    def config(self) -> Any: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def search(self, queries, k: int = 10, probes: int | None = None, allow=None,
+               refine: int | None = None) -> SearchResult: ...

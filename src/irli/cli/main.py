@@ -260,7 +260,7 @@ def _read_ids(spec: str, what: str, mask: bool = False) -> np.ndarray:
 def _writable(path: str):
     """The vector index at `path`, to change and save back, and the
     directory's writer lock (held until the command ends)."""
-    from ..io.storage import WriterLock
+    from ..io.locks import WriterLock
     from ..loader import load
 
     index = load(path)

@@ -39,7 +39,8 @@ import numpy as np
 
 from ..config import IndexConfig
 from ..errors import IndexFormatError, InvalidInputError
-from ..io.storage import MANIFEST, read_index, router_states, write_index
+from ..io.checks import router_states
+from ..io.storage import MANIFEST, read_index, write_index
 from ..kernels.scoring import prepare, query_error
 from ..model.routers import Router, Routing
 from ..validation import as_matrix
@@ -409,7 +410,7 @@ class Layout:
     def prepare(self, queries) -> np.ndarray:
         """Queries checked and prepared as an Index prepares them: float32 (n, d)."""
         raw = as_matrix(queries, "queries", dim=self.dim, allow_1d=True, finite=False)
-        q, bad = prepare(raw, self.config.metric == "cosine")
+        q, bad = prepare(raw, self.config.metric_type.cosine)
         if bad >= 0:
             raise query_error(raw, bad)
         return q

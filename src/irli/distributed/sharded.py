@@ -192,17 +192,17 @@ class ShardedIndex:
             answers = self._wait(calls, "search")
         else:
             answers = [self.parts[s].search(raw[rows], k, m, _rows(allow, rows, nq), refine) for s, rows in asked]
-        l2 = self.config.metric == "l2"
+        kind = self.config.metric_type
         ids = np.full((nq, max(1, len(asked)) * k), -1, dtype=np.int64)
         scores = np.full(ids.shape, -np.inf, dtype=np.float32)
         cand = np.zeros(nq, dtype=np.int64)
         for j, ((s, rows), (i, sc, c, _)) in enumerate(zip(asked, answers)):
             ids[rows, j * k:(j + 1) * k] = i
-            scores[rows, j * k:(j + 1) * k] = np.where(i >= 0, -sc if l2 else sc, -np.inf)
+            scores[rows, j * k:(j + 1) * k] = np.where(i >= 0, kind.ranked_scores(sc), -np.inf)
             cand[rows] += c
         top_ids, top = merge(ids, scores, k)
-        if l2:
-            top = np.where(top_ids >= 0, -top, np.inf).astype(np.float32)
+        if kind.l2:
+            top = np.where(top_ids >= 0, kind.user_scores(top), np.inf).astype(np.float32)
         return SearchResult(top_ids, top, cand, scanned(self.layout.offsets, probed))
 
     def _wait(self, calls: list, what: str) -> list:

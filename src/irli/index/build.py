@@ -41,12 +41,9 @@ import numpy as np
 
 from ..config import IndexConfig
 from ..errors import InvalidInputError, IrliError
+from ..io.locks import preallocate, remove_abandoned, save_error, stage_file
 from ..io.storage import (
-    preallocate,
     release,
-    remove_abandoned,
-    save_error,
-    stage_file,
     write_index,
 )
 from ..model.partition import InvertedLists
@@ -54,9 +51,7 @@ from ..progress import Callback, report
 from ..validation import (
     as_ids,
     as_matrix,
-    check_norms,
     first_duplicate,
-    normalize_rows,
     positive_int,
 )
 from .codes import PQ4Codes
@@ -194,7 +189,7 @@ def build(vectors, path: str | os.PathLike, preset: str = "fast", metric: str = 
             parts = executor.map(_stream_task, spans, path=str(vectors), staged=str(staged), cfg=cfg,
                                  routers=routers, centres=centres, encoder=encoder, batch=batch)
             assign = np.concatenate([p[0] for p in parts], axis=2)
-            sqnorms = np.concatenate([p[1] for p in parts]) if cfg.metric == "l2" else None
+            sqnorms = np.concatenate([p[1] for p in parts]) if cfg.metric_type.l2 else None
             if encoder is not None:
                 out = np.load(staged_codes, mmap_mode="r+")
                 for at, p in zip(np.cumsum([0] + [q[2].shape[2] for q in parts[:-1]]), parts):
@@ -248,16 +243,13 @@ def _stream(x, start: int, stop: int, staged, cfg: IndexConfig, routers, centres
     out = np.load(staged, mmap_mode="r+")
     assign = np.empty((cfg.n_reps, cfg.copies, stop - start), dtype=np.int32)
     loads = np.zeros((cfg.n_reps, b), dtype=np.int64)
-    sqnorms = np.empty(stop - start, dtype=np.float32) if cfg.metric == "l2" else None
+    sqnorms = np.empty(stop - start, dtype=np.float32) if cfg.metric_type.l2 else None
     codes = np.load(staged_codes, mmap_mode="r+") if staged_codes is not None else None
     for s in range(start, stop, batch):
         e = min(stop, s + batch)
         xb = _rows(x, s, e)
         release(x)
-        if cfg.metric == "cosine":
-            xb = normalize_rows(xb)
-        else:
-            check_norms(xb, f"vectors (rows {s}..{e - 1})")
+        xb = cfg.metric_type.prepare_items(xb, f"vectors (rows {s}..{e - 1})")
         where = place(xb, routers, cfg, loads, centres, seed=cfg.seed + s)
         assign[:, :, s - start : e - start] = where
         for r in range(cfg.n_reps):

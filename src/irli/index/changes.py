@@ -15,9 +15,7 @@ from ..threads import limit
 from ..validation import (
     as_ids,
     as_matrix,
-    check_norms,
     first_duplicate,
-    normalize_rows,
     positive_int,
 )
 from .state import exclusive
@@ -68,10 +66,7 @@ class ChangesMixin:
         if present.any() and not replace:
             raise InvalidInputError(f"id {int(uid[np.argmax(present)])} is already in the index; "
                                     "remove it first or pass replace=True")
-        if cfg.metric == "cosine":
-            x = normalize_rows(x)
-        else:
-            check_norms(x, "vectors")
+        x = cfg.metric_type.prepare_items(x, "vectors")
         replaced = self.idmap_.find(uid[present]) if present.any() else np.zeros(0, np.int64)
         report(callback, "add", 0, n)
         staying = self.live_
@@ -89,7 +84,8 @@ class ChangesMixin:
         ids_ = self._append("ids", self.ids_, uid)
         live = self._append("live", self.live_, np.ones(n, dtype=bool))
         assign = self._append("assign", self.assign_, where, axis=2)
-        sqnorms = self._append("sqnorms", self.sqnorms_, self._sqnorms(x)) if cfg.metric == "l2" else self.sqnorms_
+        sqnorms = self._append("sqnorms", self.sqnorms_, cfg.metric_type.sqnorms(x)) if cfg.metric_type.l2 \
+            else self.sqnorms_
         lists = self.lists_.extend(where, first)
         codes = None
         if new_codes is not None:

@@ -12,7 +12,8 @@ import numpy as np
 
 from ..config import IndexConfig
 from ..errors import IndexFormatError
-from ..io.storage import check_vector_index, read_index, router_states, write_index
+from ..io.checks import check_vector_index, router_states
+from ..io.storage import read_index, write_index
 from ..learn.budget import ProbeBudget
 from ..model.partition import InvertedLists
 from ..model.routers import Router
@@ -49,7 +50,7 @@ class FormatMixin:
                   "lists": self.lists_.lists, "assign": self.assign_, "centres": self.centres_}
         if self.codes_ is not None:
             arrays.update(self.codes_.arrays())
-        if self.config.metric == "l2":
+        if self.config.metric_type.l2:
             arrays["sqnorms"] = self.sqnorms_
         if self.n_removed:
             arrays["live"] = self.live_
@@ -92,7 +93,7 @@ class FormatMixin:
             config = IndexConfig.from_dict(man["config"])
         except Exception as e:  # a config this version cannot build
             raise IndexFormatError(f"{path}: invalid config in manifest ({e})") from None
-        check_vector_index(path, man, config.n_reps, config.copies, config.metric == "l2", config.scan == "pq4",
+        check_vector_index(path, man, config.n_reps, config.copies, config.metric_type.l2, config.scan == "pq4",
                            arrays, tensors)
         n, d = arrays["vectors"].shape
         b = arrays["offsets"].shape[1] - 1

@@ -7,7 +7,6 @@ state irli.index.state; the math lives in kernels, model and learn."""
 from __future__ import annotations
 
 import copy
-import time
 from typing import Any
 
 import numpy as np
@@ -15,20 +14,19 @@ import numpy as np
 from ..config import IndexConfig
 from ..errors import InvalidInputError, NotFittedError
 from ..io.storage import write_index
-from ..learn.budget import ProbeBudget, fit_budget
-from ..learn.loop import learn
+from ..learn.budget import ProbeBudget
 from ..model.partition import InvertedLists
 from ..model.routers import Router, Routing
-from ..progress import Callback, report
+from ..progress import Callback
 from ..threads import limit
-from ..validation import as_ids, as_matrix, check_norms, first_duplicate, normalize_rows
+from ..validation import as_ids
 from .changes import ChangesMixin
-from .codes import PQ4Codes, default_pq_m
+from .codes import PQ4Codes
+from .fitting import fit_parts
 from .format import FormatMixin
 from .idmap import IdMap
 from .searcher import SearchMixin
 from .state import StateMixin, exclusive
-from .updates import measure, sample_rows
 
 
 class Index(StateMixin, SearchMixin, ChangesMixin, FormatMixin):
@@ -80,64 +78,7 @@ class Index(StateMixin, SearchMixin, ChangesMixin, FormatMixin):
             return self._fit(vectors, ids, train_queries, callback, executor)
 
     def _fit(self, vectors, ids, train_queries, callback, executor) -> "Index":
-        cfg = self.config
-        t0 = time.perf_counter()
-        x = as_matrix(vectors, "vectors")
-        n, d = x.shape
-        uid = np.arange(n, dtype=np.int64) if ids is None else as_ids(ids, n)
-        dup = first_duplicate(uid)
-        if dup is not None:
-            raise InvalidInputError(f"ids repeat id {dup}; ids must be unique")
-        b = cfg.buckets_for(n)
-        if n < 2:
-            raise InvalidInputError(f"{n} item is too few: an index needs at least 2 items (2 buckets)")
-        if n < b:
-            raise InvalidInputError(
-                f"{n} items are fewer than n_buckets={b}; pass n_buckets <= {n} or more items"
-            )
-        if cfg.k_choices > b:
-            raise InvalidInputError(f"k_choices={cfg.k_choices} exceeds the {b} buckets")
-        tq = None
-        if train_queries is not None:
-            tq = as_matrix(train_queries, "train_queries", dim=d)
-        if cfg.metric == "cosine":
-            x = normalize_rows(x)
-            tq = normalize_rows(tq) if tq is not None else None
-        else:
-            check_norms(x, "vectors")
-            if tq is not None:
-                check_norms(tq, "train_queries")
-        if cfg.scan == "pq4" and d % (cfg.pq_m or default_pq_m(d)):
-            raise InvalidInputError(f"pq_m={cfg.pq_m} must divide the dimension d={d}")
-        result = learn(x, cfg, b, tq, callback, executor=executor)
-        # everything is built into locals and installed at the end, so a fit
-        # (or refresh) that fails leaves the index as it was
-        perm = np.argsort(result.assign[0, 0], kind="stable")  # group by home bucket of rep 0
-        vectors_ = np.ascontiguousarray(x[perm])
-        assign_ = np.ascontiguousarray(result.assign[:, :, perm])
-        report(callback, "lists", 0, 1)
-        lists_ = InvertedLists.from_assignments(assign_, b)
-        report(callback, "lists", 1, 1)
-        codes_ = None
-        if cfg.scan == "pq4":
-            report(callback, "codes", 0, 1)
-            codes_ = PQ4Codes.build(vectors_, assign_, result.centres, cfg.metric, cfg.pq_m,
-                                    residual=cfg.pq_residual, seed=cfg.seed, queries=tq, lists=lists_,
-                                    anisotropic=cfg.pq_anisotropic)
-            report(callback, "codes", 1, 1)
-        budget_ = None
-        if cfg.learned_probes:
-            report(callback, "budget", 0, 1)
-            budget_ = fit_budget(vectors_, assign_[0], lists_.offsets[0], lists_.lists[0],
-                                 Routing.from_routers(result.routers), cfg.metric, cfg.seed, queries=tq)
-            report(callback, "budget", 1, 1)
-        rows = sample_rows(n, 20_000, cfg.seed)
-        moved, imbalance, _ = measure(vectors_[rows], assign_[:, 0, rows], assign_[:, 0], result.routers, cfg, b)
-        history = {"rounds": result.history, "fit_seconds": time.perf_counter() - t0,
-                   "drift_at_fit": {"moved": float(np.mean(moved)), "imbalance": imbalance},
-                   "added": 0, "removed": 0}
-        self._install(vectors_, uid[perm], assign_, result.centres, lists_, result.routers, codes_,
-                      history, live=None, next_id=int(uid.max()) + 1, budget=budget_)
+        self._install(**fit_parts(self.config, vectors, ids, train_queries, callback, executor))
         return self
 
     @classmethod
@@ -168,7 +109,7 @@ class Index(StateMixin, SearchMixin, ChangesMixin, FormatMixin):
         self._commit({
             "vectors_": vectors, "ids_": ids, "assign_": assign, "centres_": centres, "lists_": lists,
             "routers_": routers, "codes_": codes, "history_": history, "routing_": Routing.from_routers(routers),
-            "live_": live, "sqnorms_": self._sqnorms(vectors) if sqnorms is None else sqnorms,
+            "live_": live, "sqnorms_": self.config.metric_type.sqnorms(vectors) if sqnorms is None else sqnorms,
             "idmap_": IdMap(ids[alive], alive.astype(np.int64)), "next_id_": int(next_id), "budget_": budget,
             "part_": None}, save_to, fresh=True)
 
@@ -188,11 +129,6 @@ class Index(StateMixin, SearchMixin, ChangesMixin, FormatMixin):
             if fresh:
                 self.__dict__.pop("_buffers", None)
             self._publish()
-
-    def _sqnorms(self, x: np.ndarray) -> np.ndarray:
-        if self.config.metric != "l2":
-            return np.zeros(0, dtype=np.float32)
-        return np.einsum("ij,ij->i", x, x).astype(np.float32)
 
     # -- facts ---------------------------------------------------------------------
     @property

@@ -37,7 +37,7 @@ class SearchMixin:
         length for cosine): float32 (n, d)."""
         self.check_fitted()
         raw = self._raw_queries(queries)
-        q, bad = prepare(raw, self.config.metric == "cosine")
+        q, bad = prepare(raw, self.config.metric_type.cosine)
         if bad >= 0:
             raise query_error(raw, bad)
         return q
@@ -112,12 +112,12 @@ class SearchMixin:
                 raise query_error(q, min(bad))
             return SearchResult(*outs)
         raw = q
-        q, row = prepare(raw, self.config.metric == "cosine")
+        q, row = prepare(raw, self.config.metric_type.cosine)
         if row >= 0:
             raise query_error(raw, row)
         pos, sc, cand, read = self._filtered(st, q, k, m, votes, cut, allow, threads, batch_size)
         ids = np.where(pos >= 0, st.ids[np.maximum(pos, 0)], -1) if st.ids.size else np.full(pos.shape, -1)
-        scores = -sc if self.config.metric == "l2" else sc  # negative squared distance -> squared distance
+        scores = self.config.metric_type.user_scores(sc)
         return SearchResult(ids, scores, cand, read)
 
     def search_params(self, k=10, probes=None, min_votes=None, top_c=None, refine=None) -> SearchParams:
@@ -153,7 +153,7 @@ class SearchMixin:
         nq = q.shape[0]
         pos, scores, cand = outputs(nq, k)
         read = np.zeros(nq, dtype=np.int64)
-        l2 = self.config.metric == "l2"
+        l2 = self.config.metric_type.l2
         allowed = parse_allow(allow, nq, st.idmap, st.ids, st.live)
         counts = allowed.counts(nq)
         bucketed = np.flatnonzero(counts > self._exact_below(st, m))  # tiny allow-lists: exact search over them
@@ -195,14 +195,14 @@ class SearchMixin:
     def _exact_allowed(self, st: "State", q, k, allowed: Allowed, threads=None):
         """Exact top-k of each query among its allowed items: (positions,
         scores higher-is-better, candidates)."""
-        l2 = self.config.metric == "l2"
+        kind = self.config.metric_type
         if allowed.per_query:
-            return subset(q, st.vectors, st.sqnorms, allowed.ptr, allowed.pos, k, l2, threads=threads)[:3]
+            return subset(q, st.vectors, st.sqnorms, allowed.ptr, allowed.pos, k, kind.l2, threads=threads)[:3]
         p = allowed.positions
         nq = q.shape[0]
         if p.size == 0:
             return (np.full((nq, k), -1, np.int64), np.full((nq, k), -np.inf, np.float32),
                     np.zeros(nq, np.int64))
-        idx, d = exact_knn(np.asarray(st.vectors[p]), q, k, "l2" if l2 else "ip")
+        idx, d = exact_knn(np.asarray(st.vectors[p]), q, k, "l2" if kind.l2 else "ip")
         pos = np.where(idx >= 0, p[np.maximum(idx, 0)], -1)
-        return pos, (-d if l2 else d), np.full(nq, p.size, dtype=np.int64)
+        return pos, kind.ranked_scores(d), np.full(nq, p.size, dtype=np.int64)

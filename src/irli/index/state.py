@@ -83,7 +83,7 @@ class StateMixin:
         under the update lock at the end of every change."""
         with self._lock:
             keep = self.live_.view(np.uint8) if self.n_removed else np.zeros(0, dtype=np.uint8)
-            cosine, l2 = self.config.metric == "cosine", self.config.metric == "l2"
+            cosine, l2 = self.config.metric_type.cosine, self.config.metric_type.l2
             r = self.routing_
             # the kernels emit ids when given a non-empty id array (positions otherwise): an index
             # with no slots left (all removed, then compacted) passes one unused id

@@ -33,27 +33,21 @@ manifest may name only plain files inside its directory.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import errno
-import fcntl
-import glob
 import hashlib
 import json
 import mmap
 import os
 import re
 import shutil
-import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import IndexFormatError, IndexLockedError, IrliError, SaveError
-from ..validation import first_duplicate
+from ..errors import IndexFormatError, IrliError
+from .locks import SAVE_MARK, hold_save, remove_abandoned, save_error, save_guard
 
 FORMAT = "irli-index"
 # 3: the first format this irli reads (live.npy for removed items, PQ codes
@@ -64,7 +58,6 @@ MANIFEST = "manifest.json"
 ROUTERS = "routers.safetensors"
 # what a manifest may name: plain files of the index directory itself
 _FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.(npy|safetensors)")
-_LOCK = ".saving"
 
 
 def sha256(path: Path) -> str:
@@ -106,7 +99,7 @@ def write_index(path: str | os.PathLike, arrays: dict[str, np.ndarray],
             raise IndexFormatError(f"{dest}: exists and is not a directory; refusing to overwrite")
         if any(dest.iterdir()) and not (dest / MANIFEST).exists():
             raise IndexFormatError(f"{dest}: a non-empty directory that is not an irli index; refusing to overwrite")
-    guard = _save_guard(dest)
+    guard = save_guard(dest)
     try:
         return _write(dest, arrays, routers, manifest, staged, parts)
     except OSError as e:
@@ -118,17 +111,6 @@ def write_index(path: str | os.PathLike, arrays: dict[str, np.ndarray],
             os.close(guard)
 
 
-def save_error(dest: Path, e: OSError) -> SaveError:
-    """A one-line SaveError for an OSError met while saving to `dest`."""
-    reason = e.strerror or str(e) or type(e).__name__
-    if e.errno in (None, errno.ENOSPC, errno.EDQUOT):  # numpy says "N requested and M written" on a full disk
-        try:
-            reason += f"; {shutil.disk_usage(dest.parent).free:,} bytes free there"
-        except OSError:
-            pass
-    return SaveError(f"{dest}: could not save the index ({reason}); what was saved there before is unchanged")
-
-
 def _write(dest: Path, arrays, routers, manifest, staged, parts) -> Path:
     from safetensors.numpy import save_file
 
@@ -136,7 +118,7 @@ def _write(dest: Path, arrays, routers, manifest, staged, parts) -> Path:
     remove_abandoned(dest)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
-    lock = _hold(tmp)
+    lock = hold_save(tmp)
     try:
         files: dict[str, dict[str, Any]] = {}
         for name, arr in arrays.items():
@@ -173,7 +155,7 @@ def _write(dest: Path, arrays, routers, manifest, staged, parts) -> Path:
         _fsync(tmp)
         _swap_in(tmp, dest)
         try:  # not part of the index (its lock is held until the end)
-            os.unlink(dest / _LOCK)
+            os.unlink(dest / SAVE_MARK)
         except OSError:  # pragma: no cover
             pass
     finally:
@@ -181,21 +163,6 @@ def _write(dest: Path, arrays, routers, manifest, staged, parts) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
         os.close(lock)
     return dest
-
-
-def _unlocked(f: Path) -> bool:
-    """Whether no process holds a lock on the file `f` (False if unreadable)."""
-    try:
-        fd = os.open(f, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def release(x: np.ndarray) -> None:
@@ -211,188 +178,6 @@ def release(x: np.ndarray) -> None:
             base.madvise(mmap.MADV_DONTNEED)
         except (OSError, ValueError):  # pragma: no cover - platform dependent
             pass
-
-
-def _writer_file(dest: Path) -> Path:
-    return dest.parent / f".{dest.name}.writer"
-
-
-def _key(dest: Path) -> str:
-    return os.path.realpath(dest)
-
-
-class WriterLock:
-    """The right to change the index directory at `path`, held by one
-    writer at a time: an exclusive lock on the sibling file `.NAME.writer`
-    that dies with its process. While it is held, saves to the path are
-    refused with IndexLockedError, but those made inside `lock.saving()`
-    by the holder. Acquiring waits up to `wait_s` for saves in progress,
-    then raises IndexLockedError naming the holder.
-
-    >>> lock = WriterLock(path)
-    >>> with lock.saving():
-    ...     index.add(x, save_to=path)
-    >>> lock.release()
-    """
-
-    _held: dict[str, "WriterLock"] = {}
-    _guard = threading.Lock()
-    _active = threading.local()  # the lock whose holder saves in this thread
-
-    def __init__(self, path: str | os.PathLike, wait_s: float = 10.0, holder: str = "") -> None:
-        self.path = Path(path)
-        file = _writer_file(self.path)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    who = _holder(fd)
-                    os.close(fd)
-                    raise IndexLockedError(
-                        f"{self.path}: another writer holds this index ({who or 'a save in progress'}); "
-                        "stop it first, or open the index read-only") from None
-                time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        self.holder = f"pid {os.getpid()}{', ' + holder if holder else ''}"
-        os.write(fd, self.holder.encode())
-        self._fd: int | None = fd
-        with WriterLock._guard:
-            WriterLock._held[_key(self.path)] = self
-
-    @contextlib.contextmanager
-    def saving(self):
-        """Saves to the path in this thread, within the block, are the holder's."""
-        WriterLock._active.lock = self
-        try:
-            yield self
-        finally:
-            WriterLock._active.lock = None
-
-    def release(self) -> None:
-        """Let other writers in (also on exit of a `with` block)."""
-        with WriterLock._guard:
-            if WriterLock._held.get(_key(self.path)) is self:
-                del WriterLock._held[_key(self.path)]
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> "WriterLock":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def _holder(fd: int) -> str:
-    try:
-        return os.pread(fd, 200, 0).decode(errors="replace").strip()
-    except OSError:  # pragma: no cover
-        return ""
-
-
-def _save_guard(dest: Path) -> int | None:
-    """Before a save to `dest`: None for the holder of its WriterLock
-    saving within `saving()`, or where no writer ever held one; else an fd
-    holding a shared lock on `.NAME.writer` for the save's duration (so no
-    writer takes the path mid-save). Raises IndexLockedError while another
-    writer holds it."""
-    held = WriterLock._held.get(_key(dest))
-    if held is not None:
-        if getattr(WriterLock._active, "lock", None) is held:
-            return None
-        raise IndexLockedError(f"{dest}: another writer holds this index ({held.holder}); refusing to save over "
-                               "its changes")
-    try:
-        fd = os.open(_writer_file(dest), os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        who = _holder(fd)
-        os.close(fd)
-        raise IndexLockedError(f"{dest}: another writer holds this index ({who}); refusing to save over "
-                               "its changes") from None
-    return fd
-
-
-def _hold(tmp: Path) -> int:
-    """Mark `tmp` as being written by this process: an exclusively locked
-    file `.saving` in it (locked before it gets its name, so no other
-    process sees it unlocked). The lock dies with the process."""
-    staging = tmp / f"{_LOCK}.{uuid.uuid4().hex[:8]}"
-    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    os.rename(staging, tmp / _LOCK)
-    return fd
-
-
-def stage_file(dest: Path, kind: str) -> tuple[Path, int]:
-    """A new, empty staging file for a save to `dest` (a streamed build
-    writes its vectors and codes there before they are moved in):
-    `.NAME.stage-KIND-TAG.npy` beside `dest`, locked by the returned fd
-    (close it when done; the lock dies with the process, and a later save
-    to `dest` then deletes the file)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:12]
-    making = dest.parent / f".{dest.name}.staging-{tag}"
-    fd = os.open(making, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)  # locked before it gets a name remove_abandoned looks for
-    final = dest.parent / f".{dest.name}.stage-{kind}-{tag}.npy"
-    os.rename(making, final)
-    return final, fd
-
-
-def preallocate(fd: int, size: int, dest: Path) -> None:
-    """Reserve `size` bytes for the file open as `fd`, so that writing it
-    through a memory map cannot meet a full disk (a SIGBUS): SaveError
-    naming `dest` if the space is not there."""
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as e:
-        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # pragma: no cover - no fallocate here
-            return
-        raise save_error(dest, OSError(e.errno, f"{e.strerror}: {size:,} bytes needed for staging")) from None
-
-
-def remove_abandoned(dest: Path) -> list[Path]:
-    """Delete the temporary directories of saves to `dest`, and the staging
-    files of builds of it, whose process died: those nobody holds locked
-    (a directory's `.saving` file, the staging file itself). Directories
-    without a `.saving` file are left alone (they cannot be proven
-    abandoned). Returns what was removed."""
-    gone = []
-    try:
-        for f in dest.parent.glob(f".{glob.escape(dest.name)}.stage-*.npy"):
-            if _unlocked(f):
-                with contextlib.suppress(OSError):
-                    f.unlink()
-                    gone.append(f)
-        siblings = list(dest.parent.glob(f".{glob.escape(dest.name)}.tmp-*"))
-    except OSError:
-        return gone
-    for d in siblings:
-        try:
-            fd = os.open(d / _LOCK, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: a save in progress
-            os.close(fd)
-            continue
-        try:
-            shutil.rmtree(d, ignore_errors=True)
-            gone.append(d)
-        finally:
-            os.close(fd)
-    return gone
 
 
 _RENAME_EXCHANGE = 2
@@ -610,102 +395,3 @@ def _read_pinned(p: Path, mmap: bool, verify: bool):
         for fd in fds.values():
             os.close(fd)
         os.close(dfd)
-
-
-# -- what an index directory must hold -----------------------------------------------
-def router_states(tensors: dict[str, np.ndarray], n_reps: int) -> list[dict[str, np.ndarray]]:
-    """The router weights of routers.safetensors ("<rep>.<name>") as one
-    state dict per repetition."""
-    states: list[dict[str, np.ndarray]] = [{} for _ in range(n_reps)]
-    for key, v in tensors.items():
-        rep, _, name = key.partition(".")
-        if rep.isdigit() and int(rep) < n_reps:
-            states[int(rep)][name] = v
-    return states
-
-
-def check_vector_index(path, man: dict[str, Any], n_reps: int, copies: int, l2: bool, pq: bool,
-                       arrays: dict[str, np.ndarray], tensors: dict[str, np.ndarray]) -> None:
-    """Refuse (IndexFormatError) a vector index directory whose arrays miss,
-    disagree in shape with each other or the manifest, point outside their
-    range (list positions, bucket ids), hold NaN in the small float arrays
-    (vectors are left to the checksums), or whose ids, live mask, next_id or
-    history are malformed. Checks what a crafted directory could use to read
-    out of bounds even when checksums are not verified."""
-    need = ["vectors", "ids", "offsets", "lists", "assign", "centres"]
-    part = man.get("part") is not None  # one part of a sharded index: only its buckets' entries are listed
-    need += ["sqnorms"] if l2 else []
-    need += ["pq_books", "pq_codes"] if pq else []
-    _require(path, arrays, need)
-    n, d = arrays["vectors"].shape
-    reps, b1 = arrays["offsets"].shape
-    width = arrays["lists"].shape[1] if arrays["lists"].ndim == 2 else -1
-    if (arrays["ids"].shape != (n,) or arrays["lists"].shape != (reps, width)
-            or width != copies * n and not (part and width <= copies * n)
-            or arrays["assign"].shape != (reps, copies, n) or arrays["centres"].shape != (reps, b1 - 1, d)
-            or reps != n_reps or b1 - 1 != man.get("n_buckets")):
-        raise IndexFormatError(f"{path}: array shapes do not agree with each other or the manifest")
-    offsets = np.asarray(arrays["offsets"])
-    ends = offsets[:, -1]
-    if ((offsets[:, 0] != 0).any() or (np.diff(offsets, axis=1) < 0).any()
-            or ((ends > width) if part else (ends != width)).any()):
-        raise IndexFormatError(f"{path}: inverted-list offsets are inconsistent")
-    for name, hi in (("lists", n), ("assign", b1 - 1)):
-        a = np.asarray(arrays[name])
-        if a.size and (a.min() < 0 or a.max() >= hi):
-            raise IndexFormatError(f"{path}: {name}.npy holds entries outside [0, {hi}) (corrupted)")
-    small = {name: arrays[name] for name in ("centres", "sqnorms", "pq_books") if name in arrays}
-    _check_finite(path, {**small, **tensors})
-    live = arrays.get("live")
-    if live is not None and (live.shape != (n,) or live.dtype != bool):
-        raise IndexFormatError(f"{path}: live.npy must be bool ({n},), got {live.dtype} {live.shape}")
-    ids = np.asarray(arrays["ids"])
-    alive = ids if live is None else ids[np.asarray(live)]
-    if alive.size and (alive.min() < 0 or first_duplicate(alive) is not None):
-        raise IndexFormatError(f"{path}: item ids are negative or repeat (corrupted ids.npy)")
-    next_id = man.get("next_id")
-    if next_id is not None:
-        if type(next_id) is not int or not 0 <= next_id <= 2**63:
-            raise IndexFormatError(f"{path}: next_id in the manifest must be an integer >= 0, got {next_id!r}")
-        if alive.size and next_id <= int(alive.max()):
-            raise IndexFormatError(f"{path}: next_id {next_id} is not above the largest id {int(alive.max())}")
-    history = man.get("history", {})
-    if not isinstance(history, dict) or any(type(history.get(c, 0)) is not int for c in ("added", "removed")) \
-            or not isinstance(history.get("drift_at_fit", {}), dict):
-        raise IndexFormatError(f"{path}: history in the manifest is malformed (corrupted)")
-
-
-def check_label_index(path, man: dict[str, Any], scorer: bool, n_buckets: int | None, probes: int | None,
-                      loss: str, arrays: dict[str, np.ndarray]) -> None:
-    """Refuse (IndexFormatError) a label index directory whose arrays miss,
-    disagree in shape with each other or the manifest, hold bucket ids out
-    of range or NaN."""
-    _require(path, arrays, ("w1", "b1", "w2", "b2", "assign", "label_counts") + (("v", "c") if scorer else ()))
-    a = arrays
-    f, d = a["w1"].shape
-    reps, h, b = a["w2"].shape
-    n_labels = a["assign"].shape[1] if a["assign"].ndim == 2 else -1
-    ok = (a["b1"].shape == (d,) and d == reps * h and a["b2"].shape == (reps, b)
-          and a["assign"].shape == (reps, n_labels) and n_labels == man.get("n_labels")
-          and b == man.get("n_buckets") and f == man.get("n_features")
-          and a["label_counts"].shape == (n_labels,)
-          and (not scorer or (a["v"].shape == (n_labels, d) and a["c"].shape == (n_labels,))))
-    ok = ok and n_buckets == b and probes is not None and 1 <= probes <= b
-    ok = ok and man.get("loss", loss) in ("sigmoid", "softmax") and type(man.get("n_train", 0)) is int
-    assign = np.asarray(a["assign"])
-    if not ok or assign.size and (assign.min() < 0 or assign.max() >= b):
-        raise IndexFormatError(f"{path}: array shapes or bucket ids do not agree with each other or the manifest")
-    _check_finite(path, a)
-
-
-def _require(path, arrays: dict[str, np.ndarray], names) -> None:
-    for name in names:
-        if name not in arrays:
-            raise IndexFormatError(f"{path}: missing {name}.npy")
-
-
-def _check_finite(path, arrays: dict[str, np.ndarray]) -> None:
-    """Refuse float arrays holding NaN or inf."""
-    for name, a in arrays.items():
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            raise IndexFormatError(f"{path}: {name} holds NaN or inf (corrupted)")

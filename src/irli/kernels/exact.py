@@ -8,11 +8,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from ..metric import Metric
 from ..progress import Callback, report
-from ..validation import normalize_rows
-
-_FAISS_METRIC = {"ip": faiss.METRIC_INNER_PRODUCT, "cosine": faiss.METRIC_INNER_PRODUCT,
-                 "l2": faiss.METRIC_L2}
 
 
 def exact_knn(
@@ -33,21 +30,22 @@ def exact_knn(
     `callback` gets "ground-truth" progress in queries.
     """
     nq, n = queries.shape[0], items.shape[0]
-    fmetric = _FAISS_METRIC[metric]
-    keep_max = metric != "l2"
+    kind = Metric.named(metric)
+    fmetric = kind.faiss_metric
+    keep_max = not kind.l2
     out_i = np.full((nq, k), -1, dtype=np.int64)
     pad = -np.inf if keep_max else np.inf
     out_d = np.full((nq, k), pad, dtype=np.float32)
     kk = min(k, n)
     for qs in range(0, nq, query_batch):
         q = np.ascontiguousarray(queries[qs : qs + query_batch], dtype=np.float32)
-        if metric == "cosine":
-            q = normalize_rows(q)
+        if kind.cosine:
+            q = kind.prepare_items(q, "queries")
         heap = faiss.ResultHeap(q.shape[0], kk, keep_max=keep_max)
         for s in range(0, n, item_batch):
             x = np.ascontiguousarray(items[s : s + item_batch], dtype=np.float32)
-            if metric == "cosine":
-                x = normalize_rows(x)
+            if kind.cosine:
+                x = kind.prepare_items(x, "items")
             d, i = faiss.knn(q, x, min(kk, x.shape[0]), metric=fmetric)
             if d.shape[1] < kk:  # a short last chunk: pad to the heap's width
                 d = np.pad(d, ((0, 0), (0, kk - d.shape[1])), constant_values=pad)

@@ -19,7 +19,8 @@ import numpy as np
 
 from ..config import LabelConfig
 from ..errors import IndexFormatError, InvalidInputError, NotFittedError
-from ..io.storage import check_label_index, read_index, write_index
+from ..io.checks import check_label_index
+from ..io.storage import read_index, write_index
 from ..model.labels import LabelModel
 from ..params import SearchParams
 from ..progress import Callback

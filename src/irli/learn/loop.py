@@ -62,7 +62,7 @@ def training_set(x: np.ndarray, cfg: IndexConfig, queries: np.ndarray | None = N
     """
     n = x.shape[0]
     t = min(cfg.target_k, n - 1 if queries is None else n)
-    metric = "l2" if cfg.metric == "l2" else "ip"
+    metric = "l2" if cfg.metric_type.l2 else "ip"
     if queries is not None:
         nb, _ = exact_knn(x, queries, t, metric, callback=callback)
         return TrainingSet(queries, nb)
@@ -239,7 +239,7 @@ def _learn_centroids(x, cfg, n_buckets, assign, callback, first_rep=0) -> LearnR
         report(callback, "repartition", rnd + 1, rounds, moved=float(np.mean(moved)))
         if np.mean(moved) < cfg.min_moved:
             break
-    routers = [CentroidRouter(c, l2=cfg.metric == "l2") for c in cents]
+    routers = [CentroidRouter(c, l2=cfg.metric_type.l2) for c in cents]
     return LearnResult(assign, routers, history=history)
 
 

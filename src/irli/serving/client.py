@@ -13,6 +13,7 @@ import urllib.parse
 import msgspec
 import numpy as np
 
+from ..config import IndexConfig
 from ..errors import InvalidInputError, IrliError
 from ..index.filters import allow_form
 from ..result import SearchResult
@@ -151,6 +152,27 @@ class Client:
 
     def info(self) -> dict:
         return self._call("GET", "/info")
+
+    # -- irli.Searchable -------------------------------------------------------------
+    def _fixed(self) -> dict:
+        """/info, asked once: what does not change while the service lives."""
+        if self._info is None:
+            self._info = self.info()
+        return self._info
+
+    @property
+    def dim(self) -> int:
+        """The service's vector dimension."""
+        return int(self._fixed()["dim"])
+
+    @property
+    def config(self) -> IndexConfig:
+        """The IndexConfig of the index the service serves."""
+        return IndexConfig.from_dict(self._fixed()["config"])
+
+    def __len__(self) -> int:
+        """Items searchable now (asked of the service each time)."""
+        return int(self.info()["n_items"])
 
     def close(self) -> None:
         """Close this thread's connection."""

@@ -216,7 +216,7 @@ def _miniature(index, n: int = 256):
     live = index.live_[:n]
     return Index.from_arrays(index.config, index.preset, index.vectors_[:n], index.ids_[:n], assign, index.centres_,
                              lists, index.routers_, codes, dict(index.history_), live=None if live.all() else live,
-                             sqnorms=index.sqnorms_[:n] if index.config.metric == "l2" else None,
+                             sqnorms=index.sqnorms_[:n] if index.config.metric_type.l2 else None,
                              budget=index.budget_)
 
 

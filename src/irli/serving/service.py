@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IndexLockedError, InvalidInputError, IrliError, SaveError
-from ..io.storage import WriterLock
+from ..io.locks import WriterLock
 from ..validation import as_ids
 from .options import ServeOptions
 from .protocol import (
@@ -215,7 +215,7 @@ class Service:
         out = {"kind": "sharded" if self.sharded else "index", "n_items": len(self.index), "dim": self.dim,
                "metric": cfg.metric, "n_buckets": self.n_buckets, "n_reps": cfg.n_reps, "probes": cfg.probes,
                "preset": getattr(self.index, "preset", None) or self.index.layout.preset,
-               "writable": self.writable, "irli_version": __version__,
+               "writable": self.writable, "irli_version": __version__, "config": cfg.to_dict(),
                "limits": {"max_body": self.options.max_body, "max_vectors": self.options.max_vectors,
                           "max_results": self.options.max_results}}
         if self.sharded:

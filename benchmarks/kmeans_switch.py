@@ -1,0 +1,115 @@
+"""k-means for the partition start: irli's own Lloyd's loop against
+faiss.Kmeans, in the same run (issue 22). Builds `fast` on GloVe with each,
+and reports the k-means time, the build time, recall@10 against probes and
+QPS (batched on one thread, one query per call), so the choice in
+irli.model.partition.kmeans rests on figures.
+
+    python benchmarks/kmeans_switch.py [--out results/kmeans_switch.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+
+def lloyd(x, n_buckets, spherical, iters=20, points_per_centroid=256, seed=0, callback=None):
+    """The hand-written Lloyd's k-means irli used before the switch (empty
+    clusters re-seeded by splitting the largest)."""
+    from irli.model.partition import assign_nearest, bucket_means
+    from irli.validation import normalize_rows
+
+    n = x.shape[0]
+    rng = np.random.default_rng([seed, 0x3E4])
+    m = min(n, n_buckets * points_per_centroid)
+    rows = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
+    sample = np.ascontiguousarray(x[rows], dtype=np.float32)
+    if spherical:
+        sample = normalize_rows(sample)
+    cent = sample[rng.choice(m, size=n_buckets, replace=False)].copy()
+    for _ in range(iters):
+        assign = assign_nearest(sample, cent, spherical)
+        cent = bucket_means(sample, assign, n_buckets, spherical=False, old=cent)
+        counts = np.bincount(assign, minlength=n_buckets)
+        for b in np.nonzero(counts == 0)[0]:
+            big = int(np.argmax(counts))
+            cent[b] = cent[big] * (1 + 1e-3 * rng.standard_normal(cent.shape[1]))
+            counts[big] //= 2
+            counts[b] = counts[big]
+        if spherical:
+            cent = normalize_rows(cent)
+    return np.ascontiguousarray(cent, dtype=np.float32)
+
+
+def with_faiss(x, n_buckets, spherical, iters=20, points_per_centroid=256, seed=0, callback=None):
+    """faiss.Kmeans on the same seeded sample."""
+    from irli.validation import normalize_rows
+
+    n, d = x.shape
+    rng = np.random.default_rng([seed, 0x3E4])
+    m = min(n, n_buckets * points_per_centroid)
+    rows = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
+    sample = np.ascontiguousarray(x[rows], dtype=np.float32)
+    if spherical:
+        sample = normalize_rows(sample)
+    km = faiss.Kmeans(d, n_buckets, niter=iters, seed=seed, spherical=spherical,
+                      max_points_per_centroid=points_per_centroid, min_points_per_centroid=1, verbose=False)
+    km.train(sample)
+    return np.ascontiguousarray(km.centroids, dtype=np.float32)
+
+
+def main(argv=None) -> int:
+    import irli
+    import irli.learn.loop as loop
+    from irli.io.datasets import glove_split
+    from irli.kernels.exact import exact_knn
+    from irli.metrics import recall_at_k
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/kmeans_switch.json"))
+    ap.add_argument("--probes", default="6,10,14,18,24")
+    ap.add_argument("--single", type=int, default=2000, help="queries timed one per call")
+    a = ap.parse_args(argv)
+    x, q, _, _ = glove_split()
+    truth, _ = exact_knn(x, q, 10, "ip")
+    probes = [int(p) for p in a.probes.split(",")]
+    rows = []
+    for name, fn in (("lloyd (hand-written)", lloyd), ("faiss.Kmeans", with_faiss)):
+        spent = []
+
+        def timed(*args, fn=fn, spent=spent, **kw):
+            t = time.perf_counter()
+            out = fn(*args, **kw)
+            spent.append(time.perf_counter() - t)
+            return out
+
+        loop.kmeans = timed
+        t = time.perf_counter()
+        index = irli.Index("fast", metric="cosine").fit(x)
+        build = time.perf_counter() - t
+        for p in probes:
+            index.search(q[:500], k=10, probes=p, threads=1)  # warm
+            t = time.perf_counter()
+            res = index.search(q, k=10, probes=p, threads=1)
+            batch_qps = len(q) / (time.perf_counter() - t)
+            t = time.perf_counter()
+            for i in range(a.single):
+                index.search(q[i], k=10, probes=p, threads=1)
+            single_qps = a.single / (time.perf_counter() - t)
+            row = {"kmeans": name, "kmeans_s": round(sum(spent), 2), "build_s": round(build, 1), "probes": p,
+                   "recall@10": round(recall_at_k(res.ids, truth, 10), 4),
+                   "batch_qps_1t": round(batch_qps), "single_qps": round(single_qps)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps({"threads_fit": faiss.omp_get_max_threads(), "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
