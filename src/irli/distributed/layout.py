@@ -39,10 +39,10 @@ import numpy as np
 
 from ..config import IndexConfig
 from ..errors import IndexFormatError, InvalidInputError
-from ..io.checks import router_states
 from ..io.storage import MANIFEST, read_index, write_index
 from ..kernels.scoring import prepare, query_error
-from ..model.routers import Router, Routing
+from ..model.repetitions import Repetitions
+from ..model.routers import Routing
 from ..validation import as_matrix
 from ..version import __version__
 
@@ -239,10 +239,10 @@ def sharded_arrays(index, n_shards: int, assignment: str = "locality") -> tuple[
     offsets = live_offsets(index)
     owner = assign_buckets(np.asarray(index.centres_), np.diff(offsets, axis=1), n_shards, assignment,
                            seed=index.config.seed, probed=sample_probes(index) if assignment == "locality" else None)
-    routers = {f"{r}.{k}": v for r, rt in enumerate(index.routers_) for k, v in rt.state().items()}
+    routers = index.reps_.router_tensors()
     man = {"task": "sharded", "irli_version": __version__, "preset": index.preset,
            "config": index.config.to_dict(), "n_items": len(index), "dim": index.dim,
-           "n_buckets": index.n_buckets, "n_reps": index.n_reps, "router": index.routers_[0].kind,
+           "n_buckets": index.n_buckets, "n_reps": index.n_reps, "router": index.reps_.kind,
            "n_shards": n_shards, "assignment": assignment,
            "saved_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     return {"owner": owner, "offsets": offsets}, routers, man, owner
@@ -391,16 +391,7 @@ class Layout:
                 or owner.size and (owner.min() < 0 or owner.max() >= s) or not isinstance(parts, dict)
                 or sorted(parts) != sorted(names) or type(man.get("dim")) is not int):
             raise IndexFormatError(f"{path}: sharded manifest, owner.npy and offsets.npy do not agree (corrupted)")
-        routers = []
-        for r, state in enumerate(router_states(tensors, reps)):
-            try:
-                rt = Router.from_state(man.get("router"), state, config.metric)
-            except Exception as e:
-                raise IndexFormatError(f"{path}: router {r} is unreadable ({e})") from None
-            if rt.n_buckets != b or rt.dim != man["dim"]:
-                raise IndexFormatError(f"{path}: router {r} maps {rt.dim} -> {rt.n_buckets}, "
-                                       f"index has d={man['dim']}, B={b}")
-            routers.append(rt)
+        routers = Repetitions.read_routers(path, tensors, man.get("router"), reps, config.metric, b, man["dim"])
         base = os.fspath(path).rstrip("/")
         where = [(f"{base}/{n}", parts[n].get("sha256") if isinstance(parts[n], dict) else None) for n in names]
         return cls(config, man.get("preset", "custom"), routers, Routing.from_routers(routers),

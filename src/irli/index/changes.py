@@ -98,8 +98,8 @@ class ChangesMixin:
             live = live.copy()  # the old items' slots are shared with the published state
             live[replaced] = False
             history["removed"] = self.history_.get("removed", 0) + int(replaced.size)
-        self._commit({"vectors_": vectors, "ids_": ids_, "live_": live, "assign_": assign, "sqnorms_": sqnorms,
-                      "lists_": lists, "codes_": codes, "history_": history,
+        self._commit({"vectors_": vectors, "ids_": ids_, "live_": live, "sqnorms_": sqnorms,
+                      "reps_": self.reps_.changed(assign=assign, lists=lists), "codes_": codes, "history_": history,
                       "idmap_": idmap.inserted(uid, np.arange(first, first + n, dtype=np.int64)),
                       "next_id_": max(self.next_id_, int(uid.max()) + 1)}, save_to)
         report(callback, "add", n, n)

@@ -36,6 +36,7 @@ import numpy as np
 
 from ..errors import IndexFormatError, InvalidInputError
 from ..io.storage import release
+from ..kernels.pq_scan import PQIndexArgs
 
 
 def default_pq_m(d: int) -> int:
@@ -443,11 +444,12 @@ class PQ4Codes:
         return out
 
     # -- searching -----------------------------------------------------------------
-    def kernel_args(self, cosine: bool, routing, x, sqnorms, keep, ids) -> tuple:
-        """The index's arguments of pqscan.pq_block, from cosine to ids."""
-        return (cosine, self.l2, self.residual, self.n_sub, routing.a1, routing.b1, routing.a2, routing.b2,
-                self.centres, self.books, self.blocks, self.block_pos, self.bstart, self.bsizes, x, sqnorms, keep,
-                ids)
+    def kernel_args(self, cosine: bool, routing, x, sqnorms, keep, ids) -> PQIndexArgs:
+        """The index's arguments of pq_scan.pq_block."""
+        return PQIndexArgs(cosine=cosine, l2=self.l2, residual=self.residual, n_sub=self.n_sub, a1=routing.a1,
+                           b1=routing.b1, a2=routing.a2, b2=routing.b2, centres=self.centres, books=self.books,
+                           blocks=self.blocks, block_pos=self.block_pos, bstart=self.bstart, bsizes=self.bsizes,
+                           x=x, sqn=sqnorms, keep=keep, ids=ids)
 
     # -- persistence ---------------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:

@@ -12,11 +12,10 @@ import numpy as np
 
 from ..config import IndexConfig
 from ..errors import IndexFormatError
-from ..io.checks import check_vector_index, router_states
+from ..io.checks import check_vector_index
 from ..io.storage import read_index, write_index
 from ..learn.budget import ProbeBudget
-from ..model.partition import InvertedLists
-from ..model.routers import Router
+from ..model.repetitions import Repetitions
 from ..version import __version__
 from .codes import PQ4Codes
 from .state import exclusive
@@ -46,20 +45,19 @@ class FormatMixin:
         """What `save` writes: (arrays by file name, router weights by
         "<rep>.<name>", the manifest's fields)."""
         self.check_fitted()
-        arrays = {"vectors": self.vectors_, "ids": self.ids_, "offsets": self.lists_.offsets,
-                  "lists": self.lists_.lists, "assign": self.assign_, "centres": self.centres_}
+        arrays = {"vectors": self.vectors_, "ids": self.ids_, **self.reps_.arrays()}
         if self.codes_ is not None:
             arrays.update(self.codes_.arrays())
         if self.config.metric_type.l2:
             arrays["sqnorms"] = self.sqnorms_
         if self.n_removed:
             arrays["live"] = self.live_
-        routers = {f"{r}.{k}": v for r, rt in enumerate(self.routers_) for k, v in rt.state().items()}
+        routers = self.reps_.router_tensors()
         manifest = {
             "irli_version": __version__, "preset": self.preset, "config": self.config.to_dict(),
             "n_items": len(self), "n_slots": int(self.vectors_.shape[0]), "next_id": self.next_id_,
             "dim": self.dim, "n_buckets": self.n_buckets,
-            "n_reps": self.n_reps, "router": self.routers_[0].kind,
+            "n_reps": self.n_reps, "router": self.reps_.kind,
             "saved_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "history": self.history_,
         }
@@ -95,16 +93,9 @@ class FormatMixin:
             raise IndexFormatError(f"{path}: invalid config in manifest ({e})") from None
         check_vector_index(path, man, config.n_reps, config.copies, config.metric_type.l2, config.scan == "pq4",
                            arrays, tensors)
-        n, d = arrays["vectors"].shape
-        b = arrays["offsets"].shape[1] - 1
-        routers = []
-        for r, state in enumerate(router_states(tensors, config.n_reps)):
-            rt = Router.from_state(man.get("router"), state, config.metric)
-            if rt.n_buckets != b or rt.dim != d:
-                raise IndexFormatError(f"{path}: router {r} maps {rt.dim} -> {rt.n_buckets}, index has d={d}, B={b}")
-            routers.append(rt)
-        lists = InvertedLists(np.asarray(arrays["offsets"]), arrays["lists"])
-        centres = np.asarray(arrays["centres"])
+        n = arrays["vectors"].shape[0]
+        reps = Repetitions.from_arrays(path, arrays, tensors, man.get("router"), config.n_reps, config.metric)
+        lists, centres = reps.lists, reps.centres
         codes = None
         if config.scan == "pq4":
             codes = PQ4Codes.from_arrays(arrays["pq_books"], arrays["pq_codes"], centres, config.metric,
@@ -118,7 +109,7 @@ class FormatMixin:
             except Exception as e:  # missing or damaged
                 raise IndexFormatError(f"{path}: invalid probe_budget in manifest ({e})") from None
         self = cls.from_arrays(config, man.get("preset", "custom"), arrays["vectors"], arrays["ids"],
-                               arrays["assign"], centres, lists, routers, codes, man.get("history", {}), live=live,
+                               reps.assign, centres, lists, list(reps.routers), codes, man.get("history", {}), live=live,
                                next_id=man.get("next_id"), sqnorms=arrays.get("sqnorms"), budget=budget)
         self.part_ = man.get("part")
         return self

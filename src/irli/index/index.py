@@ -16,7 +16,8 @@ from ..errors import InvalidInputError, NotFittedError
 from ..io.storage import write_index
 from ..learn.budget import ProbeBudget
 from ..model.partition import InvertedLists
-from ..model.routers import Router, Routing
+from ..model.repetitions import Repetitions
+from ..model.routers import Router
 from ..progress import Callback
 from ..threads import limit
 from ..validation import as_ids
@@ -107,9 +108,8 @@ class Index(StateMixin, SearchMixin, ChangesMixin, FormatMixin):
         live = np.ones(ids.shape[0], dtype=bool) if live is None else live
         alive = np.flatnonzero(live)
         self._commit({
-            "vectors_": vectors, "ids_": ids, "assign_": assign, "centres_": centres, "lists_": lists,
-            "routers_": routers, "codes_": codes, "history_": history, "routing_": Routing.from_routers(routers),
-            "live_": live, "sqnorms_": self.config.metric_type.sqnorms(vectors) if sqnorms is None else sqnorms,
+            "vectors_": vectors, "ids_": ids, "reps_": Repetitions(routers, assign, lists, centres),
+            "codes_": codes, "history_": history, "live_": live, "sqnorms_": self.config.metric_type.sqnorms(vectors) if sqnorms is None else sqnorms,
             "idmap_": IdMap(ids[alive], alive.astype(np.int64)), "next_id_": int(next_id), "budget_": budget,
             "part_": None}, save_to, fresh=True)
 
@@ -131,6 +131,14 @@ class Index(StateMixin, SearchMixin, ChangesMixin, FormatMixin):
             self._publish()
 
     # -- facts ---------------------------------------------------------------------
+    # the model's parts, read from `reps_` (irli.model.repetitions.Repetitions)
+    reps_: Repetitions | None = None  # the model: R x (partition + router)
+    routers_ = property(lambda self: list(self.reps_.routers) if self.reps_ else None, doc="one router per rep")
+    routing_ = property(lambda self: self.reps_.routing if self.reps_ else None, doc="routers stacked for kernels")
+    assign_ = property(lambda self: self.reps_.assign if self.reps_ else None, doc="int32 (R, c, N) buckets")
+    lists_ = property(lambda self: self.reps_.lists if self.reps_ else None, doc="inverted lists by bucket")
+    centres_ = property(lambda self: self.reps_.centres if self.reps_ else None, doc="float32 (R, B, d) centroids")
+
     @property
     def is_fitted(self) -> bool:
         return self.vectors_ is not None

@@ -11,6 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..kernels.exact_scan import ExactIndexArgs
+from ..kernels.pq_scan import PQIndexArgs
 from ..learn.budget import ProbeBudget
 from ..model.partition import InvertedLists
 from ..model.routers import Routing
@@ -61,7 +63,7 @@ class State(NamedTuple):
     n_live: int
     dim: int
     n_buckets: int
-    kernel_args: tuple  # the index's arguments of the search kernel (pq_block or exact_block)
+    kernel_args: PQIndexArgs | ExactIndexArgs  # the index's arguments of its search kernel
     budget: ProbeBudget | None  # the learned probe budget (learned_probes), or None: fixed probes
 
 
@@ -91,9 +93,10 @@ class StateMixin:
             if self.codes_ is not None:
                 args = self.codes_.kernel_args(cosine, r, self.vectors_, self.sqnorms_, keep, ids)
             else:
-                args = (cosine, l2, r.a1, r.b1, r.a2, r.b2, self.vectors_, self.sqnorms_, self.lists_.offsets,
-                        self.lists_.lists, keep, ids)
-            args = tuple(read_only(a) for a in args)
+                args = ExactIndexArgs(cosine=cosine, l2=l2, a1=r.a1, b1=r.b1, a2=r.a2, b2=r.b2, x=self.vectors_,
+                                      sqn=self.sqnorms_, offsets=self.lists_.offsets, lists=self.lists_.lists,
+                                      keep=keep, ids=ids)
+            args = type(args)(*(read_only(a) for a in args))
             st = State(self.vectors_, self.sqnorms_, self.ids_, self.live_, keep, self.lists_, self.codes_,
                         self.routing_, self.idmap_, self.assign_.shape[1], len(self.idmap_),
                         self.vectors_.shape[1], self.lists_.offsets.shape[1] - 1, args,

@@ -1,6 +1,5 @@
 """What an index directory must hold: the checks that refuse a crafted or
-corrupted vector or label index before any kernel reads it, and the
-router tensors by repetition."""
+corrupted vector or label index before any kernel reads it."""
 
 from __future__ import annotations
 
@@ -10,17 +9,6 @@ import numpy as np
 
 from ..errors import IndexFormatError
 from ..validation import first_duplicate
-
-
-def router_states(tensors: dict[str, np.ndarray], n_reps: int) -> list[dict[str, np.ndarray]]:
-    """The router weights of routers.safetensors ("<rep>.<name>") as one
-    state dict per repetition."""
-    states: list[dict[str, np.ndarray]] = [{} for _ in range(n_reps)]
-    for key, v in tensors.items():
-        rep, _, name = key.partition(".")
-        if rep.isdigit() and int(rep) < n_reps:
-            states[int(rep)][name] = v
-    return states
 
 
 def check_vector_index(path, man: dict[str, Any], n_reps: int, copies: int, l2: bool, pq: bool,

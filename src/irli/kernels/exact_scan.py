@@ -21,6 +21,8 @@ query (`irli.threads.Stamps`).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 
@@ -170,6 +172,26 @@ def scan(
 
     run_blocks(block, n, threads)
     return outs
+
+
+class ExactIndexArgs(NamedTuple):
+    """The index's arguments of `exact_block`, in its order (the one place
+    it is written; tests/test_kernel_args.py checks it against the
+    kernel's signature). Built by keyword (Index's published state) and
+    passed as `*args`; see exact_block for shapes and dtypes."""
+
+    cosine: bool
+    l2: bool
+    a1: np.ndarray
+    b1: np.ndarray
+    a2: np.ndarray
+    b2: np.ndarray
+    x: np.ndarray
+    sqn: np.ndarray
+    offsets: np.ndarray
+    lists: np.ndarray
+    keep: np.ndarray
+    ids: np.ndarray
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FAST)

@@ -25,6 +25,8 @@ is added exactly; for l2 the tables are built per bucket from q - c_b).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 
@@ -213,6 +215,32 @@ def _scan_major(r, c0, cn, jlo, jhi, probed, count, who, nb, qb, book, n_sub, ce
                                    bstart[r, b + 1], luts[t], sums, base, scale, keep, has_keep, hs[t],
                                    hid[t], size[t], kk, seen[t])
         start = end
+
+
+class PQIndexArgs(NamedTuple):
+    """The index's arguments of `pq_block`, in its order (the one place it
+    is written; tests/test_kernel_args.py checks it against the kernel's
+    signature). Built by keyword (PQ4Codes.kernel_args) and passed as
+    `*args`; see pq_block for shapes and dtypes."""
+
+    cosine: bool
+    l2: bool
+    residual: bool
+    n_sub: int
+    a1: np.ndarray
+    b1: np.ndarray
+    a2: np.ndarray
+    b2: np.ndarray
+    centres: np.ndarray
+    books: np.ndarray
+    blocks: np.ndarray
+    block_pos: np.ndarray
+    bstart: np.ndarray
+    bsizes: np.ndarray
+    x: np.ndarray
+    sqn: np.ndarray
+    keep: np.ndarray
+    ids: np.ndarray
 
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True)

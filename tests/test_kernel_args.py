@@ -1,0 +1,40 @@
+"""The index's kernel arguments are named once: each NamedTuple's fields are
+the kernel's parameters, in order, and what an index publishes is that tuple."""
+
+import inspect
+
+import numpy as np
+from conftest import fitted
+
+from irli.kernels.exact_scan import ExactIndexArgs, exact_block
+from irli.kernels.pq_scan import PQIndexArgs, pq_block
+
+
+def _params(kernel) -> list[str]:
+    return list(inspect.signature(kernel.py_func).parameters)
+
+
+def _span(kernel, named) -> list[str]:
+    params = _params(kernel)
+    first = params.index(named._fields[0])
+    return params[first : first + len(named._fields)]
+
+
+def test_pq_args_are_pq_block_parameters_in_order():
+    assert _span(pq_block, PQIndexArgs) == list(PQIndexArgs._fields)
+    assert _params(pq_block)[-4:] == ["out_ids", "out_score", "out_ncand", "out_scanned"]
+
+
+def test_exact_args_are_exact_block_parameters_in_order():
+    assert _span(exact_block, ExactIndexArgs) == list(ExactIndexArgs._fields)
+    assert _params(exact_block)[-4:] == ["out_ids", "out_scores", "out_ncand", "out_scanned"]
+
+
+def test_an_index_publishes_its_kernel_arguments_by_name(data):
+    x = data[0]
+    for preset, named in (("fast", PQIndexArgs), ("ivf", ExactIndexArgs)):
+        index = fitted(preset, data)
+        args = index._snapshot().kernel_args
+        assert type(args) is named
+        assert args.x.shape == x.shape and not args.x.flags.writeable
+        assert args.ids.dtype == np.int64 and args.cosine == (index.config.metric == "cosine")
