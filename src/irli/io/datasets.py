@@ -74,6 +74,10 @@ def _read_npy(p: Path, mmap: bool) -> np.ndarray:
 def read_xvecs(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
     """Read the TEXMEX format: each row is an int32 d followed by d values
     (float32 for .fvecs, int32 for .ivecs, uint8 for .bvecs)."""
+    # kept rather than faiss.contrib.vecs_io: that reads the whole file into
+    # memory (np.fromfile) and trusts every row header but the first; this
+    # maps it (irli.build streams files larger than memory) and names the
+    # first row whose header disagrees
     p = Path(path)
     dtype = np.dtype(_XVECS[p.suffix.lower()])
     size = p.stat().st_size

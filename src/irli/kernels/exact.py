@@ -29,6 +29,9 @@ def exact_knn(
     Memory stays within about `query_batch` x `item_batch` scores at a time;
     `callback` gets "ground-truth" progress in queries.
     """
+    # faiss.contrib.exhaustive_search.knn_ground_truth is the same loop
+    # (faiss.knn into a ResultHeap over item blocks); this one also blocks
+    # the queries, normalises for cosine and pads k > n with -1
     nq, n = queries.shape[0], items.shape[0]
     kind = Metric.named(metric)
     fmetric = kind.faiss_metric
