@@ -87,7 +87,7 @@ class SearchMixin:
             q = queries.reshape(1, st.dim)  # one query per request: the common case, checked in the kernel
         else:
             q = self._raw_queries(queries)
-        k, m, votes, cut, factor = self._params(st, k, probes, min_votes, top_c, refine)
+        k, m, votes, cut, refine = self._params(st, k, probes, min_votes, top_c, refine)
         if batch_size != 4096:
             batch_size = positive_int(batch_size, "batch_size")
         if threads is not None:
@@ -97,13 +97,13 @@ class SearchMixin:
             outs = (np.empty((nq, k), np.int64), np.empty((nq, k), np.float32), np.empty(nq, np.int64),
                     np.empty(nq, np.int64))
             if nq <= 16:  # one query per request (or a few): no pool, no closure
-                bad = self._block(st, q, 0, nq, k, m, votes, cut, factor, outs)
+                bad = self._block(st, q, 0, nq, k, m, votes, cut, refine, outs)
                 bad = [bad] if bad >= 0 else []
             else:
                 bad = []
 
                 def block(lo, hi):
-                    row = self._block(st, q, lo, hi, k, m, votes, cut, factor, outs)
+                    row = self._block(st, q, lo, hi, k, m, votes, cut, refine, outs)
                     if row >= 0:
                         bad.append(row)
 
@@ -129,16 +129,16 @@ class SearchMixin:
         return SearchParams.resolve(self.config, st.vectors.shape[0], st.n_buckets, k, probes, min_votes, top_c,
                                     refine, codes=st.codes is not None)
 
-    def _block(self, st: "State", q, lo, hi, k, m, votes, cut, factor, outs) -> int:
+    def _block(self, st: "State", q, lo, hi, k, m, votes, cut, refine, outs) -> int:
         """Raw queries lo .. hi - 1, unfiltered, into rows lo .. hi - 1 of
         outs = (ids, scores, candidates, entries read): one compiled call.
         Returns -1, or the first row holding NaN or inf."""
         if st.codes is not None:  # approximate scan of codes, exact re-rank of the best refine x k distinct
-            kk = max(1, min(factor * k, st.n_live))
+            n_rerank = max(1, min(refine * k, st.n_live))
             if st.budget is None:
-                return pq_block(q, lo, hi, m, kk, k, *FIXED, *st.kernel_args, *outs)
+                return pq_block(q, lo, hi, m, n_rerank, k, *FIXED, *st.kernel_args, *outs)
             stop_w, first, budget, width = st.budget.args(m, st.n_buckets)
-            return pq_block(q, lo, hi, width, kk, k, stop_w, first, budget, *st.kernel_args, *outs)
+            return pq_block(q, lo, hi, width, n_rerank, k, stop_w, first, budget, *st.kernel_args, *outs)
         # exact scan of the lists; removed items are skipped
         dedup = st.routing.n_reps > 1 or cut is not None or st.copies > 1
         _, mark, cnt, stamp0 = marks(dedup, False, st.vectors.shape[0], hi - lo)

@@ -5,7 +5,7 @@ One compiled call per block of queries, with no Python per query and no
 scratch that grows with the collection. Per query and repetition it builds
 the query's lookup tables (float, then 8-bit with one scale), scans the
 probed buckets' code blocks 32 items at a time with `simd.lut16`, keeps a
-min-heap of the best `kk` distinct items (an item spilled to two probed
+min-heap of the best `n_rerank` distinct items (an item spilled to two probed
 buckets takes one slot, with its better score), then scores the heap's items
 exactly on their float32 vectors and keeps the top k. A running threshold from
 the heap lets a block be dismissed with one vector compare.
@@ -14,7 +14,7 @@ One query is scanned bucket by bucket, best bucket first. A batch is scanned
 bucket-major, in chunks of queries: each probed bucket is read once for all
 the chunk's queries that probe it, which saves memory traffic (what limits
 the scan). The two orders give the same answers, because the heaps order
-entries by (score, position), so the best kk are the same set whatever the
+entries by (score, position), so the best n_rerank are the same set whatever the
 order they arrive in, and ties in the final top k also break by position.
 
 Approximate scores are higher-is-better: the inner product with the
@@ -81,14 +81,14 @@ _CHUNK = 256  # queries scanned together, bucket-major, in a batch
 
 @numba.njit(inline="always")
 def _scan_bucket(blocks, block_pos, pos_col, stride, npairs, b0, b1, lut, sums, base, scale, keep, has_keep,
-                 hs, hid, size, kk, seen):
+                 hs, hid, size, n_rerank, seen):
     """Offer the entries of blocks b0 .. b1 - 1 to one query's heap (hs,
-    hid, size of kk; seen: a hint of which positions may be in it). Returns
+    hid, size of n_rerank; seen: a hint of which positions may be in it). Returns
     the heap's new size."""
     inv = np.float32(1.0) / scale
     for blk in range(b0, b1):
         thr = -1  # 8-bit sums must beat it: one step under the heap's floor, once the heap is full
-        if size == kk:
+        if size == n_rerank:
             t = (hs[0] - base) * scale - np.float32(1.0)
             if t >= np.float32(65535.0):
                 break  # nothing left in this bucket can enter the heap
@@ -107,7 +107,7 @@ def _scan_bucket(blocks, block_pos, pos_col, stride, npairs, b0, b1, lut, sums, 
                 if keep[i] == 0:
                     continue
             sc = base + np.float32(sums[s]) * inv
-            if size == kk and not beats(sc, i, hs[0], hid[0]):
+            if size == n_rerank and not beats(sc, i, hs[0], hid[0]):
                 continue
             if seen[i & (_SEEN - 1)]:  # perhaps a spilled copy already taken
                 found = -1
@@ -120,7 +120,7 @@ def _scan_bucket(blocks, block_pos, pos_col, stride, npairs, b0, b1, lut, sums, 
                         sift_lex(hs, hid, size, found)
                     continue
             seen[i & (_SEEN - 1)] = 1
-            size = push_lex(hs, hid, size, kk, sc, i)
+            size = push_lex(hs, hid, size, n_rerank, sc, i)
     return size
 
 
@@ -189,7 +189,7 @@ def _budget(qv, hs, hid, size, x, sqn, l2, top, m, m0, stop_w, budget, ex):
 @numba.njit(nogil=True, fastmath=FAST, cache=True)
 def _scan_major(r, c0, cn, jlo, jhi, probed, count, who, nb, qb, book, n_sub, centres, residual, per_bucket, rq,
                 lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col, stride, npairs, bstart, keep, has_keep,
-                hs, hid, size, kk, seen, sums):
+                hs, hid, size, n_rerank, seen, sums):
     """Probes jlo .. jhi[t] - 1 of the chunk's queries t, bucket-major: the
     queries of each probed bucket together (a counting sort by bucket)."""
     count[:] = 0
@@ -213,7 +213,7 @@ def _scan_major(r, c0, cn, jlo, jhi, probed, count, who, nb, qb, book, n_sub, ce
                                        per_bucket, rq, lutf, luts[t], maxv)
             size[t] = _scan_bucket(blocks, block_pos, pos_col, stride, npairs, bstart[r, b],
                                    bstart[r, b + 1], luts[t], sums, base, scale, keep, has_keep, hs[t],
-                                   hid[t], size[t], kk, seen[t])
+                                   hid[t], size[t], n_rerank, seen[t])
         start = end
 
 
@@ -244,12 +244,12 @@ class PQIndexArgs(NamedTuple):
 
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True)
-def pq_block(q, lo, hi, m, kk, k, stop_w, m0, budget, cosine, l2, residual, n_sub, a1, b1, a2, b2, centres, books,
+def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual, n_sub, a1, b1, a2, b2, centres, books,
              blocks, block_pos, bstart, bsizes, x, sqn, keep, ids, out_ids, out_score, out_ncand, out_scanned):
     """The whole compressed search of queries lo .. hi - 1 of raw q float32
     (n, d): check and prepare them (normalised for cosine), route them with
     the layers a1, b1, a2, b2 (irli.model.routers.Routing) to m buckets per
-    repetition, scan, re-rank the best kk distinct items, keep k and map
+    repetition, scan, re-rank the best n_rerank distinct items, keep k and map
     positions to `ids` int64 (N,), into rows lo .. hi - 1 of out_ids int64
     (n, k), out_score float32 (n, k) (similarity, or squared distance for l2;
     padding -1 / -inf, +inf for l2), out_ncand (items re-ranked) and
@@ -294,14 +294,14 @@ def pq_block(q, lo, hi, m, kk, k, stop_w, m0, budget, cosine, l2, residual, n_su
     base0 = np.empty(chunk, dtype=np.float32)
     scale0 = np.empty(chunk, dtype=np.float32)
     sums = np.empty(32, dtype=np.uint16)
-    hs = np.empty((chunk, kk), dtype=np.float32)
-    hid = np.empty((chunk, kk), dtype=np.int64)
+    hs = np.empty((chunk, n_rerank), dtype=np.float32)
+    hid = np.empty((chunk, n_rerank), dtype=np.int64)
     size = np.zeros(chunk, dtype=np.int64)
     seen = np.zeros((chunk, _SEEN), dtype=np.uint8)
     ks = np.empty(k, dtype=np.float32)
     ki = np.empty(k, dtype=np.int64)
     rq = np.empty(d, dtype=np.float32)
-    ex = np.empty(kk, dtype=np.float32)
+    ex = np.empty(n_rerank, dtype=np.float32)
     mq = np.empty(chunk, dtype=np.int64)
     nb = bstart.shape[1] - 1
     count = np.zeros(nb + 1 if n > 1 else 0, dtype=np.int64)  # one query needs no bucket-major order
@@ -327,7 +327,7 @@ def pq_block(q, lo, hi, m, kk, k, stop_w, m0, budget, cosine, l2, residual, n_su
                                                per_bucket, rq, lutf, luts[0], maxv)
                     size[0] = _scan_bucket(blocks, block_pos, pos_col, stride, npairs, bstart[r, b],
                                            bstart[r, b + 1], luts[0], sums, base, scale, keep, has_keep, hs[0],
-                                           hid[0], size[0], kk, seen[0])
+                                           hid[0], size[0], n_rerank, seen[0])
                     j += 1
                     if learned and j == first:
                         mq[0] = _budget(qv, hs[0], hid[0], size[0], x, sqn, l2, top[r, c0], m, first, stop_w,
@@ -335,14 +335,14 @@ def pq_block(q, lo, hi, m, kk, k, stop_w, m0, budget, cosine, l2, residual, n_su
             else:
                 _scan_major(r, c0, cn, 0, mq, probed, count, who, nb, qb, book, n_sub, centres, residual,
                             per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col, stride,
-                            npairs, bstart, keep, has_keep, hs, hid, size, kk, seen, sums)
+                            npairs, bstart, keep, has_keep, hs, hid, size, n_rerank, seen, sums)
                 if learned:
                     for t in range(cn):
                         mq[t] = _budget(qb[c0 + t], hs[t], hid[t], size[t], x, sqn, l2, top[r, c0 + t], m, first,
                                         stop_w, budget, ex)
                     _scan_major(r, c0, cn, first, mq, probed, count, who, nb, qb, book, n_sub, centres, residual,
                                 per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col,
-                                stride, npairs, bstart, keep, has_keep, hs, hid, size, kk, seen, sums)
+                                stride, npairs, bstart, keep, has_keep, hs, hid, size, n_rerank, seen, sums)
             for t in range(cn):
                 for j in range(mq[t]):
                     out_scanned[lo + c0 + t] += bsizes[r, probed[r, c0 + t, j]]
