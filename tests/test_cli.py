@@ -38,7 +38,30 @@ def built(files):
 @pytest.mark.parametrize("sub", ["", "build", "search", "eval", "info", "demo", "add", "remove", "compact", "shard", "serve"])
 def test_help(sub):
     p = irli_cmd(*([sub] if sub else []), "--help")
-    assert "usage: irli" in p.stdout
+    assert f"Usage: irli {sub}".strip() in p.stdout
+
+
+def test_every_argument_and_option_has_help():
+    from irli.cli import app
+    from irli.cli.app import COMMANDS
+
+    for name in COMMANDS:
+        args = app[name].assemble_argument_collection(parse_docstring=True)
+        shown = [a for a in args if a.show]
+        assert shown, name
+        missing = [a.name for a in shown if not (a.parameter.help or "").strip()]
+        assert not missing, f"irli {name}: no help for {missing}"
+
+
+def test_every_config_field_is_an_option_with_its_own_help():
+    import dataclasses
+
+    from irli.cli.config_options import HELP, ConfigOptions
+    from irli.config import IndexConfig, LabelConfig
+
+    fields = {f.name for c in (IndexConfig, LabelConfig) for f in dataclasses.fields(c)} - {"metric"}
+    assert set(ConfigOptions.__annotations__) == fields
+    assert set(HELP) == fields
 
 
 def test_build_and_info(built):
@@ -137,6 +160,10 @@ def test_eval_on_a_sharded_index(files, built, preset, tmp_path):
     (["build", "{items}", "-o", "{tmp}/y", "--set", "n_buckets=0"], "n_buckets must be"),
     (["build", "{items}", "-o", "{tmp}/y", "--set", "bogus=1"], "unknown option 'bogus'"),
     (["build", "{items}", "-o", "{tmp}/y", "--set", "novalue"], "key=value"),
+    (["build", "{items}", "-o", "{tmp}/y", "--n-buckets", "0"], "n_buckets must be"),
+    (["build", "{items}", "-o", "{tmp}/y", "--n-buckets", "8", "--set", "n_buckets=8"], "n_buckets is given twice"),
+    (["build", "{items}", "-o", "{tmp}/y", "--dropout", "0.5"], "unknown option 'dropout'"),
+    (["search", "{idx}", "{items}", "--labels", "{items}"], "--labels does not apply to a vector index"),
     (["search", "{idx}", "{items}", "-k", "0"], "k must be a positive integer"),
     (["eval", "{idx}", "{queries}", "--probes", "a,b"], "--probes expects integers"),
 ])
@@ -154,3 +181,65 @@ def test_wrong_dimension_queries(files, built):
     np.save(files / "q3.npy", np.ones((4, 3), np.float32))
     p = irli_cmd("search", built, files / "q3.npy", ok=False)
     assert p.returncode == 1 and "dimension 3" in p.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["build", "{items}", "-o", "{tmp}/y", "--bogus", "1"], "Unknown option: --bogus"),
+    (["build", "{items}", "-o", "{tmp}/y", "--threads", "0"], "--threads: must be a positive integer"),
+    (["build", "{items}", "-o", "{tmp}/y", "--loss", "cubic"], "--loss"),
+    (["build", "{items}"], "--output requires an argument"),
+    (["biuld", "{items}"], 'Unknown command "biuld"'),
+    ([], "Usage: irli"),
+])
+def test_bad_command_lines_exit_2_with_one_line(files, args, needle):
+    p = irli_cmd(*[a.format(items=files / "items.npy", tmp=files) for a in args], ok=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    if args:
+        err = p.stderr.strip()
+        assert err.startswith("irli: error:") and needle in err and "\n" not in err, err
+    else:  # no command: the overview
+        assert needle in p.stdout
+
+
+def test_config_fields_are_options(files, tmp_path):
+    irli_cmd("build", files / "items.npy", "-o", tmp_path / "a", "--preset", "ivf", "--n-buckets", "8",
+             "--kmeans-iters", "5", "--no-repartition", "-q")
+    info = irli_cmd("info", tmp_path / "a").stdout
+    assert "buckets 8" in info and "kmeans_iters=5" in info
+    irli_cmd("build", files / "items.npy", "-o", tmp_path / "b", "--preset", "ivf", "--n-buckets", "none", "-q")
+    assert "n_buckets=None" in irli_cmd("info", tmp_path / "b").stdout  # chosen from the collection
+
+
+def test_eval_truth_leaves_out_removed_items(files, tmp_path):
+    """The exact truth is over the items the index holds: removed ones keep
+    their slots (and vectors) until compact, and used to count as misses."""
+    out = tmp_path / "idx"
+    irli_cmd("build", files / "items.npy", "-o", out, "--preset", "ivf", "--n-buckets", "16", "-q")
+    top1 = np.unique(np.fromfile(files / "truth.ivecs", dtype=np.int32).reshape(50, 11)[:, 1])
+    np.save(tmp_path / "top1.npy", top1.astype(np.int64))
+    irli_cmd("remove", out, tmp_path / "top1.npy")
+    p = irli_cmd("eval", out, files / "queries.fvecs", "--probes", "16", "-q")
+    assert p.stdout.strip().splitlines()[2].split()[1] == "1.000"
+
+
+def test_eval_on_an_empty_index_says_so(files, tmp_path):
+    import irli
+
+    irli_cmd("build", files / "items.npy", "-o", tmp_path / "idx", "--preset", "ivf", "--n-buckets", "8", "-q")
+    index = irli.load(tmp_path / "idx", mmap=False)
+    index.remove(index.ids)
+    index.save(tmp_path / "empty")
+    p = irli_cmd("eval", tmp_path / "empty", files / "queries.fvecs", "-q", ok=False)
+    assert p.returncode == 1 and "holds no items" in p.stderr
+
+
+def test_config_options_with_pydantic_loaded(files, tmp_path):
+    """cyclopts checks defaults with pydantic once something (Ray) has
+    imported it: the configuration options have none to check."""
+    pytest.importorskip("pydantic")
+    code = ("import sys, pydantic; from irli.cli import main; "
+            f"sys.exit(main(['build', {str(files / 'items.npy')!r}, '-o', {str(tmp_path / 'i')!r}, '--preset', "
+            "'ivf', '--n-buckets', '8', '--set', 'kmeans_iters=4', '-q']))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "buckets 8" in irli_cmd("info", tmp_path / "i").stdout

@@ -19,9 +19,7 @@ def timed_search(index, queries: np.ndarray, k: int, probes: int, threads: int |
     With `threads`, numba, BLAS and OpenMP are pinned to that many threads and
     a small warm-up call (kernel compilation, page-in) runs first, untimed.
     """
-    import faiss
-    import numba
-    from threadpoolctl import threadpool_limits
+    from ..threads import limit
 
     kw = _accepted(index, {k: v for k, v in kw.items() if v is not None})
     if "threads" not in inspect.signature(index.search).parameters:  # a sharded index: its parts set their own
@@ -32,19 +30,11 @@ def timed_search(index, queries: np.ndarray, k: int, probes: int, threads: int |
         t = time.perf_counter()
         res = index.search(queries, k=k, probes=probes, threads=None, **kw)
         return res, time.perf_counter() - t
-    old = numba.get_num_threads()
-    old_omp = faiss.omp_get_max_threads()
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    faiss.omp_set_num_threads(threads)
-    try:
-        with threadpool_limits(threads):
-            index.search(queries[:8], k=k, probes=probes, threads=threads, **kw)
-            t = time.perf_counter()
-            res = index.search(queries, k=k, probes=probes, threads=threads, **kw)
-            return res, time.perf_counter() - t
-    finally:
-        numba.set_num_threads(old)
-        faiss.omp_set_num_threads(old_omp)
+    with limit(threads):
+        index.search(queries[:8], k=k, probes=probes, threads=threads, **kw)
+        t = time.perf_counter()
+        res = index.search(queries, k=k, probes=probes, threads=threads, **kw)
+        return res, time.perf_counter() - t
 
 
 def _accepted(index, kw: dict) -> dict:
