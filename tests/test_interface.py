@@ -166,6 +166,9 @@ class TestLabelIndex:
         assert res.scores.dtype == np.float32 and res.candidates.shape == (100,)
         assert (np.diff(res.scores, axis=1) <= 1e-6).all()
         assert ((res.ids >= -1) & (res.ids < 60)).all()
+        same = index.search(x, k=K)  # the same call under every index's name
+        np.testing.assert_array_equal(same.ids, res.ids)
+        np.testing.assert_array_equal(same.scores, res.scores)
 
     @pytest.mark.parametrize("mmap", [False, True])
     def test_save_returns_the_path_and_loads_the_same(self, labels, tmp_path, mmap):

@@ -149,11 +149,12 @@ def _build_labels(vectors: str, labels: str | None, output: str, kw: dict, quiet
 def _writable(path: str):
     """The vector index at `path`, to change and save back, and the
     directory's writer lock (held until the command ends)."""
+    from ..index.index import Index
     from ..io.locks import WriterLock
     from ..loader import load
 
     index = load(path)
-    if not hasattr(index, "add") or not hasattr(index, "compact"):
+    if not isinstance(index, Index):
         raise InvalidInputError(f"{path}: a {type(index).__name__}; add, remove and compact change a vector "
                                 "index of one directory")
     return index, WriterLock(path, wait_s=2.0, holder="the irli command")

@@ -69,10 +69,11 @@ def search(index: str, queries: str, /, *, k: K = 10, probes: int | None = None,
         threads for the search (default: all cores)
     """
     from ..distributed.sharded import ShardedIndex
+    from ..labels.index import LabelIndex
     from ..loader import load
 
     opened = load(index)
-    if not hasattr(opened, "search"):  # a label index: label ids
+    if isinstance(opened, LabelIndex):  # label ids
         refuse(opened, {"--allow": allow, "--refine": refine, "--top-c": top_c, "--ray-address": ray_address})
         x, _ = read_xc(queries, labels)
         res = opened.predict(x, k=k, probes=probes, min_votes=min_votes, threads=threads)
@@ -152,11 +153,12 @@ def eval_(index: str, queries: str, /, *, truth: File = None, k: K = 10,
     quiet
         no progress bar
     """
+    from ..labels.index import LabelIndex
     from ..loader import load
     from .evaluation import format_table, sweep
 
     opened = load(index)
-    if not hasattr(opened, "search"):  # a label index
+    if isinstance(opened, LabelIndex):
         refuse(opened, {"--truth": truth, "--top-c": top_c, "--refine": refine})
         return _eval_labels(opened, queries, labels, probes, min_votes, threads, json_out)
     refuse(opened, {"--labels": labels})

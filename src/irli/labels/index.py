@@ -7,6 +7,8 @@ buckets a new point should open, then ranks the labels found there.
     from irli import LabelIndex
     index = LabelIndex().fit(X, Y)          # X: CSR (n, F) or dense; Y: CSR 0/1 or lists
     ids, scores = index.predict(X_test, k=5)
+    index.add(X_new, Y_new)                 # new points, new labels (see irli.labels.updates)
+    index.remove([3, 17])                   # labels no longer predicted
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..model.labels import LabelModel
 from ..params import SearchParams
 from ..progress import Callback
 from ..result import SearchResult
+from .updates import LabelChanges
 from .xcformat import as_csr, label_matrix
 
 TASK = "xml"
@@ -40,12 +43,13 @@ def _csr_fast(x):
     return None
 
 
-class LabelIndex:
+class LabelIndex(LabelChanges):
     """Extreme multi-label classifier built as an IRLI index over labels.
 
     `fit(X, Y)`: X CSR / dense (n, F) features, Y CSR (n, L) 0/1 or a list of
     label-id lists. `predict(X, k)`: (ids int64 (n, k), scores float32 (n, k)),
-    best first, padded with -1 / -inf.
+    best first, padded with -1 / -inf. `add(X, Y)` / `remove(labels)`
+    change the labels without retraining (irli.labels.updates).
     """
 
     def __init__(self, config: LabelConfig | None = None, **options: Any) -> None:
@@ -60,27 +64,33 @@ class LabelIndex:
         """Learn buckets, routers and scorer from features X and label sets Y."""
         from ..learn.labels import learn_labels
 
-        x = self._features(X, fitting=True)
-        y = label_matrix(Y, n_rows=x.shape[0])
-        if y.shape[1] < 2:
-            raise InvalidInputError(f"Y has {y.shape[1]} label column(s); a label index needs at least 2")
-        if y.nnz == 0:
-            raise InvalidInputError("Y has no labels at all; nothing to learn")
-        cfg = self.config.for_labels(y.shape[1])
-        self.model_, self.history_ = learn_labels(x, y, cfg, callback=callback)
-        self.fitted_config_ = cfg
-        self.label_counts_ = np.bincount(y.indices, minlength=y.shape[1]).astype(np.int64)
-        self.n_train_ = int(y.shape[0])
+        with self._lock:
+            x = self._features(X, fitting=True)
+            y = label_matrix(Y, n_rows=x.shape[0])
+            if y.shape[1] < 2:
+                raise InvalidInputError(f"Y has {y.shape[1]} label column(s); a label index needs at least 2")
+            if y.nnz == 0:
+                raise InvalidInputError("Y has no labels at all; nothing to learn")
+            cfg = self.config.for_labels(y.shape[1])
+            model, self.history_ = learn_labels(x, y, cfg, callback=callback)
+            self.fitted_config_ = cfg
+            self.label_counts_ = np.bincount(y.indices, minlength=y.shape[1]).astype(np.int64)
+            self.n_train_ = int(y.shape[0])
+            self.__dict__.pop("_buffers", None)
+            self.model_ = model  # published last: predictions read model_ once
         return self
 
-    def _features(self, X, fitting: bool = False):
-        """X as CSR float32, checked; rows scaled to unit length (when the
-        config says so) only for fitting: prediction scales inside its kernel."""
+    def _features(self, X, fitting: bool = False, model: LabelModel | None = None):
+        """X as CSR float32, checked (against `model`, default model_, unless
+        fitting); rows scaled to unit length (when the config says so) only
+        for fitting: prediction scales inside its kernel."""
         x = _csr_fast(X) if not fitting else None
-        if x is not None:
+        if not fitting:
             self._check_fitted()
-            if x.shape[1] != self.model_.n_features:
-                raise InvalidInputError(f"X has {x.shape[1]} features, the index was fitted on {self.model_.n_features}")
+            model = model if model is not None else self.model_
+        if x is not None:
+            if x.shape[1] != model.n_features:
+                raise InvalidInputError(f"X has {x.shape[1]} features, the index was fitted on {model.n_features}")
             if x.shape[0] == 0:
                 raise InvalidInputError("X has no rows")
             return x
@@ -88,8 +98,7 @@ class LabelIndex:
         if x.shape[0] == 0:
             raise InvalidInputError("X has no rows")
         if not fitting:
-            self._check_fitted()
-            f = self.model_.n_features
+            f = model.n_features
             if x.shape[1] != f:
                 raise InvalidInputError(f"X has {x.shape[1]} features, the index was fitted on {f}")
         elif x.shape[1] == 0:
@@ -116,20 +125,29 @@ class LabelIndex:
         ids, scores, cand = self.predict_with_counts(X, k, probes, min_votes, rerank, threads)
         return SearchResult(ids, scores, cand)
 
+    def search(self, queries, k: int = 5, probes: int | None = None, min_votes: int | None = None,
+               threads: int | None = None) -> SearchResult:
+        """`predict` under the name every irli index answers to
+        (irli.Searchable's search): queries are feature rows, ids are label ids."""
+        return self.predict(queries, k=k, probes=probes, min_votes=min_votes, threads=threads)
+
     def predict_with_counts(self, X, k: int = 5, probes: int | None = None, min_votes: int | None = None,
                             rerank: bool | None = None,
                             threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`predict` plus the number of candidate labels scored per point, int64 (n,)."""
         self._check_fitted()
+        model = self.model_  # read once: an add or remove in another thread publishes a new model
         cfg = self.fitted_config_
-        k, probes, votes, _, _ = self.search_params(k, probes, min_votes)
-        x = self._features(X)
-        return self.model_.predict(x, int(k), int(probes), int(votes),
-                                   rerank=cfg.scorer if rerank is None else bool(rerank), blend=cfg.blend,
-                                   normalize=self.config.normalize, threads=threads)
+        k, probes, votes, _, _ = SearchParams.resolve(cfg, model.n_labels, cfg.n_buckets, k, probes, min_votes)
+        x = self._features(X, model=model)
+        return model.predict(x, int(k), int(probes), int(votes),
+                             rerank=cfg.scorer if rerank is None else bool(rerank), blend=cfg.blend,
+                             normalize=self.config.normalize, threads=threads)
 
     def __len__(self) -> int:
-        return 0 if self.model_ is None else self.model_.n_labels
+        """The labels a prediction may return (removed ones and ids never
+        seen in training do not count)."""
+        return 0 if self.model_ is None else self.model_.n_live
 
     def search_params(self, k=5, probes=None, min_votes=None) -> SearchParams:
         """The checked parameters of a prediction (irli.params: the rule of
@@ -140,24 +158,30 @@ class LabelIndex:
 
     @property
     def n_labels(self) -> int:
+        """The label ids 0 .. n_labels - 1 (the columns of Y), removed ones included."""
         self._check_fitted()
         return self.model_.n_labels
 
     def model_bytes(self) -> int:
         """Bytes of the arrays a prediction uses."""
         self._check_fitted()
-        return int(sum(a.nbytes for a in self.model_.arrays().values()))
+        return int(sum(a.nbytes for name, a in self.model_.arrays().items() if name != "background"))
 
     # -- persistence -----------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write the index directory at `path` atomically (see storage.py);
         returns its path."""
         self._check_fitted()
-        m = self.model_
+        with self._lock:
+            return self._write(path, self.model_, self.label_counts_, self.n_train_)
+
+    def _write(self, path, m: LabelModel, label_counts: np.ndarray, n_train: int) -> Path:
+        """Write model `m` with its training label counts int64 (L,) and
+        number of training points (save, and add / remove with save_to)."""
         manifest = {"task": TASK, "config": self.fitted_config_.to_dict(), "n_labels": m.n_labels,
                     "n_features": m.n_features, "n_buckets": m.n_buckets, "loss": m.loss}
-        manifest["n_train"] = self.n_train_
-        return write_index(path, {**m.arrays(), "label_counts": self.label_counts_}, {}, manifest)
+        manifest["n_train"] = int(n_train)
+        return write_index(path, {**m.arrays(), "label_counts": label_counts}, {}, manifest)
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = False, verify: bool = True) -> "LabelIndex":
@@ -175,8 +199,13 @@ class LabelIndex:
         a = arrays
         self = cls(cfg)
         self.fitted_config_ = cfg
+        live, bg = a.get("live"), a.get("background")
+        if live is not None and (live.dtype != np.bool_ or live.shape != a["assign"].shape[1:]) or \
+                bg is not None and (bg.dtype != np.float32 or bg.ndim != 2 or bg.shape[1] != a["w1"].shape[1]):
+            raise IndexFormatError(f"{path}: live or background do not agree with the labels or the routers")
         self.model_ = LabelModel(w1=a["w1"], b1=a["b1"], w2=a["w2"], b2=a["b2"], assign=a["assign"],
-                                 loss=man.get("loss", cfg.loss), v=a.get("v"), c=a.get("c"))
+                                 loss=man.get("loss", cfg.loss), v=a.get("v"), c=a.get("c"), live=live,
+                                 background=bg)
         self.label_counts_ = a["label_counts"].astype(np.int64)
         self.n_train_ = int(man.get("n_train", 0))
         return self

@@ -8,8 +8,12 @@ D = R * h):
                                    applied to sparse X as one CSR product
   w2 float32 (R, h, B), b2 (R, B)  the routers' output layers
   assign int32 (R, L)              each label's bucket in each repetition
-  offsets int64 (R, B+1), members int32 (R, L)  the labels of every bucket
+  offsets int64 (R, B+1), members int32 (R, L_live)  the live labels of every bucket
   v float32 (L, D), c (L,)         the optional per-label re-rank scorer
+  live bool (L,)                   the labels predictions may return (None:
+                                   all); removed and never-seen ids are False
+  background float32 (S, D)        the hidden layer of S sampled training
+                                   points (negatives when labels are added)
 
 Prediction (`predict_block`, one compiled call per block of points): hidden
 = relu(X w1 + b1); per repetition, bucket probabilities (sigmoid or softmax
@@ -22,7 +26,7 @@ top k come back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -42,14 +46,44 @@ class LabelModel:
     loss: str = "sigmoid"
     v: np.ndarray | None = None
     c: np.ndarray | None = None
+    live: np.ndarray | None = None
+    background: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         # sizes: R repetitions, B buckets, L labels, F features
         self.n_reps, _, self.n_buckets = self.w2.shape
         self.n_labels = self.assign.shape[1]
         self.n_features = self.w1.shape[0]
-        lists = InvertedLists.from_assignments(self.assign, self.n_buckets)
-        self.offsets, self.members = lists.offsets, lists.lists
+        if self.live is None:
+            lists = InvertedLists.from_assignments(self.assign, self.n_buckets)
+            self.offsets, self.members = lists.offsets, lists.lists
+            self.n_live = self.n_labels
+        else:  # the buckets hold the live labels only: the others are never gathered
+            keep = np.flatnonzero(self.live).astype(np.int32)
+            lists = InvertedLists.from_assignments(np.ascontiguousarray(self.assign[:, keep]), self.n_buckets)
+            self.offsets, self.members = lists.offsets, np.ascontiguousarray(keep[lists.lists])
+            self.n_live = int(keep.size)
+
+    def changed(self, **fields) -> LabelModel:
+        """A new model with `fields` replaced (this one is never modified:
+        a prediction may be reading it)."""
+        return replace(self, **fields)
+
+    def hidden(self, x) -> np.ndarray:
+        """The routers' hidden layer, float32 (n, D), for CSR x (n, F) whose
+        rows are already scaled as the model expects."""
+        h = np.asarray(x @ self.w1, dtype=np.float32) + self.b1
+        return np.maximum(h, 0, out=h)
+
+    def bucket_probs(self, h: np.ndarray, r: int) -> np.ndarray:
+        """Repetition r's bucket probabilities, float32 (n, B), from hidden
+        h float32 (n, D) (sigmoid or softmax, as the model predicts)."""
+        hid = self.w2.shape[1]
+        z = h[:, r * hid:(r + 1) * hid] @ self.w2[r] + self.b2[r]
+        if self.loss == "sigmoid":
+            return (0.5 + 0.5 * np.tanh(0.5 * z)).astype(np.float32)  # no overflow
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
 
     def predict(self, x, k: int, probes: int, min_votes: int = 1, rerank: bool = True,
                 blend: float = 0.0, normalize: bool = False,
@@ -102,4 +136,8 @@ class LabelModel:
         out = {"w1": self.w1, "b1": self.b1, "w2": self.w2, "b2": self.b2, "assign": self.assign}
         if self.v is not None:
             out["v"], out["c"] = self.v, self.c
+        if self.live is not None:
+            out["live"] = self.live
+        if self.background is not None:
+            out["background"] = self.background
         return out
