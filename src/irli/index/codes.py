@@ -223,7 +223,8 @@ def _quantizer(book: np.ndarray) -> faiss.ProductQuantizer:
 
 def choose_residual(x: np.ndarray, home: np.ndarray, centres: np.ndarray, metric: str, m: int, seed: int,
                     queries: np.ndarray | None = None, refine: int = 1, k: int = 10,
-                    sample: int = 20_000, n_queries: int = 200, eta: float = 0.0) -> tuple[bool, dict]:
+                    sample: int = 20_000, n_queries: int = 200, eta: float = 0.0,
+                    rounds: int = 4) -> tuple[bool, dict, np.ndarray]:
     """Whether residual codes rank better than direct codes on this data.
 
     On a seeded sample of `sample` items (x float32 (n, d), home int (n,) their
@@ -233,7 +234,11 @@ def choose_residual(x: np.ndarray, home: np.ndarray, centres: np.ndarray, metric
     (refine 1 by default: with a larger budget both kinds find nearly all of
     a 20,000-item sample's neighbours and the measure cannot tell them apart).
     Queries are `queries` if given (a query log), else `n_queries` other items.
-    Returns (residual wins, {"residual": recall, "direct": recall}).
+    Anisotropic codebooks get `rounds` of training (4: on GloVe, 8 gave the
+    same recall and QPS at 1.0 s more build, BENCHMARKS.md issue 23).
+    Returns (residual wins, {"residual": recall, "direct": recall}, the
+    winner's codebook float32 (m, 16, d / m), trained on the sample: `build`
+    keeps it for repetition 0 rather than train a third one).
     """
     n = x.shape[0]
     rng = np.random.default_rng([seed, 0x5E5])
@@ -255,15 +260,16 @@ def choose_residual(x: np.ndarray, home: np.ndarray, centres: np.ndarray, metric
 
     kk = min(refine * k, xs.shape[0])
     exact = np.argsort(-scores(xs), axis=1, kind="stable")[:, :k]
-    out = {}
+    out, books = {}, {}
     xdir = _directions(xs) if eta > 1.0 else None
     for name, target, shift in (("residual", xs - cs, cs), ("direct", xs, 0.0)):
         target = np.ascontiguousarray(target, dtype=np.float32)
-        book = _train_book(target, xdir, m, seed, eta)
+        books[name] = book = _train_book(target, xdir, m, seed, eta, rounds=rounds)
         approx = _decode(book, _encode_book(book, target, xdir, eta)) + shift
         top = np.argpartition(-scores(approx), kk - 1, axis=1)[:, :kk]
         out[name] = float(np.mean([np.isin(e, t).mean() for e, t in zip(exact, top)]))
-    return out["residual"] > out["direct"], out
+    residual = out["residual"] > out["direct"]
+    return residual, out, books["residual" if residual else "direct"]
 
 
 def _encode_book(book: np.ndarray, target: np.ndarray, xdir: np.ndarray | None, eta: float) -> np.ndarray:
@@ -396,10 +402,13 @@ class PQ4Codes:
         assign = np.asarray(assign)
         reps = assign.shape[0]
         eta = anisotropic_eta(anisotropic, d) if anisotropic and metric != "l2" else 0.0
-        if residual is None:
-            residual, _ = choose_residual(x, assign[0, 0], centres[0], metric, m, seed, queries=queries, eta=eta)
         books = np.empty((reps, m, 16, d // m), dtype=np.float32)
-        for r in range(reps):
+        first = 0
+        if residual is None:  # both kinds are trained to choose; the winner serves repetition 0
+            residual, _, books[0] = choose_residual(x, assign[0, 0], centres[0], metric, m, seed, queries=queries,
+                                                    eta=eta)
+            first = 1
+        for r in range(first, reps):
             rows = np.sort(np.random.default_rng([seed + r, 0x9C4]).choice(n, size=min(n, train_size),
                                                                           replace=False))
             sample = np.asarray(x[rows], dtype=np.float32)

@@ -53,6 +53,7 @@ def kmeans(
         sample = normalize_rows(sample)
     cent = None
     done = 0
+    report(callback, "kmeans", 0, iters)
     while done < iters:  # a few iterations per call, so progress can be reported
         step = min(_KMEANS_STEP, iters - done)
         km = faiss.Kmeans(d, n_buckets, niter=step, seed=seed + done, spherical=spherical,
