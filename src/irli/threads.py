@@ -177,3 +177,31 @@ def _torch():
     import sys
 
     return sys.modules.get("torch")
+
+
+# -- one writer at a time ---------------------------------------------------------
+_LOCKS = threading.Lock()
+
+
+class UpdateLock:
+    """A mixin giving an object `_lock`: one re-entrant lock, made on first
+    use, under which its changes run one at a time (Index, LabelIndex).
+    Copies and pickles get a lock of their own; the names in `_transient`
+    (the lock, and whatever a subclass rebuilds on demand) are left out of
+    both."""
+
+    _transient: tuple[str, ...] = ("_update_lock",)
+
+    @property
+    def _lock(self) -> threading.RLock:
+        lock = self.__dict__.get("_update_lock")
+        if lock is None:
+            with _LOCKS:
+                lock = self.__dict__.setdefault("_update_lock", threading.RLock())
+        return lock
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        for name in self._transient:
+            state.pop(name, None)
+        return state

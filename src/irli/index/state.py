@@ -6,7 +6,6 @@ mixes arrays from before and after a change running in another thread."""
 from __future__ import annotations
 
 import functools
-import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -16,10 +15,9 @@ from ..kernels.pq_scan import PQIndexArgs
 from ..learn.budget import ProbeBudget
 from ..model.partition import InvertedLists
 from ..model.routers import Routing
+from ..threads import UpdateLock
 from .codes import PQ4Codes
 from .idmap import IdMap
-
-_LOCKS = threading.Lock()
 
 
 def exclusive(method):
@@ -69,8 +67,10 @@ class State(NamedTuple):
 
 
 
-class StateMixin:
+class StateMixin(UpdateLock):
     """Index's published state and its update lock."""
+
+    _transient = ("_update_lock", "_state")  # the snapshot is rebuilt from the arrays on first search
 
     def _snapshot(self) -> "State":
         """The searchable state as one object (see `_publish`): a search
@@ -104,16 +104,3 @@ class StateMixin:
             self._state = st
             return st
 
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.pop("_update_lock", None)  # locks do not copy or pickle; a new one comes on first use
-        state.pop("_state", None)  # rebuilt from the arrays on first search
-        return state
-
-    @property
-    def _lock(self) -> threading.RLock:
-        lock = self.__dict__.get("_update_lock")
-        if lock is None:
-            with _LOCKS:
-                lock = self.__dict__.setdefault("_update_lock", threading.RLock())
-        return lock

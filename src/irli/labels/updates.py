@@ -30,7 +30,6 @@ index as it was before the change or after it, never a mix.
 from __future__ import annotations
 
 import os
-import threading
 from typing import Self
 
 import numpy as np
@@ -38,33 +37,20 @@ import numpy as np
 from ..errors import InvalidInputError
 from ..index.updates import grow
 from ..learn.labels import learn_new_scorers, place_labels
-from ..threads import limit
+from ..threads import UpdateLock, limit
 from ..validation import as_ids
 from .xcformat import label_matrix
 
-_LOCKS = threading.Lock()
 # label ids an add may allocate beyond the new labels it names (the gaps are
 # never predicted until points carrying them are added)
 _GAP = 1024
 _MAX_COLUMNS = 2**31 - 1
 
 
-class LabelChanges:
+class LabelChanges(UpdateLock):
     """LabelIndex's `add` and `remove`, and its update lock."""
 
-    @property
-    def _lock(self) -> threading.RLock:
-        lock = self.__dict__.get("_update_lock")
-        if lock is None:
-            with _LOCKS:
-                lock = self.__dict__.setdefault("_update_lock", threading.RLock())
-        return lock
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.pop("_update_lock", None)  # locks do not copy or pickle; a new one comes on first use
-        state.pop("_buffers", None)
-        return state
+    _transient = ("_update_lock", "_buffers")
 
     def add(self, X, Y, save_to: str | os.PathLike | None = None, threads: int | None = None) -> Self:
         """Add training points without retraining.

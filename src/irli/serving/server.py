@@ -175,8 +175,10 @@ def open_index(path: str | os.PathLike):
 
     if remote(path) is not None or read_manifest(path).get("task") == "sharded":
         raise ServeError(f"{path}: a sharded index; serve it with --ray (its parts run as Ray actors)")
+    from ..labels.index import LabelIndex
+
     index = load(path)
-    if not hasattr(index, "search"):
+    if isinstance(index, LabelIndex):
         raise ServeError(f"{path}: a label index; irli serve serves vector indexes")
     return index
 
