@@ -38,3 +38,10 @@ def test_an_index_publishes_its_kernel_arguments_by_name(data):
         assert type(args) is named
         assert args.x.shape == x.shape and not args.x.flags.writeable
         assert args.ids.dtype == np.int64 and args.cosine == (index.config.metric == "cosine")
+
+
+def test_label_args_are_predict_block_parameters_in_order():
+    from irli.kernels.label_predict import LabelModelArgs, predict_block
+
+    assert _span(predict_block, LabelModelArgs) == list(LabelModelArgs._fields)
+    assert _params(predict_block)[-3:] == ["out_ids", "out_scores", "out_ncand"]

@@ -5,8 +5,9 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import fitted
+from conftest import FAST, fitted
 
+import irli
 from irli.errors import IndexFormatError
 from irli.model.repetitions import Repetitions
 
@@ -25,7 +26,7 @@ def test_arrays_and_router_tensors_round_trip(data, preset):
 
 
 def test_frozen_a_change_makes_a_new_one(data):
-    index = fitted("ivf", data)
+    index = irli.Index("ivf", **FAST["ivf"]).fit(data[0])  # its own: the shared fitted one must not change
     reps = index.reps_
     with pytest.raises(dataclasses.FrozenInstanceError):
         reps.assign = None
@@ -44,3 +45,17 @@ def test_routers_that_do_not_fit_are_refused(data):
     with pytest.raises(IndexFormatError, match="idx: router 0 is unreadable"):
         Repetitions.read_routers("idx", tensors, "no-such-kind", reps.n_reps, "cosine", reps.n_buckets,
                                  reps.centres.shape[2])
+
+
+def test_place_follows_the_routers_and_drift_matches_fit(data):
+    index = fitted("ivf", data)
+    reps = index.reps_
+    q = np.ascontiguousarray(data[1][:40] / np.linalg.norm(data[1][:40], axis=1, keepdims=True), dtype=np.float32)
+    loads = np.stack([np.bincount(reps.assign[r, 0], minlength=reps.n_buckets) for r in range(reps.n_reps)])
+    where = reps.place(q, index.config, loads, seed=0)
+    assert where.shape == (reps.n_reps, reps.copies, 40)
+    np.testing.assert_array_equal(where[:, 0], reps.route(q, 1)[0][:, :, 0])  # no re-partitioning: the best bucket
+    alive = np.arange(reps.assign.shape[2])
+    moved, imbalance, _ = reps.drift(index.vectors_, alive, alive, index.config)
+    at_fit = index.history_["drift_at_fit"]
+    assert abs(np.mean(moved) - at_fit["moved"]) < 0.02 and abs(imbalance - at_fit["imbalance"]) < 1e-6

@@ -47,6 +47,7 @@ from ..io.storage import (
     write_index,
 )
 from ..model.partition import InvertedLists
+from ..model.repetitions import place
 from ..progress import Callback, report
 from ..validation import (
     as_ids,
@@ -56,7 +57,7 @@ from ..validation import (
 )
 from .codes import PQ4Codes
 from .index import Index
-from .updates import place, sample_rows
+from .updates import sample_rows
 
 
 def _backing(x: np.ndarray) -> tuple[str, int] | None:

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..model.partition import InvertedLists
+from ..model.repetitions import Drift
 from ..progress import Callback, report
 from ..threads import limit
 from ..validation import (
@@ -19,7 +20,7 @@ from ..validation import (
     positive_int,
 )
 from .state import exclusive
-from .updates import Drift, grow, measure, place, sample_rows
+from .updates import grow, sample_rows
 
 
 class ChangesMixin:
@@ -31,7 +32,7 @@ class ChangesMixin:
             threads: int | None = None, save_to: str | os.PathLike | None = None) -> Self:
         """Add items without retraining: each goes to the bucket(s) its
         router picks in every repetition, under the same load rule as the
-        partition (see `irli.index.updates`). Storage grows as needed.
+        partition (see `irli.model.repetitions.place`). Storage grows as needed.
 
         vectors: (n, d). ids: int64 (n,), unique, >= 0; default next_id_ ..
         next_id_ + n - 1 (one past the largest id ever stored). An id that is
@@ -75,7 +76,7 @@ class ChangesMixin:
             staying[replaced] = False
         loads = np.stack([np.bincount(self.assign_[r, 0][staying], minlength=self.n_buckets)
                           for r in range(self.n_reps)])
-        where = place(x, self.routers_, cfg, loads, self.centres_, seed=cfg.seed + self.next_id_ + len(self))
+        where = self.reps_.place(x, cfg, loads, seed=cfg.seed + self.next_id_ + len(self))
         first = self.vectors_.shape[0]
         new_codes = self.codes_.encode(x, where) if self.codes_ is not None else None
         # new arrays are built beside the old ones (appends write past the old
@@ -167,15 +168,14 @@ class ChangesMixin:
 
     def drift(self, sample: int = 20_000) -> Drift:
         """How far the partition has drifted from what the routers would now
-        build (see `irli.index.updates.Drift`); measured on a seeded sample of
+        build (see `irli.model.repetitions.Drift`); measured on a seeded sample of
         `sample` live items. A `refresh()` is worth it when `excess` or
         `imbalance` grows."""
         self.check_fitted()
         sample = positive_int(sample, "sample")
         alive = self.idmap_.pos
         rows = alive[sample_rows(alive.size, sample, self.config.seed)]
-        moved, imbalance, cv = measure(self.vectors_[rows], self.assign_[:, 0, rows], self.assign_[:, 0, alive],
-                                       self.routers_, self.config, self.n_buckets)
+        moved, imbalance, cv = self.reps_.drift(self.vectors_[rows], rows, alive, self.config)
         at_fit = self.history_.get("drift_at_fit", {})
         return Drift(moved=float(np.mean(moved)), moved_per_rep=moved, imbalance=imbalance, load_cv=cv,
                      moved_at_fit=float(at_fit.get("moved", 0.0)),

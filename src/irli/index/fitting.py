@@ -15,11 +15,12 @@ from ..errors import InvalidInputError
 from ..learn.budget import fit_budget
 from ..learn.loop import learn
 from ..model.partition import InvertedLists
+from ..model.repetitions import measure
 from ..model.routers import Routing
 from ..progress import Callback, report
 from ..validation import as_ids, as_matrix, first_duplicate
 from .codes import PQ4Codes, default_pq_m
-from .updates import measure, sample_rows
+from .updates import sample_rows
 
 
 def fit_parts(cfg: IndexConfig, vectors, ids, train_queries, callback: Callback, executor) -> dict[str, Any]:

@@ -4,6 +4,8 @@ top-k labels."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 
@@ -12,6 +14,24 @@ from .scoring import FAST, affine, dot
 from .topk import pop_best_first, push, top_row
 
 _ROWS = 4  # points that share each pass over a router's output layer
+
+
+class LabelModelArgs(NamedTuple):
+    """The model's arguments of `predict_block`, in its order (the one place
+    it is written; tests/test_kernel_args.py checks it against the kernel's
+    signature). Built by keyword (LabelModel) and passed as `*args`."""
+
+    w1: np.ndarray
+    b1: np.ndarray
+    w2: np.ndarray
+    b2: np.ndarray
+    sigmoid: bool
+    offsets: np.ndarray
+    members: np.ndarray
+    assign: np.ndarray
+    v: np.ndarray
+    c: np.ndarray
+    widest: int
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FAST)

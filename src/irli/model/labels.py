@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..kernels.label_predict import predict_block
+from ..kernels.label_predict import LabelModelArgs, predict_block
 from ..threads import run_blocks, stamps
 from .partition import InvertedLists
 
@@ -119,7 +119,7 @@ class LabelModel:
                                     "or a NaN / infinite value")
         return ids, scores, ncand
 
-    def _kernel_args(self, use_scorer: bool) -> tuple:
+    def _kernel_args(self, use_scorer: bool) -> LabelModelArgs:
         """The model's arguments of predict_block (cached)."""
         key = f"_args_{use_scorer}"
         args = self.__dict__.get(key)
@@ -127,8 +127,9 @@ class LabelModel:
             v = self.v if use_scorer else np.zeros((1, 1), np.float32)
             c = self.c if use_scorer else np.zeros(1, np.float32)
             widest = int(np.diff(self.offsets, axis=1).max())
-            args = (self.w1, self.b1, self.w2, self.b2, self.loss == "sigmoid", self.offsets, self.members,
-                    self.assign, v, c, widest)
+            args = LabelModelArgs(w1=self.w1, b1=self.b1, w2=self.w2, b2=self.b2, sigmoid=self.loss == "sigmoid",
+                                  offsets=self.offsets, members=self.members, assign=self.assign, v=v, c=c,
+                                  widest=widest)
             self.__dict__[key] = args
         return args
 

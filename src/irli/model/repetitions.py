@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..config import IndexConfig
 from ..errors import IndexFormatError
-from .partition import InvertedLists
+from .partition import InvertedLists, fallback_width, power_of_k, soar_spill
 from .routers import Router, Routing, route
 
 
@@ -57,6 +58,19 @@ class Repetitions:
     def kind(self) -> str:
         """The routers' kind ("centroid", "linear", "mlp")."""
         return self.routers[0].kind
+
+    def place(self, x: np.ndarray, cfg: IndexConfig, loads: np.ndarray, seed: int) -> np.ndarray:
+        """Buckets int32 (R, c, n) for new items `x` by the rule that built
+        the partition (see `place`); `loads` int (R, B) live items per home
+        bucket now."""
+        return place(x, self.routing, cfg, loads, self.centres, seed)
+
+    def drift(self, x: np.ndarray, rows: np.ndarray, alive: np.ndarray, cfg: IndexConfig
+              ) -> tuple[list[float], float, float]:
+        """(moved per repetition, imbalance, load cv) of the partition (see
+        Drift): `x` float32 (s, d) the vectors at positions `rows`, a sample
+        of the live positions `alive` int (n,)."""
+        return measure(x, self.assign[:, 0, rows], self.assign[:, 0, alive], self.routing, cfg, self.n_buckets)
 
     def route(self, q: np.ndarray, probes: int, with_probs: bool = False, threads: int | None = None):
         """The `probes` best buckets of each prepared query (float32 (n, d))
@@ -107,3 +121,83 @@ class Repetitions:
         routers = cls.read_routers(path, tensors, kind, n_reps, metric, centres.shape[1], centres.shape[2])
         return cls(routers, arrays["assign"], InvertedLists(np.asarray(arrays["offsets"]), arrays["lists"]),
                    centres)
+
+
+# -- placing new items and measuring drift ------------------------------------------
+# New items are placed by the same rule that built the partition: with
+# re-partitioning (IRLI, balanced k-means) each goes to the least loaded of
+# its router's top `k_choices` buckets, counting the items already there
+# against the load cap; otherwise to its router's best bucket (for centroid
+# routers, the nearest centroid, as k-means assigned the rest). Spilled
+# indexes give new items their SOAR buckets too.
+def choices_per_item(cfg: IndexConfig) -> int:
+    """K: how many of its router's best buckets an item may be placed in."""
+    return cfg.k_choices if cfg.repartition else 1
+
+
+def place(x: np.ndarray, routers: list[Router] | Routing, cfg: IndexConfig, loads: np.ndarray,
+          centres: np.ndarray, seed: int, batch: int = 1 << 14) -> np.ndarray:
+    """Buckets for new items `x` (float32 (n, d), normalised for cosine) in
+    every repetition: int32 (R, c, n), [:, 0] the home bucket, [:, 1:] the
+    spilled ones. `loads` int (R, B) are the live items per home bucket now;
+    `centres` float32 (R, B, d) the bucket centres used for spilling."""
+    n = x.shape[0]
+    reps, b = loads.shape
+    k = choices_per_item(cfg)
+    width = fallback_width(k, b) if cfg.repartition else 1
+    choices = np.empty((reps, n, width), dtype=np.int32)
+    for s in range(0, n, batch):
+        choices[:, s : s + batch] = route(routers, x[s : s + batch], width)[0]
+    out = np.empty((reps, cfg.copies, n), dtype=np.int32)
+    for r in range(reps):
+        if cfg.repartition:
+            out[r, 0] = power_of_k(choices[r], k, b, cfg.max_load, seed + r, loads=loads[r])
+        else:
+            out[r, 0] = choices[r, :, 0]
+        if cfg.spill:
+            out[r, 1:] = soar_spill(x, centres[r], out[r, 0], cfg.spill, cfg.spill_lambda)
+    return out
+
+
+@dataclass
+class Drift:
+    """How far an index has drifted from what its routers would build now.
+
+    moved: share of live items (a seeded sample of `sample`) whose home bucket
+    is not among their router's top K choices (K = `k_choices` with
+    re-partitioning, else 1), averaged over repetitions; moved_per_rep per
+    repetition. imbalance: the fullest home bucket over the mean, worst
+    repetition; load_cv: the coefficient of variation of the bucket loads.
+    *_at_fit: the same right after the last fit or refresh (a partition
+    balanced under a load cap never scores 0). added / removed: items since
+    then. `excess` = moved - moved_at_fit is the part that drift caused.
+    """
+
+    moved: float
+    moved_per_rep: list[float]
+    imbalance: float
+    load_cv: float
+    moved_at_fit: float
+    imbalance_at_fit: float
+    added: int
+    removed: int
+    sample: int
+
+    @property
+    def excess(self) -> float:
+        return self.moved - self.moved_at_fit
+
+
+def measure(x: np.ndarray, homes_x: np.ndarray, homes: np.ndarray, routers: list[Router] | Routing,
+            cfg: IndexConfig, n_buckets: int) -> tuple[list[float], float, float]:
+    """(moved per repetition, imbalance, load cv), see Drift: `x` float32
+    (s, d) is a sample of the live items and `homes_x` int (R, s) their home
+    buckets; `homes` int (R, n) are the home buckets of all live items."""
+    k = min(choices_per_item(cfg), n_buckets)
+    top = route(routers, np.ascontiguousarray(x, dtype=np.float32), k)[0]  # (R, s, K)
+    moved = [float((top[r] != homes_x[r, :, None]).all(axis=1).mean()) for r in range(top.shape[0])]
+    loads = np.stack([np.bincount(h, minlength=n_buckets) for h in homes]).astype(np.float64)
+    mean = loads.mean(axis=1)
+    imbalance = float((loads.max(axis=1) / np.maximum(mean, 1e-12)).max())
+    cv = float((loads.std(axis=1) / np.maximum(mean, 1e-12)).max())
+    return moved, imbalance, cv
