@@ -156,6 +156,45 @@ def power_of_k(choices: np.ndarray, k: int, n_buckets: int, max_load: float | No
     return _least_loaded(np.ascontiguousarray(choices, dtype=np.int32), k, order, counts, cap)
 
 
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _soar_pick(part, centroids, near, picked, lam, e, out):
+    """The SOAR cost of each row's candidate buckets near int32 (n, w) given
+    its buckets so far picked int32 (n, e + 1) (home first): |x - c|^2 +
+    lam * sum_j <r_j, x - c>^2 / |r_j|^2 over the residuals r_j = x - c_j of
+    those buckets; the cheapest candidate not used yet goes to out int32 (n,)."""
+    n, d = part.shape
+    w = near.shape[1]
+    for i in numba.prange(n):
+        best = np.inf
+        pick = near[i, 0]
+        for j in range(w):
+            c = near[i, j]
+            taken = False
+            for u in range(e + 1):
+                if picked[i, u] == c:
+                    taken = True
+            if taken:
+                continue
+            cost = np.float32(0.0)
+            for t in range(d):
+                v = part[i, t] - centroids[c, t]
+                cost += v * v
+            for u in range(e + 1):
+                h = picked[i, u]
+                rd = np.float32(0.0)
+                rr = np.float32(0.0)
+                for t in range(d):
+                    r = part[i, t] - centroids[h, t]
+                    rd += r * (part[i, t] - centroids[c, t])
+                    rr += r * r
+                proj = rd / np.sqrt(max(rr, np.float32(1e-12)))  # divided before squaring: no overflow
+                cost += np.float32(lam) * proj * proj
+            if cost < best:
+                best = cost
+                pick = c
+        out[i] = pick
+
+
 def soar_spill(x: np.ndarray, centroids: np.ndarray, primary: np.ndarray, extra: int,
                lam: float = 1.0, candidates: int = 16, batch: int = 1 << 16) -> np.ndarray:
     """`extra` more buckets for every item, chosen as in SOAR (Sun et al. 2023).
@@ -165,30 +204,21 @@ def soar_spill(x: np.ndarray, centroids: np.ndarray, primary: np.ndarray, extra:
     r_j are the residuals x - c_j of the buckets it already has: a second home
     whose residual is orthogonal to the first one's catches the queries the
     first one misses. x float32 (N, d), centroids (B, d), primary int (N,).
-    Returns int32 (extra, N). Streams `x` in batches.
+    Returns int32 (extra, N). Streams `x` in batches; the costs are one
+    compiled pass on every core.
     """
     n = x.shape[0]
     out = np.empty((extra, n), dtype=np.int32)
     width = min(centroids.shape[0], max(candidates, extra + 1))
+    cents = np.ascontiguousarray(centroids, dtype=np.float32)
     for s in range(0, n, batch):
         part = np.ascontiguousarray(x[s : s + batch], dtype=np.float32)
-        near = nearest_centroids(part, centroids, spherical=False, k=width)  # by L2, as SOAR
-        used = [np.asarray(primary[s : s + batch], dtype=np.int32)]
-        res = [part - centroids[used[0]]]
+        near = nearest_centroids(part, cents, spherical=False, k=width)  # by L2, as SOAR
+        picked = np.empty((part.shape[0], extra + 1), dtype=np.int32)
+        picked[:, 0] = primary[s : s + batch]
         for e in range(extra):
-            cost = np.zeros(near.shape, dtype=np.float32)
-            for j in range(width):
-                diff = part - centroids[near[:, j]]
-                cost[:, j] = np.einsum("nd,nd->n", diff, diff)
-                for r in res:  # the projection is squared after dividing: no overflow near the norm limit
-                    proj = np.einsum("nd,nd->n", r, diff) / np.sqrt(np.maximum(np.einsum("nd,nd->n", r, r), 1e-12))
-                    cost[:, j] += lam * proj * proj
-            for u in used:
-                cost[near == u[:, None]] = np.inf
-            pick = near[np.arange(part.shape[0]), np.argmin(cost, axis=1)]
-            out[e, s : s + part.shape[0]] = pick
-            used.append(pick)
-            res.append(part - centroids[pick])
+            _soar_pick(part, cents, near, picked, lam, e, picked[:, e + 1])
+            out[e, s : s + part.shape[0]] = picked[:, e + 1]
     return out
 
 
