@@ -1,12 +1,14 @@
 """One interface for every kind of index (an implicit-style contract mixin).
 
-`VectorContract` holds the checks every searchable vector index honours,
-whatever made it: fitted in memory (every preset), loaded from disk,
-memory-mapped, written by the out-of-core `irli.build`, or split into Ray
-shards, or searched through `irli serve` by `irli.Client`. `TestLabelIndex`
-holds the same checks, where they make sense, for `LabelIndex`. Each kind's
-test class inherits the mixin and says how to make the index; every form
-must give the very same ids as the in-memory index.
+`Contract` holds the checks every index honours, whatever made it; each
+kind says how to make one, what its queries are and how to spoil them.
+`VectorContract` adds the irli.Searchable facts and serves every vector
+index: fitted in memory (every preset), loaded from disk, memory-mapped,
+written by the out-of-core `irli.build`, split into Ray shards or fsspec
+parts, or searched through `irli serve` by `irli.Client`. `LabelContract`
+serves `LabelIndex` in memory, loaded and memory-mapped. Every form must
+give the very same ids as its reference. `TestLabelIndex` keeps what only
+a label index has to honour.
 """
 
 import inspect
@@ -23,19 +25,26 @@ from irli.result import SearchResult
 K = 5
 
 
-class VectorContract:
-    """Subclasses define `make(self, request, data, tmp_path)` -> (index,
-    reference in-memory Index whose answers it must equal)."""
+class Contract:
+    """The checks every index honours, whatever it holds. Subclasses define
+    `make(self, request, data, tmp_path)` -> (index, reference whose answers
+    it must equal), `queries(self, request, data)` -> its queries, and how
+    to take one query, a too-narrow batch and a batch holding NaN."""
 
     search_options: dict = {}
+    dim_word = "queries"  # what a wrong-dimension error names
 
     @pytest.fixture
     def pair(self, request, data, tmp_path):
         return self.make(request, data, tmp_path)
 
-    def test_result_type_shapes_and_order(self, pair, data):
+    @pytest.fixture
+    def qs(self, request, data):
+        return self.queries(request, data)
+
+    def test_result_type_shapes_and_order(self, pair, qs):
         index, _ = pair
-        res = index.search(data[1][:30], k=K, **self.search_options)
+        res = index.search(qs[:30], k=K, **self.search_options)
         assert isinstance(res, SearchResult)
         assert res.ids.shape == (30, K) and res.ids.dtype == np.int64
         assert res.scores.shape == (30, K) and res.scores.dtype == np.float32
@@ -44,19 +53,46 @@ class VectorContract:
         ids, scores = res
         assert ids is res.ids and scores is res.scores
 
-    def test_same_ids_as_the_index_in_memory(self, pair, data):
+    def test_same_ids_as_the_reference(self, pair, qs):
         index, ref = pair
-        got = index.search(data[1], k=10, **self.search_options)
-        want = ref.search(data[1], k=10, **self.search_options)
+        got = index.search(qs, k=10, **self.search_options)
+        want = ref.search(qs, k=10, **self.search_options)
         np.testing.assert_array_equal(got.ids, want.ids)
         np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-6)
 
-    def test_single_query_equals_its_row_in_a_batch(self, pair, data):
+    def test_single_query_equals_its_row_in_a_batch(self, pair, qs):
         index, _ = pair
-        batch = index.search(data[1][:8], k=K, **self.search_options)
+        batch = index.search(qs[:8], k=K, **self.search_options)
         for i in (0, 7):
-            np.testing.assert_array_equal(index.search(data[1][i], k=K, **self.search_options).ids[0],
+            np.testing.assert_array_equal(index.search(self.one(qs, i), k=K, **self.search_options).ids[0],
                                           batch.ids[i])
+
+    def test_bad_queries_get_one_line_errors(self, pair, qs):
+        index, _ = pair
+        with pytest.raises(irli.InvalidInputError, match=self.dim_word):
+            index.search(self.narrow(qs[:2]), k=K)
+        with pytest.raises(irli.InvalidInputError, match="NaN"):
+            index.search(self.poison(qs[:2]), k=K)
+        with pytest.raises(irli.InvalidInputError, match="k"):
+            index.search(qs[:2], k=0)
+
+
+class VectorContract(Contract):
+    """Vector indexes: queries are rows of float32 vectors."""
+
+    def queries(self, request, data):
+        return data[1]
+
+    def one(self, qs, i):
+        return qs[i]
+
+    def narrow(self, qs):
+        return qs[:, :5]
+
+    def poison(self, qs):
+        bad = qs.copy()
+        bad[1, 0] = np.nan
+        return bad
 
     def test_is_searchable_with_the_same_facts(self, pair):
         index, ref = pair
@@ -67,17 +103,6 @@ class VectorContract:
         for name in ("queries", "k", "probes", "allow", "refine"):
             assert name in params, f"{type(index).__name__}.search lacks {name}"
         assert params["k"].default == 10 and params["probes"].default is None
-
-    def test_bad_queries_get_one_line_errors(self, pair, data):
-        index, _ = pair
-        with pytest.raises(irli.InvalidInputError, match="queries"):
-            index.search(data[1][:2, :5], k=K)
-        bad = data[1][:2].copy()
-        bad[1, 0] = np.nan
-        with pytest.raises(irli.InvalidInputError, match="NaN"):
-            index.search(bad, k=K)
-        with pytest.raises(irli.InvalidInputError, match="k"):
-            index.search(data[1][:2], k=0)
 
 
 class TestEveryPresetInMemory(VectorContract):
@@ -154,9 +179,41 @@ def labels():
     return irli.LabelIndex(n_reps=2, hidden=32, epochs=3, repartition_every=2).fit(x[:800], y[:800]), x[800:]
 
 
+class LabelContract(Contract):
+    """Label indexes: queries are CSR rows of features, answers label ids."""
+
+    dim_word = "features"
+
+    def queries(self, request, data):
+        return request.getfixturevalue("labels")[1]
+
+    def one(self, qs, i):
+        return sp.csr_matrix(qs[i])
+
+    def narrow(self, qs):
+        return qs[:, :10]
+
+    def poison(self, qs):
+        bad = qs.copy().astype(np.float32)
+        bad.data[0] = np.nan
+        return bad
+
+
+class TestLabelIndexInMemory(LabelContract):
+    def make(self, request, data, tmp_path):
+        index = request.getfixturevalue("labels")[0]
+        return index, index
+
+
+class TestLabelIndexLoaded(LabelContract):
+    @pytest.fixture(params=[False, True], ids=["read", "mmap"])
+    def pair(self, request, tmp_path):
+        index = request.getfixturevalue("labels")[0]
+        return irli.load(index.save(tmp_path / "lab"), mmap=request.param), index
+
+
 class TestLabelIndex:
-    """The label index answers through the same result type and the same
-    save / load contract."""
+    """What only a label index has to honour beyond the contract."""
 
     def test_result_type_shapes_and_order(self, labels):
         index, x = labels
