@@ -21,16 +21,14 @@ import numpy as np
 def lloyd(x, n_buckets, spherical, iters=20, points_per_centroid=256, seed=0, callback=None):
     """The hand-written Lloyd's k-means irli used before the switch (empty
     clusters re-seeded by splitting the largest)."""
-    from irli.model.partition import assign_nearest, bucket_means
+    from irli.model.partition import assign_nearest, bucket_means, kmeans_sample
     from irli.validation import normalize_rows
 
-    n = x.shape[0]
+    sample = kmeans_sample(x, n_buckets, spherical, points_per_centroid, seed)
+    m = sample.shape[0]
     rng = np.random.default_rng([seed, 0x3E4])
-    m = min(n, n_buckets * points_per_centroid)
-    rows = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
-    sample = np.ascontiguousarray(x[rows], dtype=np.float32)
-    if spherical:
-        sample = normalize_rows(sample)
+    if m < x.shape[0]:
+        rng.choice(x.shape[0], size=m, replace=False)  # the draw kmeans_sample took: the same start as before
     cent = sample[rng.choice(m, size=n_buckets, replace=False)].copy()
     for _ in range(iters):
         assign = assign_nearest(sample, cent, spherical)

@@ -34,6 +34,8 @@ def test_frozen_a_change_makes_a_new_one(data):
     index.add(data[1][:5])
     assert index.reps_ is not reps and reps.assign is before  # a search holding `reps` sees no change
     assert index.reps_.assign.shape[2] == before.shape[2] + 5
+    assert index.reps_.routing is reps.routing  # the routers did not change: their stacked form is kept
+    assert reps.changed(routers=reps.routers).routing is not reps.routing
 
 
 def test_routers_that_do_not_fit_are_refused(data):

@@ -30,6 +30,19 @@ def hash_assign(n_items: int, n_buckets: int, seed: int) -> np.ndarray:
     return (((a * x + b) % np.uint64(_PRIME)) % np.uint64(n_buckets)).astype(np.int32)
 
 
+def kmeans_sample(x: np.ndarray, n_buckets: int, spherical: bool, points_per_centroid: int = 256,
+                  seed: int = 0) -> np.ndarray:
+    """The seeded rows k-means learns from: at most `points_per_centroid` x B
+    rows of `x` (float32 (n, d), may be memory-mapped) in file order, unit
+    length when `spherical`. float32 (m, d)."""
+    n = x.shape[0]
+    rng = np.random.default_rng([seed, 0x3E4])
+    m = min(n, n_buckets * points_per_centroid)
+    rows = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
+    sample = np.ascontiguousarray(x[rows], dtype=np.float32)
+    return normalize_rows(sample) if spherical else sample
+
+
 def kmeans(
     x: np.ndarray, n_buckets: int, spherical: bool, iters: int = 20,
     points_per_centroid: int = 256, seed: int = 0, callback: Callback = None,
@@ -44,13 +57,9 @@ def kmeans(
     B = 1024, same run) it took 3.8 s instead of 6.7 s with the same recall
     and QPS at every probe count (benchmarks/kmeans_switch.py, BENCHMARKS.md).
     """
-    n, d = x.shape
-    rng = np.random.default_rng([seed, 0x3E4])
-    m = min(n, n_buckets * points_per_centroid)
-    rows = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
-    sample = np.ascontiguousarray(x[rows], dtype=np.float32)
-    if spherical:
-        sample = normalize_rows(sample)
+    d = x.shape[1]
+    sample = kmeans_sample(x, n_buckets, spherical, points_per_centroid, seed)
+    m = sample.shape[0]
     cent = None
     done = 0
     report(callback, "kmeans", 0, iters)
@@ -165,6 +174,13 @@ def _soar_pick(part, centroids, near, picked, lam, e, out):
     n, d = part.shape
     w = near.shape[1]
     for i in numba.prange(n):
+        rnorm = np.empty(e + 1, dtype=np.float32)  # |r_u|, the same for every candidate
+        for u in range(e + 1):
+            rr = np.float32(0.0)
+            for t in range(d):
+                r = part[i, t] - centroids[picked[i, u], t]
+                rr += r * r
+            rnorm[u] = np.sqrt(max(rr, np.float32(1e-12)))
         best = np.inf
         pick = near[i, 0]
         for j in range(w):
@@ -182,12 +198,9 @@ def _soar_pick(part, centroids, near, picked, lam, e, out):
             for u in range(e + 1):
                 h = picked[i, u]
                 rd = np.float32(0.0)
-                rr = np.float32(0.0)
                 for t in range(d):
-                    r = part[i, t] - centroids[h, t]
-                    rd += r * (part[i, t] - centroids[c, t])
-                    rr += r * r
-                proj = rd / np.sqrt(max(rr, np.float32(1e-12)))  # divided before squaring: no overflow
+                    rd += (part[i, t] - centroids[h, t]) * (part[i, t] - centroids[c, t])
+                proj = rd / rnorm[u]  # divided before squaring: no overflow
                 cost += np.float32(lam) * proj * proj
             if cost < best:
                 best = cost

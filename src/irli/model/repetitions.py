@@ -31,14 +31,18 @@ class Repetitions:
     assign: np.ndarray  # int32 (R, c, N)
     lists: InvertedLists  # offsets int64 (R, B + 1), lists (R, c N)
     centres: np.ndarray  # float32 (R, B, d)
-    routing: Routing = field(init=False, repr=False, compare=False)
+    routing: Routing | None = field(default=None, repr=False, compare=False)  # None: stacked from routers
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "routers", tuple(self.routers))
-        object.__setattr__(self, "routing", Routing.from_routers(list(self.routers)))
+        if self.routing is None:
+            object.__setattr__(self, "routing", Routing.from_routers(list(self.routers)))
 
     def changed(self, **parts) -> "Repetitions":
-        """A copy with some of routers, assign, lists, centres replaced."""
+        """A copy with some of routers, assign, lists, centres replaced (the
+        stacked routing is kept unless the routers change)."""
+        if "routers" in parts:
+            parts.setdefault("routing", None)
         return replace(self, **parts)
 
     @property
