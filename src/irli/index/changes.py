@@ -20,7 +20,7 @@ from ..validation import (
     positive_int,
 )
 from .state import exclusive
-from .updates import grow, sample_rows
+from .updates import append, sample_rows
 
 
 class ChangesMixin:
@@ -107,20 +107,9 @@ class ChangesMixin:
         return self
 
     def _append(self, name: str, view: np.ndarray, new: np.ndarray, axis: int = 0) -> np.ndarray:
-        """`view` + `new` along `axis`, in a buffer with spare room (kept in
-        self._buffers) so that repeated adds copy O(total) in all."""
-        bufs = self.__dict__.setdefault("_buffers", {})
-        used = view.shape[axis]
-        buf = bufs.get(name)
-        if buf is None or view.base is not buf:  # views we made are slices of the buffer
-            buf = view
-        buf = grow(buf, used, new.shape[axis], axis)
-        at = [slice(None)] * view.ndim
-        at[axis] = slice(used, used + new.shape[axis])
-        buf[tuple(at)] = new
-        bufs[name] = buf
-        at[axis] = slice(0, used + new.shape[axis])
-        return buf[tuple(at)]
+        """`view` + `new` along `axis` in this index's growth buffers (see
+        irli.index.updates.append)."""
+        return append(self.__dict__.setdefault("_buffers", {}), name, view, new, axis)
 
     @exclusive
     def remove(self, ids, missing: str = "raise", save_to: str | os.PathLike | None = None) -> int:

@@ -1,5 +1,5 @@
 """Changing a fitted index without retraining: room for new items in the
-stored arrays (`grow`) and seeded samples of rows. Where new items go and
+stored arrays (`grow`, `append`) and seeded samples of rows. Where new items go and
 how far the partition has drifted are the model's (irli.model.repetitions:
 `place`, `measure`, `Drift`)."""
 
@@ -22,6 +22,25 @@ def grow(buf: np.ndarray, used: int, extra: int, axis: int = 0) -> np.ndarray:
     keep[axis] = slice(0, used)
     out[tuple(keep)] = buf[tuple(keep)]
     return out
+
+
+def append(bufs: dict[str, np.ndarray], name: str, view: np.ndarray, new: np.ndarray,
+           axis: int = 0) -> np.ndarray:
+    """`view` + `new` along `axis`, written past the end of the growth buffer
+    bufs[name] (made or grown as needed, see `grow`), so repeated appends
+    copy O(total) in all and never write what `view`, which a published
+    state may hold, covers. Returns the new view; bufs[name] is updated."""
+    used = view.shape[axis]
+    buf = bufs.get(name)
+    if buf is None or view.base is not buf:  # views made here are slices of their buffer
+        buf = view
+    buf = grow(buf, used, new.shape[axis], axis)
+    at = [slice(None)] * view.ndim
+    at[axis] = slice(used, used + new.shape[axis])
+    buf[tuple(at)] = new
+    bufs[name] = buf
+    at[axis] = slice(0, used + new.shape[axis])
+    return buf[tuple(at)]
 
 
 def sample_rows(n: int, sample: int, seed: int) -> np.ndarray:

@@ -35,7 +35,7 @@ from typing import Self
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..index.updates import grow
+from ..index.updates import append
 from ..learn.labels import learn_new_scorers, place_labels
 from ..threads import UpdateLock, limit
 from ..validation import as_ids
@@ -140,17 +140,12 @@ class LabelChanges(UpdateLock):
             v[:L], c[:L] = m.v, m.c
             v[fresh], c[fresh] = vf, cf
             return v, c, {}
-        old = self.__dict__.get("_buffers") or {}
-        out, bufs = [], {}
+        bufs = dict(self.__dict__.get("_buffers") or {})
+        out = []
         for name, view, rows in (("v", m.v, vf), ("c", m.c, cf)):
-            buf = old.get(name)
-            if buf is None or view.base is not buf:
-                buf = view
-            buf = grow(buf, L, cols - L, axis=0)
-            buf[L:cols] = 0
-            buf[fresh] = rows
-            bufs[name] = buf
-            out.append(buf[:cols])
+            block = np.zeros((cols - L,) + view.shape[1:], dtype=view.dtype)
+            block[fresh - L] = rows
+            out.append(append(bufs, name, view, block))
         return out[0], out[1], bufs
 
     def remove(self, labels, save_to: str | os.PathLike | None = None) -> int:
