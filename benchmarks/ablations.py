@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     row("spilling", "SOAR (lambda 1)", irli.Index("ivf", spill=1, spill_lambda=1.0).fit(x))
 
     # 3 and 4: coverage of the true top-10 computed from bucket ranks
-    c = ivf.centres_[0]
+    c = ivf.centroids_[0]
     home = ivf.assignments()[0]
     sizes = np.bincount(home, minlength=c.shape[0])
     s = q @ c.T

@@ -71,7 +71,7 @@ def _trace(qs, probed, offsets, lists, xv, truth, skip):
 
 def trace(index, qs, skip):
     probed = index.route(qs, probes=WIDTH)[0]
-    scores = np.take_along_axis(qs @ index.centres_[0].T, probed.astype(np.int64), axis=1).astype(np.float32)
+    scores = np.take_along_axis(qs @ index.centroids_[0].T, probed.astype(np.int64), axis=1).astype(np.float32)
     near = exact_knn(index.vectors_, qs, 11, "cosine")[0]
     truth = np.array([[p for p in row if p != s][:10] for row, s in zip(near, skip)], dtype=np.int64)
     h, t, t1, c = _trace(qs, probed, index.lists_.offsets[0], index.lists_.lists[0], index.vectors_, truth, skip)

@@ -68,7 +68,7 @@ def touched_table(index, q, probes) -> list[dict]:
     for s in (2, 4, 8):
         row = {"parts": s}
         for rule in ("locality", "kmeans-only", "modulo"):
-            owner = assign_buckets(index.centres_, sizes, s, "modulo" if rule == "modulo" else "locality",
+            owner = assign_buckets(index.centroids_, sizes, s, "modulo" if rule == "modulo" else "locality",
                                    seed=index.config.seed, probed=sample if rule == "locality" else None)
             t = shards_touched(owner, probed)
             parts = owner[np.arange(probed.shape[0])[:, None, None], probed]

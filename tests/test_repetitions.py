@@ -43,10 +43,10 @@ def test_routers_that_do_not_fit_are_refused(data):
     tensors = reps.router_tensors()
     with pytest.raises(IndexFormatError, match="router 0 maps"):
         Repetitions.read_routers("idx", tensors, reps.kind, reps.n_reps, "cosine", reps.n_buckets + 1,
-                                 reps.centres.shape[2])
+                                 reps.centroids.shape[2])
     with pytest.raises(IndexFormatError, match="idx: router 0 is unreadable"):
         Repetitions.read_routers("idx", tensors, "no-such-kind", reps.n_reps, "cosine", reps.n_buckets,
-                                 reps.centres.shape[2])
+                                 reps.centroids.shape[2])
 
 
 def test_place_follows_the_routers_and_drift_matches_fit(data):

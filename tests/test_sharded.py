@@ -74,16 +74,16 @@ def test_locality_balances_and_touches_fewer_parts_than_modulo(data):
     index = irli.Index("ivf", n_buckets=64).fit(x)
     sizes = np.diff(index.lists_.offsets, axis=1)
     for s in (2, 4, 8):
-        owner = assign_buckets(index.centres_, sizes, s)
+        owner = assign_buckets(index.centroids_, sizes, s)
         load = np.bincount(owner.ravel(), weights=(sizes + 1).ravel(), minlength=s)
         assert (load > 0).all() and load.max() <= (1 + SLACK) * load.sum() / s + (sizes + 1).max()
         probed = index.route(q, probes=4)
         local = shards_touched(owner, probed).mean()
-        modulo = shards_touched(assign_buckets(index.centres_, sizes, s, "modulo"), probed).mean()
+        modulo = shards_touched(assign_buckets(index.centroids_, sizes, s, "modulo"), probed).mean()
         assert local < modulo
-    np.testing.assert_array_equal(assign_buckets(index.centres_, sizes, 4, "modulo")[0], np.arange(64) % 4)
+    np.testing.assert_array_equal(assign_buckets(index.centroids_, sizes, 4, "modulo")[0], np.arange(64) % 4)
     with pytest.raises(InvalidInputError, match="assignment"):
-        assign_buckets(index.centres_, sizes, 4, "random")
+        assign_buckets(index.centroids_, sizes, 4, "random")
 
 
 def test_refining_by_sample_queries_cuts_parts_reached_and_keeps_balance(data):
@@ -94,7 +94,7 @@ def test_refining_by_sample_queries_cuts_parts_reached_and_keeps_balance(data):
     sizes = np.diff(index.lists_.offsets, axis=1)
     w = (sizes + 1).astype(float)
     cap = (1 + SLACK) * w.sum() / 4
-    start = assign_buckets(index.centres_, sizes, 4)
+    start = assign_buckets(index.centroids_, sizes, 4)
     sample = index.route(x[::3], probes=6)
     refined = refine_by_queries(start, sample, w, cap)
     assert shards_touched(refined, sample).sum() < shards_touched(start, sample).sum()  # only improving moves
@@ -102,7 +102,7 @@ def test_refining_by_sample_queries_cuts_parts_reached_and_keeps_balance(data):
     assert load.max() <= max(cap, np.bincount(start.ravel(), weights=w.ravel()).max())
     held_out = index.route(q, probes=6)
     assert shards_touched(refined, held_out).mean() <= shards_touched(start, held_out).mean() + 0.05
-    np.testing.assert_array_equal(assign_buckets(index.centres_, sizes, 4, probed=sample), refined)
+    np.testing.assert_array_equal(assign_buckets(index.centroids_, sizes, 4, probed=sample), refined)
 
 
 def test_shards_touched_counts_distinct_parts():

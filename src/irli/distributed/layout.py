@@ -16,7 +16,7 @@ A sharded index directory (manifest task "sharded") holds
 
 An item spilled to, or placed by another repetition in, buckets of two
 parts is stored in both. Buckets go to parts by locality (balanced k-means
-over the bucket centres, weighted by their entries, so a query's probed
+over the bucket centroids, weighted by their entries, so a query's probed
 buckets fall in few parts) or by b mod S ("modulo").
 
 A path may be an fsspec URL ("memory://...", "s3://..." with s3fs installed,
@@ -52,24 +52,24 @@ SLACK = 0.05
 
 
 # -- which part owns which bucket ----------------------------------------------------
-def assign_buckets(centres: np.ndarray, sizes: np.ndarray, n_shards: int, assignment: str = "locality",
+def assign_buckets(centroids: np.ndarray, sizes: np.ndarray, n_shards: int, assignment: str = "locality",
                    seed: int = 0, iters: int = 25, probed: np.ndarray | None = None) -> np.ndarray:
     """The part that owns each bucket: int32 (R, B) in [0, n_shards).
 
-    centres: float32 (R, B, d) bucket centres; sizes: int (R, B) entries per
+    centroids: float32 (R, B, d) bucket centroids; sizes: int (R, B) entries per
     bucket. "modulo": b mod S. "locality": balanced k-means over the R x B
-    centres (all repetitions together, so one part holds the neighbouring
+    centroids (all repetitions together, so one part holds the neighbouring
     buckets of every repetition), each part holding at most (1 + SLACK) /
     S of the entries (+1 per bucket, so empty buckets spread too), plus one
     bucket where the buckets do not pack; then, given `probed` (int (R, n,
     m), the buckets sample queries open), buckets move between parts while
     a move cuts the parts those queries reach (see `refine_by_queries`)."""
-    reps, b, d = centres.shape
+    reps, b, d = centroids.shape
     if assignment not in ASSIGNMENTS:
         raise InvalidInputError(f"assignment must be one of {ASSIGNMENTS}, got {assignment!r}")
     if n_shards == 1 or assignment == "modulo":
         return np.ascontiguousarray(np.broadcast_to(np.arange(b, dtype=np.int32) % n_shards, (reps, b)))
-    pts = np.asarray(centres, dtype=np.float64).reshape(reps * b, d)
+    pts = np.asarray(centroids, dtype=np.float64).reshape(reps * b, d)
     w = np.asarray(sizes, dtype=np.float64).ravel() + 1.0
     cap = w.sum() / n_shards * (1 + SLACK)
     rng = np.random.default_rng([seed, 0x5A4D])
@@ -237,7 +237,7 @@ def sharded_arrays(index, n_shards: int, assignment: str = "locality") -> tuple[
     index.check_fitted()
     check_shards(index, n_shards)
     offsets = live_offsets(index)
-    owner = assign_buckets(np.asarray(index.centres_), np.diff(offsets, axis=1), n_shards, assignment,
+    owner = assign_buckets(np.asarray(index.centroids_), np.diff(offsets, axis=1), n_shards, assignment,
                            seed=index.config.seed, probed=sample_probes(index) if assignment == "locality" else None)
     routers = index.reps_.router_tensors()
     man = {"task": "sharded", "irli_version": __version__, "preset": index.preset,

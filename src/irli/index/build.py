@@ -165,7 +165,7 @@ def build(vectors, path: str | os.PathLike, preset: str = "fast", metric: str = 
     del xs
 
     encoder = learned.codes_.encoder() if learned.codes_ is not None else None
-    routers, centres, learned_history = learned.routers_, learned.centres_, learned.history_
+    routers, centroids, learned_history = learned.routers_, learned.centroids_, learned.history_
     budget = learned.budget_  # fitted on the sample's partition
     del learned  # the sample's index: its vectors and codes are not needed any more
     index = vec = None
@@ -180,7 +180,7 @@ def build(vectors, path: str | os.PathLike, preset: str = "fast", metric: str = 
         except OSError as e:
             raise e if isinstance(e, IrliError) else save_error(dest, e) from None
         if executor is None:
-            assign, sqnorms, codes = _stream(x, 0, n, staged, cfg, routers, centres, encoder, batch, callback,
+            assign, sqnorms, codes = _stream(x, 0, n, staged, cfg, routers, centroids, encoder, batch, callback,
                                              staged_codes=staged_codes if encoder is not None else None)
         else:  # row ranges (whole batches) as parallel Ray tasks; codes merged in range order
             if not isinstance(vectors, (str, os.PathLike)):
@@ -188,7 +188,7 @@ def build(vectors, path: str | os.PathLike, preset: str = "fast", metric: str = 
             spans = [(s, min(n, s + step)) for step in [batch * max(1, -(-n // batch) // executor.n_workers())]
                      for s in range(0, n, step)]
             parts = executor.map(_stream_task, spans, path=str(vectors), staged=str(staged), cfg=cfg,
-                                 routers=routers, centres=centres, encoder=encoder, batch=batch)
+                                 routers=routers, centroids=centroids, encoder=encoder, batch=batch)
             assign = np.concatenate([p[0] for p in parts], axis=2)
             sqnorms = np.concatenate([p[1] for p in parts]) if cfg.metric_type.l2 else None
             if encoder is not None:
@@ -208,7 +208,7 @@ def build(vectors, path: str | os.PathLike, preset: str = "fast", metric: str = 
         vec = np.load(staged, mmap_mode="r")
         history = {**learned_history, "fit_seconds": time.perf_counter() - t0, "sample": int(rows.size),
                    "out_of_core": True}
-        index = Index.from_arrays(cfg, preset, vec, uid, assign, centres, lists, routers, codes, history,
+        index = Index.from_arrays(cfg, preset, vec, uid, assign, centroids, lists, routers, codes, history,
                                   sqnorms=sqnorms, budget=budget)
         report(callback, "write", 0, 1)
         # the staged files are moved in; the index's maps of them stay valid
@@ -232,7 +232,7 @@ def _reserve(f: Path, fd: int, dtype, shape: tuple, dest: Path) -> None:
     preallocate(fd, os.fstat(fd).st_size, dest)
 
 
-def _stream(x, start: int, stop: int, staged, cfg: IndexConfig, routers, centres, encoder: PQ4Codes | None,
+def _stream(x, start: int, stop: int, staged, cfg: IndexConfig, routers, centroids, encoder: PQ4Codes | None,
             batch: int, callback: Callback = None, staged_codes=None
             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Place, encode and store rows start .. stop - 1 of `x`, `batch` at a
@@ -240,7 +240,7 @@ def _stream(x, start: int, stop: int, staged, cfg: IndexConfig, routers, centres
     and encodes their PQ codes with `encoder` (when the index has codes).
     Returns (assignments int32 (R, c, stop - start), squared norms float32 or
     None, codes uint8 (R, c', stop - start, nb) or None)."""
-    b = centres.shape[1]
+    b = centroids.shape[1]
     out = np.load(staged, mmap_mode="r+")
     assign = np.empty((cfg.n_reps, cfg.copies, stop - start), dtype=np.int32)
     loads = np.zeros((cfg.n_reps, b), dtype=np.int64)
@@ -251,7 +251,7 @@ def _stream(x, start: int, stop: int, staged, cfg: IndexConfig, routers, centres
         xb = _rows(x, s, e)
         release(x)
         xb = cfg.metric_type.prepare_items(xb, f"vectors (rows {s}..{e - 1})")
-        where = place(xb, routers, cfg, loads, centres, seed=cfg.seed + s)
+        where = place(xb, routers, cfg, loads, centroids, seed=cfg.seed + s)
         assign[:, :, s - start : e - start] = where
         for r in range(cfg.n_reps):
             loads[r] += np.bincount(where[r, 0], minlength=b)
@@ -276,8 +276,8 @@ def _stream(x, start: int, stop: int, staged, cfg: IndexConfig, routers, centres
     return assign, sqnorms, codes
 
 
-def _stream_task(span, path, staged, cfg, routers, centres, encoder, batch):
+def _stream_task(span, path, staged, cfg, routers, centroids, encoder, batch):
     """Ray task: `_stream` over one row range of the file at `path`."""
     from ..io.datasets import read_vectors
 
-    return _stream(read_vectors(path, mmap=True), span[0], span[1], staged, cfg, routers, centres, encoder, batch)
+    return _stream(read_vectors(path, mmap=True), span[0], span[1], staged, cfg, routers, centroids, encoder, batch)

@@ -150,7 +150,7 @@ class ChangesMixin:
         codes = None
         if self.codes_ is not None:
             codes = self.codes_.extended(np.ascontiguousarray(self.codes_.codes[:, :, perm]), lists, assign)
-        self._install(vectors, np.ascontiguousarray(self.ids_[perm]), assign, self.centres_, lists,
+        self._install(vectors, np.ascontiguousarray(self.ids_[perm]), assign, self.centroids_, lists,
                       self.routers_, codes, self.history_, live=None, next_id=self.next_id_,
                       budget=self.budget_, save_to=save_to)
         return gone

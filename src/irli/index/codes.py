@@ -221,14 +221,14 @@ def _quantizer(book: np.ndarray) -> faiss.ProductQuantizer:
     return pq
 
 
-def choose_residual(x: np.ndarray, home: np.ndarray, centres: np.ndarray, metric: str, m: int, seed: int,
+def choose_residual(x: np.ndarray, home: np.ndarray, centroids: np.ndarray, metric: str, m: int, seed: int,
                     queries: np.ndarray | None = None, refine: int = 1, k: int = 10,
                     sample: int = 20_000, n_queries: int = 200, eta: float = 0.0,
                     rounds: int = 4) -> tuple[bool, dict, np.ndarray]:
     """Whether residual codes rank better than direct codes on this data.
 
     On a seeded sample of `sample` items (x float32 (n, d), home int (n,) their
-    buckets, centres float32 (B, d)), both kinds of codebook are trained and
+    buckets, centroids float32 (B, d)), both kinds of codebook are trained and
     each is scored by what a search needs of it: the share of a query's exact
     top-k (among the sample) found in its top refine x k by approximate score
     (refine 1 by default: with a larger budget both kinds find nearly all of
@@ -251,7 +251,7 @@ def choose_residual(x: np.ndarray, home: np.ndarray, centres: np.ndarray, metric
     else:
         q = np.ascontiguousarray(queries[: n_queries], dtype=np.float32)
     xs = np.ascontiguousarray(x[rows], dtype=np.float32)
-    cs = np.ascontiguousarray(centres[home[rows]], dtype=np.float32)
+    cs = np.ascontiguousarray(centroids[home[rows]], dtype=np.float32)
     l2 = metric == "l2"
 
     def scores(a):
@@ -334,18 +334,18 @@ class PQ4Codes:
 
     books float32 (R, M, 16, d / M): codebooks; codes uint8 (R, C, N,
     ceil(M / 2)): item codes, two per byte (low nibble first), C = copies
-    for residual codes, else 1; centres float32 (R, B, d); residual bool;
+    for residual codes, else 1; centroids float32 (R, B, d); residual bool;
     eta: the anisotropic weight (0: plain PQ). Built by `build`, grown by
     `extended`; immutable otherwise, so a search may keep using an old
     object while an update makes a new one.
     """
 
-    def __init__(self, books: np.ndarray, codes: np.ndarray, centres: np.ndarray, metric: str,
+    def __init__(self, books: np.ndarray, codes: np.ndarray, centroids: np.ndarray, metric: str,
                  residual: bool, lists=None, assign=None, eta: float = 0.0) -> None:
         self.eta = float(eta) if metric != "l2" else 0.0
         self.books = np.ascontiguousarray(books, dtype=np.float32)
         self.codes = codes
-        self.centres = np.ascontiguousarray(centres, dtype=np.float32)
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.metric = metric
         self.l2 = metric == "l2"
         self.residual = bool(residual)
@@ -360,7 +360,7 @@ class PQ4Codes:
     def encoder(self) -> "PQ4Codes":
         """The codebooks alone (no item codes, no layout): what `encode`
         needs, small enough to send to a worker process."""
-        return PQ4Codes(self.books, None, self.centres, self.metric, self.residual, eta=self.eta)
+        return PQ4Codes(self.books, None, self.centroids, self.metric, self.residual, eta=self.eta)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -385,12 +385,12 @@ class PQ4Codes:
 
     # -- building ------------------------------------------------------------------
     @classmethod
-    def build(cls, x: np.ndarray, assign: np.ndarray, centres: np.ndarray, metric: str,
+    def build(cls, x: np.ndarray, assign: np.ndarray, centroids: np.ndarray, metric: str,
               pq_m: int | None = None, residual: bool | None = None, seed: int = 0,
               train_size: int = 1 << 16, queries: np.ndarray | None = None, lists=None,
               anisotropic: float | None = None) -> "PQ4Codes":
         """Train codebooks on `x` (float32 (N, d)) in buckets `assign` (int (R,
-        C, N)) with bucket centres `centres` (float32 (R, B, d)) and encode
+        C, N)) with bucket centroids `centroids` (float32 (R, B, d)) and encode
         every item. `residual` None chooses by `choose_residual` on
         repetition 0 (with `queries`, float32 (m, d), when given).
         `anisotropic`: ScaNN's threshold T for score-aware codes (ip and
@@ -405,7 +405,7 @@ class PQ4Codes:
         books = np.empty((reps, m, 16, d // m), dtype=np.float32)
         first = 0
         if residual is None:  # both kinds are trained to choose; the winner serves repetition 0
-            residual, _, books[0] = choose_residual(x, assign[0, 0], centres[0], metric, m, seed, queries=queries,
+            residual, _, books[0] = choose_residual(x, assign[0, 0], centroids[0], metric, m, seed, queries=queries,
                                                     eta=eta)
             first = 1
         for r in range(first, reps):
@@ -414,9 +414,9 @@ class PQ4Codes:
             sample = np.asarray(x[rows], dtype=np.float32)
             xdir = _directions(sample) if eta > 1.0 else None
             if residual:
-                sample = sample - centres[r][assign[r, 0, rows]]
+                sample = sample - centroids[r][assign[r, 0, rows]]
             books[r] = _train_book(np.ascontiguousarray(sample), xdir, m, seed + r, eta)
-        self = cls(books, None, centres, metric, residual, eta=eta)
+        self = cls(books, None, centroids, metric, residual, eta=eta)
         self.codes = self.encode(x, assign)
         if lists is not None:
             self._layout(lists, assign)
@@ -436,7 +436,7 @@ class PQ4Codes:
             xdir = _directions(xs) if self.eta > 1.0 else None
             for r, pq in enumerate(self._pqs):
                 for c in range(cc):
-                    xb = xs - self.centres[r][assign[r, c, s : s + batch]] if self.residual else xs
+                    xb = xs - self.centroids[r][assign[r, c, s : s + batch]] if self.residual else xs
                     xb = np.ascontiguousarray(xb, dtype=np.float32)
                     if self.eta > 1.0:
                         out[r, c, s : s + batch] = _pack_nibbles(_encode_book(self.books[r], xb, xdir, self.eta))
@@ -448,7 +448,7 @@ class PQ4Codes:
         """A new object with all item codes `codes` (uint8 (R, C', N, nb),
         e.g. these plus new ones) laid out for the inverted lists `lists` and
         assignments `assign` (int (R, C, N))."""
-        out = PQ4Codes(self.books, codes, self.centres, self.metric, self.residual, lists, assign, eta=self.eta)
+        out = PQ4Codes(self.books, codes, self.centroids, self.metric, self.residual, lists, assign, eta=self.eta)
         out._pqs = self._pqs
         return out
 
@@ -456,7 +456,7 @@ class PQ4Codes:
     def kernel_args(self, cosine: bool, routing, x, sqnorms, keep, ids) -> PQIndexArgs:
         """The index's arguments of pq_scan.pq_block."""
         return PQIndexArgs(cosine=cosine, l2=self.l2, residual=self.residual, n_sub=self.n_sub, a1=routing.a1,
-                           b1=routing.b1, a2=routing.a2, b2=routing.b2, centres=self.centres, books=self.books,
+                           b1=routing.b1, a2=routing.a2, b2=routing.b2, centroids=self.centroids, books=self.books,
                            blocks=self.blocks, block_pos=self.block_pos, bstart=self.bstart, bsizes=self.bsizes,
                            x=x, sqn=sqnorms, keep=keep, ids=ids)
 
@@ -467,11 +467,11 @@ class PQ4Codes:
         return {"pq_books": self.books, "pq_codes": self.codes}
 
     @classmethod
-    def from_arrays(cls, books, codes, centres, metric, residual, lists, assign, n_items,
+    def from_arrays(cls, books, codes, centroids, metric, residual, lists, assign, n_items,
                     eta: float = 0.0) -> "PQ4Codes":
         """Codes read from an index directory, checked against its shapes."""
         books = np.asarray(books)
-        reps, b, d = centres.shape
+        reps, b, d = centroids.shape
         if books.ndim != 4 or books.shape[0] != reps or books.shape[2] != 16 or books.dtype != np.float32 \
                 or books.shape[1] * books.shape[3] != d:
             raise IndexFormatError(f"pq_books.npy has shape {books.shape} {books.dtype}; "
@@ -480,4 +480,4 @@ class PQ4Codes:
         want = (reps, cc, n_items, (books.shape[1] + 1) // 2)
         if codes.shape != want or codes.dtype != np.uint8:
             raise IndexFormatError(f"pq_codes.npy has shape {codes.shape} {codes.dtype}; expected uint8 {want}")
-        return cls(books, codes, centres, metric, residual, lists, assign, eta=eta)
+        return cls(books, codes, centroids, metric, residual, lists, assign, eta=eta)

@@ -27,7 +27,7 @@ def fit_parts(cfg: IndexConfig, vectors, ids, train_queries, callback: Callback,
     """Check the inputs of `Index.fit` and learn from them: the keyword
     arguments of `Index._install` (vectors float32 (N, d) grouped by
     repetition 0's home bucket, ids int64 (N,), assign int32 (R, c, N),
-    centres, lists, routers, codes, history, live, next_id, budget)."""
+    centroids, lists, routers, codes, history, live, next_id, budget)."""
     t0 = time.perf_counter()
     x = as_matrix(vectors, "vectors")
     n, d = x.shape
@@ -61,7 +61,7 @@ def fit_parts(cfg: IndexConfig, vectors, ids, train_queries, callback: Callback,
     codes_ = None
     if cfg.scan == "pq4":
         report(callback, "codes", 0, 1)
-        codes_ = PQ4Codes.build(vectors_, assign_, result.centres, cfg.metric, cfg.pq_m,
+        codes_ = PQ4Codes.build(vectors_, assign_, result.centroids, cfg.metric, cfg.pq_m,
                                 residual=cfg.pq_residual, seed=cfg.seed, queries=tq, lists=lists_,
                                 anisotropic=cfg.pq_anisotropic)
         report(callback, "codes", 1, 1)
@@ -76,6 +76,6 @@ def fit_parts(cfg: IndexConfig, vectors, ids, train_queries, callback: Callback,
     history = {"rounds": result.history, "fit_seconds": time.perf_counter() - t0,
                "drift_at_fit": {"moved": float(np.mean(moved)), "imbalance": imbalance},
                "added": 0, "removed": 0}
-    return {"vectors": vectors_, "ids": uid[perm], "assign": assign_, "centres": result.centres, "lists": lists_,
+    return {"vectors": vectors_, "ids": uid[perm], "assign": assign_, "centroids": result.centroids, "lists": lists_,
             "routers": result.routers, "codes": codes_, "history": history, "live": None,
             "next_id": int(uid.max()) + 1, "budget": budget_}

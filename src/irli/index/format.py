@@ -95,10 +95,10 @@ class FormatMixin:
                            arrays, tensors)
         n = arrays["vectors"].shape[0]
         reps = Repetitions.from_arrays(path, arrays, tensors, man.get("router"), config.n_reps, config.metric)
-        lists, centres = reps.lists, reps.centres
+        lists, centroids = reps.lists, reps.centroids
         codes = None
         if config.scan == "pq4":
-            codes = PQ4Codes.from_arrays(arrays["pq_books"], arrays["pq_codes"], centres, config.metric,
+            codes = PQ4Codes.from_arrays(arrays["pq_books"], arrays["pq_codes"], centroids, config.metric,
                                          bool(man.get("pq_residual", True)), lists, arrays["assign"], n,
                                          eta=float(man.get("pq_eta", 0.0)))
         live = np.asarray(arrays["live"]) if "live" in arrays else None
@@ -109,7 +109,7 @@ class FormatMixin:
             except Exception as e:  # missing or damaged
                 raise IndexFormatError(f"{path}: invalid probe_budget in manifest ({e})") from None
         self = cls.from_arrays(config, man.get("preset", "custom"), arrays["vectors"], arrays["ids"],
-                               reps.assign, centres, lists, list(reps.routers), codes, man.get("history", {}), live=live,
+                               reps.assign, centroids, lists, list(reps.routers), codes, man.get("history", {}), live=live,
                                next_id=man.get("next_id"), sqnorms=arrays.get("sqnorms"), budget=budget)
         self.part_ = man.get("part")
         return self

@@ -84,31 +84,31 @@ class Index(StateMixin, SearchMixin, ChangesMixin, FormatMixin):
 
     @classmethod
     def from_arrays(cls, config: IndexConfig, preset: str, vectors: np.ndarray, ids: np.ndarray,
-                    assign: np.ndarray, centres: np.ndarray, lists: InvertedLists, routers: list[Router],
+                    assign: np.ndarray, centroids: np.ndarray, lists: InvertedLists, routers: list[Router],
                     codes: PQ4Codes | None, history: dict, live: np.ndarray | None = None,
                     next_id: int | None = None, sqnorms: np.ndarray | None = None,
                     budget: ProbeBudget | None = None) -> "Index":
         """A fitted index from its parts (what `fit` learns and `load` and
         `irli.build` read): vectors float32 (N, d) by position, ids int64
-        (N,), assign int32 (R, c, N), centres float32 (R, B, d), lists over
+        (N,), assign int32 (R, c, N), centroids float32 (R, B, d), lists over
         the positions, one router per repetition, PQ codes (scan="pq4"),
         history, live bool (N,) (None: all), the next free id, sqnorms (l2),
         the learned probe budget (learned_probes)."""
         self = cls.from_config(config, preset=preset)
         if next_id is None:
             next_id = int(ids.max()) + 1 if ids.size else 0
-        self._install(vectors, ids, assign, centres, lists, routers, codes, history, live, next_id, sqnorms,
+        self._install(vectors, ids, assign, centroids, lists, routers, codes, history, live, next_id, sqnorms,
                       budget)
         return self
 
-    def _install(self, vectors, ids, assign, centres, lists, routers, codes, history, live,
+    def _install(self, vectors, ids, assign, centroids, lists, routers, codes, history, live,
                  next_id, sqnorms=None, budget=None, save_to=None) -> None:
         """Set the learned state in one step (see fit, from_arrays and
         compact); with `save_to`, saved there first (see `_commit`)."""
         live = np.ones(ids.shape[0], dtype=bool) if live is None else live
         alive = np.flatnonzero(live)
         self._commit({
-            "vectors_": vectors, "ids_": ids, "reps_": Repetitions(routers, assign, lists, centres),
+            "vectors_": vectors, "ids_": ids, "reps_": Repetitions(routers, assign, lists, centroids),
             "codes_": codes, "history_": history, "live_": live, "sqnorms_": self.config.metric_type.sqnorms(vectors) if sqnorms is None else sqnorms,
             "idmap_": IdMap(ids[alive], alive.astype(np.int64)), "next_id_": int(next_id), "budget_": budget,
             "part_": None}, save_to, fresh=True)
@@ -137,7 +137,7 @@ class Index(StateMixin, SearchMixin, ChangesMixin, FormatMixin):
     routing_ = property(lambda self: self.reps_.routing if self.reps_ else None, doc="routers stacked for kernels")
     assign_ = property(lambda self: self.reps_.assign if self.reps_ else None, doc="int32 (R, c, N) buckets")
     lists_ = property(lambda self: self.reps_.lists if self.reps_ else None, doc="inverted lists by bucket")
-    centres_ = property(lambda self: self.reps_.centres if self.reps_ else None, doc="float32 (R, B, d) centroids")
+    centroids_ = property(lambda self: self.reps_.centroids if self.reps_ else None, doc="float32 (R, B, d) centroids")
 
     @property
     def is_fitted(self) -> bool:

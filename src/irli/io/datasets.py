@@ -343,12 +343,12 @@ def synthetic(
 def _mixture(d: int, latent: int, clusters: int, seed: int, noise: float):
     """draw(m, rng) -> float32 (m, d) samples of synthetic()'s distribution."""
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(clusters, latent)) * 2.0
+    centroids = rng.normal(size=(clusters, latent)) * 2.0
     weights = rng.dirichlet(np.full(clusters, 2.0))
     proj = rng.normal(size=(latent, d)) / np.sqrt(latent)
 
     def draw(m: int, r: np.random.Generator) -> np.ndarray:
-        z = centres[r.choice(clusters, size=m, p=weights)] + r.normal(size=(m, latent)) * noise
+        z = centroids[r.choice(clusters, size=m, p=weights)] + r.normal(size=(m, latent)) * noise
         return (np.tanh(z @ proj) + r.normal(size=(m, d)) * 0.05).astype(np.float32)
 
     return draw

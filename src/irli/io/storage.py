@@ -9,7 +9,7 @@ items of dimension d, c = 1 + spill buckets per item and repetition):
   assign.npy           int32 (R, c, N) the buckets of each stored position
   offsets.npy          int64 (R, B+1) and lists.npy int32 (R, c N) (int64 past
                        2^31 items): inverted lists of positions
-  centres.npy          float32 (R, B, d) bucket centroids (spilling, residual codes)
+  centres.npy          float32 (R, B, d) bucket centroids (spilling, residual codes; older file name kept)
   sqnorms.npy          float32 (N,) squared norms (l2 indexes only)
   live.npy             bool (N,) False where an item was removed (only if any was)
   pq_books.npy         float32 (R, M, 16, d / M) and pq_codes.npy uint8 (R, c or 1,

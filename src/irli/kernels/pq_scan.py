@@ -125,16 +125,16 @@ def _scan_bucket(blocks, block_pos, pos_col, stride, npairs, b0, b1, lut, sums, 
 
 
 @numba.njit(inline="always")
-def _bucket_base(qv, r, b, base0, scale0, book, n_sub, centres, residual, per_bucket, rq, lutf, lut, maxv):
+def _bucket_base(qv, r, b, base0, scale0, book, n_sub, centroids, residual, per_bucket, rq, lutf, lut, maxv):
     """(base, scale) of bucket b for query qv: the shared tables' with the
     bucket's exact term q.c_b for residual codes, or (l2, residual) the
     bucket's own tables, built into lutf / lut."""
     if per_bucket:
         for t in range(qv.shape[0]):
-            rq[t] = qv[t] - centres[r, b, t]
+            rq[t] = qv[t] - centroids[r, b, t]
         return _tables(rq, book, n_sub, True, lutf, lut, maxv)
     if residual:
-        return base0 + dot(qv, centres[r, b]), scale0
+        return base0 + dot(qv, centroids[r, b]), scale0
     return base0, scale0
 
 
@@ -187,7 +187,7 @@ def _budget(qv, hs, hid, size, x, sqn, l2, top, m, m0, stop_w, budget, ex):
 
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True)
-def _scan_major(r, c0, cn, jlo, jhi, probed, count, who, nb, qb, book, n_sub, centres, residual, per_bucket, rq,
+def _scan_major(r, c0, cn, jlo, jhi, probed, count, who, nb, qb, book, n_sub, centroids, residual, per_bucket, rq,
                 lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col, stride, npairs, bstart, keep, has_keep,
                 hs, hid, size, n_rerank, seen, sums):
     """Probes jlo .. jhi[t] - 1 of the chunk's queries t, bucket-major: the
@@ -209,7 +209,7 @@ def _scan_major(r, c0, cn, jlo, jhi, probed, count, who, nb, qb, book, n_sub, ce
         for w in range(start, end):
             t = who[w]
             qv = qb[c0 + t]
-            base, scale = _bucket_base(qv, r, b, base0[t], scale0[t], book, n_sub, centres, residual,
+            base, scale = _bucket_base(qv, r, b, base0[t], scale0[t], book, n_sub, centroids, residual,
                                        per_bucket, rq, lutf, luts[t], maxv)
             size[t] = _scan_bucket(blocks, block_pos, pos_col, stride, npairs, bstart[r, b],
                                    bstart[r, b + 1], luts[t], sums, base, scale, keep, has_keep, hs[t],
@@ -231,7 +231,7 @@ class PQIndexArgs(NamedTuple):
     b1: np.ndarray
     a2: np.ndarray
     b2: np.ndarray
-    centres: np.ndarray
+    centroids: np.ndarray
     books: np.ndarray
     blocks: np.ndarray
     block_pos: np.ndarray
@@ -244,7 +244,7 @@ class PQIndexArgs(NamedTuple):
 
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True)
-def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual, n_sub, a1, b1, a2, b2, centres, books,
+def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual, n_sub, a1, b1, a2, b2, centroids, books,
              blocks, block_pos, bstart, bsizes, x, sqn, keep, ids, out_ids, out_score, out_ncand, out_scanned):
     """The whole compressed search of queries lo .. hi - 1 of raw q float32
     (n, d): check and prepare them (normalised for cosine), route them with
@@ -259,7 +259,7 @@ def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual
     (irli.learn.budget), each query scans its first m0 buckets, then as many as
     `_budget` gives it (at most m, the routing width); empty: m buckets.
 
-    centres float32 (R, B, d); books float32 (R, M, 16, dsub) codebooks,
+    centroids float32 (R, B, d); books float32 (R, M, 16, dsub) codebooks,
     n_sub = M; blocks uint8 (nblocks * stride,) flat code blocks and
     block_pos int32 (nblocks, stride / 4), whose columns from 4 * M2 hold the
     32 item positions of each block (-1 padding); bstart int64 (R, B + 1)
@@ -323,7 +323,7 @@ def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual
                 j = 0
                 while j < mq[0]:
                     b = probed[r, c0, j]
-                    base, scale = _bucket_base(qv, r, b, base0[0], scale0[0], book, n_sub, centres, residual,
+                    base, scale = _bucket_base(qv, r, b, base0[0], scale0[0], book, n_sub, centroids, residual,
                                                per_bucket, rq, lutf, luts[0], maxv)
                     size[0] = _scan_bucket(blocks, block_pos, pos_col, stride, npairs, bstart[r, b],
                                            bstart[r, b + 1], luts[0], sums, base, scale, keep, has_keep, hs[0],
@@ -333,14 +333,14 @@ def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual
                         mq[0] = _budget(qv, hs[0], hid[0], size[0], x, sqn, l2, top[r, c0], m, first, stop_w,
                                         budget, ex)
             else:
-                _scan_major(r, c0, cn, 0, mq, probed, count, who, nb, qb, book, n_sub, centres, residual,
+                _scan_major(r, c0, cn, 0, mq, probed, count, who, nb, qb, book, n_sub, centroids, residual,
                             per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col, stride,
                             npairs, bstart, keep, has_keep, hs, hid, size, n_rerank, seen, sums)
                 if learned:
                     for t in range(cn):
                         mq[t] = _budget(qb[c0 + t], hs[t], hid[t], size[t], x, sqn, l2, top[r, c0 + t], m, first,
                                         stop_w, budget, ex)
-                    _scan_major(r, c0, cn, first, mq, probed, count, who, nb, qb, book, n_sub, centres, residual,
+                    _scan_major(r, c0, cn, first, mq, probed, count, who, nb, qb, book, n_sub, centroids, residual,
                                 per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col,
                                 stride, npairs, bstart, keep, has_keep, hs, hid, size, n_rerank, seen, sums)
             for t in range(cn):

@@ -43,12 +43,12 @@ class TrainingSet:
 class LearnResult:
     """What `learn` produces: item buckets int32 (R, c, N) (c = 1 + spill;
     [:, 0] is each item's home bucket), one router per repetition, bucket
-    centres float32 (R, B, d) (for spilling and residual codes), and a log of
+    centroids float32 (R, B, d) (for spilling and residual codes), and a log of
     the rounds (epochs, losses, items moved)."""
 
     assign: np.ndarray
     routers: list[Router]
-    centres: np.ndarray | None = None
+    centroids: np.ndarray | None = None
     history: list[dict] = field(default_factory=list)
 
 
@@ -90,16 +90,16 @@ def learn(x: np.ndarray, cfg: IndexConfig, n_buckets: int, train_queries: np.nda
     if executor is not None:
         return executor.learn(x, cfg, n_buckets, train_queries)
     res = _learn_homes(x, cfg, n_buckets, train_queries, callback, first_rep, tset)
-    centres = []
+    centroids = []
     for r, router in enumerate(res.routers):
         if isinstance(router, CentroidRouter):
-            centres.append(router.centroids)
+            centroids.append(router.centroids)
         else:
-            centres.append(bucket_means(x, res.assign[r], n_buckets, cfg.spherical))
-    res.centres = np.stack(centres)
+            centroids.append(bucket_means(x, res.assign[r], n_buckets, cfg.spherical))
+    res.centroids = np.stack(centroids)
     homes = res.assign[:, None, :]
     if cfg.spill:
-        extra = [soar_spill(x, res.centres[r], res.assign[r], cfg.spill, cfg.spill_lambda)
+        extra = [soar_spill(x, res.centroids[r], res.assign[r], cfg.spill, cfg.spill_lambda)
                  for r in range(cfg.n_reps)]
         report(callback, "spill", 1, 1)
         res.assign = np.concatenate([homes, np.stack(extra)], axis=1)
@@ -112,7 +112,7 @@ def join(parts: list[LearnResult]) -> LearnResult:
     """The LearnResults of consecutive groups of repetitions as one."""
     return LearnResult(assign=np.concatenate([p.assign for p in parts]),
                        routers=[r for p in parts for r in p.routers],
-                       centres=np.concatenate([p.centres for p in parts]),
+                       centroids=np.concatenate([p.centroids for p in parts]),
                        history=[{"group": g, "rounds": p.history} for g, p in enumerate(parts)])
 
 

@@ -3,7 +3,7 @@
 Each of the R repetitions partitions the N stored positions into B buckets
 (an item's home bucket and its spill buckets: `assign` int32 (R, c, N),
 the same as inverted lists `lists`) and routes a query to buckets with its
-router; `centres` float32 (R, B, d) are the buckets' centroids (spilling,
+router; `centroids` float32 (R, B, d) are the buckets' centroids (spilling,
 residual codes, placing new items, the sharded layout). Held by `Index`
 and by the sharded layout alike; this module is the one place that turns it
 into the arrays and router tensors of an index directory and back.
@@ -30,7 +30,7 @@ class Repetitions:
     routers: tuple[Router, ...]
     assign: np.ndarray  # int32 (R, c, N)
     lists: InvertedLists  # offsets int64 (R, B + 1), lists (R, c N)
-    centres: np.ndarray  # float32 (R, B, d)
+    centroids: np.ndarray  # float32 (R, B, d)
     routing: Routing | None = field(default=None, repr=False, compare=False)  # None: stacked from routers
 
     def __post_init__(self) -> None:
@@ -39,7 +39,7 @@ class Repetitions:
             object.__setattr__(self, "routing", Routing.from_routers(list(self.routers)))
 
     def changed(self, **parts) -> "Repetitions":
-        """A copy with some of routers, assign, lists, centres replaced (the
+        """A copy with some of routers, assign, lists, centroids replaced (the
         stacked routing is kept unless the routers change)."""
         if "routers" in parts:
             parts.setdefault("routing", None)
@@ -67,7 +67,7 @@ class Repetitions:
         """Buckets int32 (R, c, n) for new items `x` by the rule that built
         the partition (see `place`); `loads` int (R, B) live items per home
         bucket now."""
-        return place(x, self.routing, cfg, loads, self.centres, seed)
+        return place(x, self.routing, cfg, loads, self.centroids, seed)
 
     def drift(self, x: np.ndarray, rows: np.ndarray, alive: np.ndarray, cfg: IndexConfig
               ) -> tuple[list[float], float, float]:
@@ -85,9 +85,9 @@ class Repetitions:
     # -- on disk ---------------------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:
         """What an index directory holds of the partitions: offsets, lists,
-        assign, centres (by file name)."""
+        assign, centroids (by file name)."""
         return {"offsets": self.lists.offsets, "lists": self.lists.lists, "assign": self.assign,
-                "centres": self.centres}
+                "centres": self.centroids}
 
     def router_tensors(self) -> dict[str, np.ndarray]:
         """The routers' weights as routers.safetensors holds them, "<rep>.<name>"."""
@@ -121,10 +121,10 @@ class Repetitions:
                     n_reps: int, metric: str) -> "Repetitions":
         """The repetitions an index directory holds (arrays already checked
         for shape and range by irli.io.checks)."""
-        centres = np.asarray(arrays["centres"])
-        routers = cls.read_routers(path, tensors, kind, n_reps, metric, centres.shape[1], centres.shape[2])
+        centroids = np.asarray(arrays["centres"])
+        routers = cls.read_routers(path, tensors, kind, n_reps, metric, centroids.shape[1], centroids.shape[2])
         return cls(routers, arrays["assign"], InvertedLists(np.asarray(arrays["offsets"]), arrays["lists"]),
-                   centres)
+                   centroids)
 
 
 # -- placing new items and measuring drift ------------------------------------------
@@ -140,11 +140,11 @@ def choices_per_item(cfg: IndexConfig) -> int:
 
 
 def place(x: np.ndarray, routers: list[Router] | Routing, cfg: IndexConfig, loads: np.ndarray,
-          centres: np.ndarray, seed: int, batch: int = 1 << 14) -> np.ndarray:
+          centroids: np.ndarray, seed: int, batch: int = 1 << 14) -> np.ndarray:
     """Buckets for new items `x` (float32 (n, d), normalised for cosine) in
     every repetition: int32 (R, c, n), [:, 0] the home bucket, [:, 1:] the
     spilled ones. `loads` int (R, B) are the live items per home bucket now;
-    `centres` float32 (R, B, d) the bucket centres used for spilling."""
+    `centroids` float32 (R, B, d) the bucket centroids used for spilling."""
     n = x.shape[0]
     reps, b = loads.shape
     k = choices_per_item(cfg)
@@ -159,7 +159,7 @@ def place(x: np.ndarray, routers: list[Router] | Routing, cfg: IndexConfig, load
         else:
             out[r, 0] = choices[r, :, 0]
         if cfg.spill:
-            out[r, 1:] = soar_spill(x, centres[r], out[r, 0], cfg.spill, cfg.spill_lambda)
+            out[r, 1:] = soar_spill(x, centroids[r], out[r, 0], cfg.spill, cfg.spill_lambda)
     return out
 
 

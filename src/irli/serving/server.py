@@ -206,7 +206,7 @@ def warm(service: Service) -> None:
 
 def _miniature(index, n: int = 256):
     """An index of the first `n` stored items of `index`, with its config,
-    routers, centres and codebooks and arrays of the same types: changing
+    routers, centroids and codebooks and arrays of the same types: changing
     it compiles what changing `index` will run, at no memory cost."""
     from ..index.index import Index
     from ..model.partition import InvertedLists
@@ -216,7 +216,7 @@ def _miniature(index, n: int = 256):
     lists = InvertedLists.from_assignments(np.ascontiguousarray(assign), index.n_buckets)
     codes = None if index.codes_ is None else index.codes_.extended(index.codes_.codes[:, :, :n], lists, assign)
     live = index.live_[:n]
-    return Index.from_arrays(index.config, index.preset, index.vectors_[:n], index.ids_[:n], assign, index.centres_,
+    return Index.from_arrays(index.config, index.preset, index.vectors_[:n], index.ids_[:n], assign, index.centroids_,
                              lists, index.routers_, codes, dict(index.history_), live=None if live.all() else live,
                              sqnorms=index.sqnorms_[:n] if index.config.metric_type.l2 else None,
                              budget=index.budget_)
