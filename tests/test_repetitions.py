@@ -61,3 +61,54 @@ def test_place_follows_the_routers_and_drift_matches_fit(data):
     moved, imbalance, _ = reps.drift(index.vectors_, alive, alive, index.config)
     at_fit = index.history_["drift_at_fit"]
     assert abs(np.mean(moved) - at_fit["moved"]) < 0.02 and abs(imbalance - at_fit["imbalance"]) < 1e-6
+
+
+def _label_model(live=None, seed=0, reps=3, feats=40, hid=8, b=6, labels=30):
+    from irli.model.labels import LabelModel
+
+    rng = np.random.default_rng(seed)
+    w = {"w1": rng.normal(size=(feats, reps * hid)), "b1": rng.normal(size=reps * hid) * 0.1,
+         "w2": rng.normal(size=(reps, hid, b)), "b2": rng.normal(size=(reps, b)) * 0.1}
+    w = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in w.items()}
+    assign = rng.integers(0, b, size=(reps, labels)).astype(np.int32)
+    return LabelModel.build(**w, assign=assign, live=live)
+
+
+def test_the_label_model_holds_repetitions_of_sparse_routers():
+    import scipy.sparse as sp
+
+    model = _label_model()
+    reps = model.reps
+    assert isinstance(reps, Repetitions) and reps.kind == "sparse-mlp" and not reps.dense
+    assert reps.centroids is None and reps.copies == 1 and reps.n_reps == 3 and reps.n_buckets == 6
+    x = sp.random(20, 40, density=0.2, format="csr", random_state=1, dtype=np.float32)
+    h = model.hidden(x)
+    for r, router in enumerate(reps.routers):  # each router is its slice of the stacked layers
+        assert np.shares_memory(router.w2, reps.routing.w2)
+        z = router.logits(x)
+        np.testing.assert_allclose(model.bucket_probs(h, r), 1 / (1 + np.exp(-z)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="vector index"):
+        reps.route(np.zeros((1, 40), np.float32), 2)
+    with pytest.raises(TypeError, match="vector index"):
+        reps.arrays()
+    with pytest.raises(IndexFormatError, match="reads sparse rows"):
+        Repetitions.read_routers("idx", {f"{r}.{k}": v for r, rt in enumerate(reps.routers)
+                                         for k, v in rt.state().items()}, "sparse-mlp", 3, "cosine", 6, 40)
+
+
+def test_label_lists_hold_the_live_labels_in_their_buckets():
+    live = np.ones(30, dtype=bool)
+    live[[0, 7, 29]] = False
+    model = _label_model(live=live)
+    assert model.n_live == 27 and model.members.shape == (3, 27)
+    for r in range(3):
+        for b in range(6):
+            members = model.members[r, model.offsets[r, b]:model.offsets[r, b + 1]]
+            want = np.flatnonzero(live & (model.assign[r] == b))
+            np.testing.assert_array_equal(members, want)
+    # a change of `live` rebuilds the lists; the stacked routers are shared, not copied
+    all_live = model.changed(live=None)
+    assert all_live.n_live == 30 and all_live.reps.routing is model.reps.routing and model.n_live == 27
+    back = type(model).build(**model.arrays())  # what a label directory holds rebuilds the same model
+    np.testing.assert_array_equal(back.members, model.members)
+    np.testing.assert_array_equal(back.assign, model.assign)

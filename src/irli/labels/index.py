@@ -203,9 +203,9 @@ class LabelIndex(LabelChanges):
         if live is not None and (live.dtype != np.bool_ or live.shape != a["assign"].shape[1:]) or \
                 bg is not None and (bg.dtype != np.float32 or bg.ndim != 2 or bg.shape[1] != a["w1"].shape[1]):
             raise IndexFormatError(f"{path}: live or background do not agree with the labels or the routers")
-        self.model_ = LabelModel(w1=a["w1"], b1=a["b1"], w2=a["w2"], b2=a["b2"], assign=a["assign"],
-                                 loss=man.get("loss", cfg.loss), v=a.get("v"), c=a.get("c"), live=live,
-                                 background=bg)
+        self.model_ = LabelModel.build(w1=a["w1"], b1=a["b1"], w2=a["w2"], b2=a["b2"], assign=a["assign"],
+                                       loss=man.get("loss", cfg.loss), v=a.get("v"), c=a.get("c"), live=live,
+                                       background=bg)
         self.label_counts_ = a["label_counts"].astype(np.int64)
         self.n_train_ = int(man.get("n_train", 0))
         return self

@@ -91,8 +91,8 @@ class _Net:
 
     def export(self, assign, loss) -> LabelModel:
         a = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in self.p.items()}
-        return LabelModel(w1=a["w1"], b1=a["b1"], w2=a["w2"], b2=a["b2"], assign=assign.copy(), loss=loss,
-                          v=a.get("v"), c=a["c"].ravel() if "c" in a else None)
+        return LabelModel.build(w1=a["w1"], b1=a["b1"], w2=a["w2"], b2=a["b2"], assign=assign.copy(), loss=loss,
+                                v=a.get("v"), c=a["c"].ravel() if "c" in a else None)
 
 
 def _batch(x, rows, device, torch):
@@ -152,7 +152,7 @@ def learn_labels(x, y, cfg, callback: Callback = None) -> tuple[LabelModel, list
     model = best[1] if best[1] is not None else net.export(assign, cfg.loss)
     if best[1] is not None:
         history.append({"best_epoch": best[2], "val_p1": best[0]})
-    model.background = background_sample(model, x, cfg.seed)
+    model = model.changed(background=background_sample(model, x, cfg.seed))
     return model, history
 
 

@@ -1,14 +1,16 @@
-"""A trained label index's model: R repetitions of label -> bucket
-assignments with their sparse-input routers, and its prediction path (the
-compiled kernel is irli.kernels.label_predict).
+"""A trained label index's model: its Repetitions (R repetitions of label
+-> bucket assignments with their sparse-input routers), an optional
+per-label scorer, and its prediction path (the compiled kernel is
+irli.kernels.label_predict).
 
 Shapes (R repetitions, B buckets, L labels, F features, h hidden units,
 D = R * h):
-  w1 float32 (F, D), b1 (D,)       the R routers' input layers side by side,
-                                   applied to sparse X as one CSR product
-  w2 float32 (R, h, B), b2 (R, B)  the routers' output layers
-  assign int32 (R, L)              each label's bucket in each repetition
-  offsets int64 (R, B+1), members int32 (R, L_live)  the live labels of every bucket
+  reps.routing: w1 float32 (F, D), b1 (D,)  the R routers' input layers side
+                by side, applied to sparse X as one CSR product; w2 (R, h, B),
+                b2 (R, B) their output layers (irli.model.routers.SparseRouting)
+  reps.assign int32 (R, 1, L)      each label's bucket in each repetition
+  reps.lists                       the live labels of every bucket (offsets
+                                   int64 (R, B+1), members int32 (R, L_live))
   v float32 (L, D), c (L,)         the optional per-label re-rank scorer
   live bool (L,)                   the labels predictions may return (None:
                                    all); removed and never-seen ids are False
@@ -33,53 +35,58 @@ import numpy as np
 from ..errors import InvalidInputError
 from ..kernels.label_predict import LabelModelArgs, predict_block
 from ..threads import run_blocks, stamps
-from .partition import InvertedLists
+from .repetitions import Repetitions
+from .routers import SparseRouting
 
 
-@dataclass
+@dataclass(frozen=True)
 class LabelModel:
-    w1: np.ndarray
-    b1: np.ndarray
-    w2: np.ndarray
-    b2: np.ndarray
-    assign: np.ndarray
+    """See the module docstring. Frozen: a change makes a new one
+    (`changed`), so a prediction holding the old one never sees it."""
+
+    reps: Repetitions
     loss: str = "sigmoid"
     v: np.ndarray | None = None
     c: np.ndarray | None = None
     live: np.ndarray | None = None
     background: np.ndarray | None = None
 
-    def __post_init__(self) -> None:
-        # sizes: R repetitions, B buckets, L labels, F features
-        self.n_reps, _, self.n_buckets = self.w2.shape
-        self.n_labels = self.assign.shape[1]
-        self.n_features = self.w1.shape[0]
-        if self.live is None:
-            lists = InvertedLists.from_assignments(self.assign, self.n_buckets)
-            self.offsets, self.members = lists.offsets, lists.lists
-            self.n_live = self.n_labels
-        else:  # the buckets hold the live labels only: the others are never gathered
-            keep = np.flatnonzero(self.live).astype(np.int32)
-            lists = InvertedLists.from_assignments(np.ascontiguousarray(self.assign[:, keep]), self.n_buckets)
-            self.offsets, self.members = lists.offsets, np.ascontiguousarray(keep[lists.lists])
-            self.n_live = int(keep.size)
+    @classmethod
+    def build(cls, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, assign: np.ndarray,
+              live: np.ndarray | None = None, **rest) -> LabelModel:
+        """From the stacked router weights (see SparseRouting), assign int32
+        (R, L) and live bool (L,) or None; `rest`: loss, v, c, background."""
+        return cls(Repetitions.of_labels(SparseRouting(w1, b1, w2, b2), assign, live), live=live, **rest)
 
     def changed(self, **fields) -> LabelModel:
-        """A new model with `fields` replaced (this one is never modified:
-        a prediction may be reading it)."""
+        """A new model with `fields` replaced (assign int32 (R, L), live, v,
+        c, background, loss); this one is never modified: a prediction may
+        be reading it. A new assign or live rebuilds the bucket lists."""
+        if "assign" in fields or "live" in fields:
+            assign = fields.pop("assign", self.assign)
+            live = fields.get("live", self.live)
+            fields["reps"] = Repetitions.of_labels(self.reps.routing, assign, live)
         return replace(self, **fields)
+
+    # sizes: R repetitions, B buckets, L labels, F features
+    n_reps = property(lambda self: self.reps.n_reps)
+    n_buckets = property(lambda self: self.reps.n_buckets)
+    n_labels = property(lambda self: self.reps.assign.shape[2])
+    n_features = property(lambda self: self.reps.routing.n_features)
+    n_live = property(lambda self: self.reps.lists.lists.shape[1], doc="labels predictions may return")
+    assign = property(lambda self: self.reps.assign[:, 0], doc="int32 (R, L) each label's bucket")
+    offsets = property(lambda self: self.reps.lists.offsets, doc="int64 (R, B + 1)")
+    members = property(lambda self: self.reps.lists.lists, doc="int32 (R, L_live) live labels by bucket")
 
     def hidden(self, x) -> np.ndarray:
         """The routers' hidden layer, float32 (n, D), for CSR x (n, F) whose
         rows are already scaled as the model expects."""
-        h = np.asarray(x @ self.w1, dtype=np.float32) + self.b1
-        return np.maximum(h, 0, out=h)
+        return self.reps.routing.hidden(x)
 
     def bucket_probs(self, h: np.ndarray, r: int) -> np.ndarray:
         """Repetition r's bucket probabilities, float32 (n, B), from hidden
         h float32 (n, D) (sigmoid or softmax, as the model predicts)."""
-        hid = self.w2.shape[1]
-        z = h[:, r * hid:(r + 1) * hid] @ self.w2[r] + self.b2[r]
+        z = self.reps.routing.logits(h, r)
         if self.loss == "sigmoid":
             return (0.5 + 0.5 * np.tanh(0.5 * z)).astype(np.float32)  # no overflow
         z = np.exp(z - z.max(axis=1, keepdims=True))
@@ -127,14 +134,16 @@ class LabelModel:
             v = self.v if use_scorer else np.zeros((1, 1), np.float32)
             c = self.c if use_scorer else np.zeros(1, np.float32)
             widest = int(np.diff(self.offsets, axis=1).max())
-            args = LabelModelArgs(w1=self.w1, b1=self.b1, w2=self.w2, b2=self.b2, sigmoid=self.loss == "sigmoid",
+            rt = self.reps.routing
+            args = LabelModelArgs(w1=rt.w1, b1=rt.b1, w2=rt.w2, b2=rt.b2, sigmoid=self.loss == "sigmoid",
                                   offsets=self.offsets, members=self.members, assign=self.assign, v=v, c=c,
                                   widest=widest)
-            self.__dict__[key] = args
+            self.__dict__[key] = args  # a cache beside the frozen fields
         return args
 
     def arrays(self) -> dict[str, np.ndarray]:
-        out = {"w1": self.w1, "b1": self.b1, "w2": self.w2, "b2": self.b2, "assign": self.assign}
+        """What a label index directory holds of the model (by file name)."""
+        out = self.reps.label_arrays()
         if self.v is not None:
             out["v"], out["c"] = self.v, self.c
         if self.live is not None:

@@ -1,12 +1,16 @@
-"""Repetitions: the one model of a vector index, R x (partition + router).
+"""Repetitions: the one model of an index, R x (partition + router).
 
-Each of the R repetitions partitions the N stored positions into B buckets
+Each of the R repetitions partitions the N stored items into B buckets
 (an item's home bucket and its spill buckets: `assign` int32 (R, c, N),
 the same as inverted lists `lists`) and routes a query to buckets with its
-router; `centroids` float32 (R, B, d) are the buckets' centroids (spilling,
-residual codes, placing new items, the sharded layout). Held by `Index`
-and by the sharded layout alike; this module is the one place that turns it
-into the arrays and router tensors of an index directory and back.
+router. A vector index's items are vector positions; `centroids` float32
+(R, B, d) are the buckets' mean vectors (spilling, residual codes, placing
+new items, the sharded layout), and its routers are dense (`Routing`). A
+label index's items are labels (c = 1); its routers read sparse feature
+rows (`SparseRouting`), its lists hold only the live labels, and it has
+no centroids. Held by `Index`, by the sharded layout and by the label
+model alike; this module is the one place that turns it into the arrays
+and router tensors of an index directory and back.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 from ..config import IndexConfig
 from ..errors import IndexFormatError
 from .partition import InvertedLists, fallback_width, power_of_k, soar_spill
-from .routers import Router, Routing, route
+from .routers import Router, Routing, SparseRouting, route
 
 
 @dataclass(frozen=True)
@@ -30,13 +34,38 @@ class Repetitions:
     routers: tuple[Router, ...]
     assign: np.ndarray  # int32 (R, c, N)
     lists: InvertedLists  # offsets int64 (R, B + 1), lists (R, c N)
-    centroids: np.ndarray  # float32 (R, B, d)
-    routing: Routing | None = field(default=None, repr=False, compare=False)  # None: stacked from routers
+    centroids: np.ndarray | None  # float32 (R, B, d); None for labels
+    routing: Routing | SparseRouting | None = field(default=None, repr=False, compare=False)  # None: stacked
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "routers", tuple(self.routers))
         if self.routing is None:
-            object.__setattr__(self, "routing", Routing.from_routers(list(self.routers)))
+            stack = Routing if self.dense else SparseRouting
+            object.__setattr__(self, "routing", stack.from_routers(list(self.routers)))
+
+    @classmethod
+    def of_labels(cls, routing: SparseRouting, assign: np.ndarray, live: np.ndarray | None = None) -> "Repetitions":
+        """A label index's repetitions from its stacked routers, each label's
+        bucket `assign` int32 (R, L) and `live` bool (L,) (None: all live).
+        Its lists hold the live labels only (label ids, increasing), so a
+        removed or never-seen label is never gathered."""
+        b = routing.n_buckets
+        if live is None:
+            lists = InvertedLists.from_assignments(assign, b)
+        else:
+            keep = np.flatnonzero(live).astype(np.int32)
+            part = InvertedLists.from_assignments(np.ascontiguousarray(assign[:, keep]), b)
+            lists = InvertedLists(part.offsets, np.ascontiguousarray(keep[part.lists]))
+        return cls(routing.routers(), np.asarray(assign)[:, None, :], lists, None, routing=routing)
+
+    @property
+    def dense(self) -> bool:
+        """Whether the routers read dense vectors (a vector index), not sparse rows."""
+        return self.routers[0].dense
+
+    def _need_dense(self, what: str) -> None:
+        if not self.dense:
+            raise TypeError(f"{what} applies to a vector index's repetitions, not a label index's")
 
     def changed(self, **parts) -> "Repetitions":
         """A copy with some of routers, assign, lists, centroids replaced (the
@@ -60,13 +89,14 @@ class Repetitions:
 
     @property
     def kind(self) -> str:
-        """The routers' kind ("centroid", "linear", "mlp")."""
+        """The routers' kind ("centroid", "linear", "mlp"; "sparse-mlp" for labels)."""
         return self.routers[0].kind
 
     def place(self, x: np.ndarray, cfg: IndexConfig, loads: np.ndarray, seed: int) -> np.ndarray:
         """Buckets int32 (R, c, n) for new items `x` by the rule that built
         the partition (see `place`); `loads` int (R, B) live items per home
         bucket now."""
+        self._need_dense("place")
         return place(x, self.routing, cfg, loads, self.centroids, seed)
 
     def drift(self, x: np.ndarray, rows: np.ndarray, alive: np.ndarray, cfg: IndexConfig
@@ -74,23 +104,34 @@ class Repetitions:
         """(moved per repetition, imbalance, load cv) of the partition (see
         Drift): `x` float32 (s, d) the vectors at positions `rows`, a sample
         of the live positions `alive` int (n,)."""
+        self._need_dense("drift")
         return measure(x, self.assign[:, 0, rows], self.assign[:, 0, alive], self.routing, cfg, self.n_buckets)
 
     def route(self, q: np.ndarray, probes: int, with_probs: bool = False, threads: int | None = None):
         """The `probes` best buckets of each prepared query (float32 (n, d))
         in every repetition: int32 (R, n, probes) (and their softmax
         probabilities with `with_probs`); see irli.model.routers.route."""
+        self._need_dense("route")
         return route(self.routing, q, probes, with_probs=with_probs, threads=threads)
 
     # -- on disk ---------------------------------------------------------------------
+    def label_arrays(self) -> dict[str, np.ndarray]:
+        """What a label index directory holds of its repetitions: the stacked
+        routers w1, b1, w2, b2 (see SparseRouting) and assign (R, L) (its
+        lists are rebuilt from them at load, see `of_labels`)."""
+        r = self.routing
+        return {"w1": r.w1, "b1": r.b1, "w2": r.w2, "b2": r.b2, "assign": self.assign[:, 0]}
+
     def arrays(self) -> dict[str, np.ndarray]:
-        """What an index directory holds of the partitions: offsets, lists,
-        assign, centroids (by file name)."""
+        """What a vector index directory holds of the partitions: offsets,
+        lists, assign, centres (the centroids; by file name)."""
+        self._need_dense("arrays")
         return {"offsets": self.lists.offsets, "lists": self.lists.lists, "assign": self.assign,
                 "centres": self.centroids}
 
     def router_tensors(self) -> dict[str, np.ndarray]:
         """The routers' weights as routers.safetensors holds them, "<rep>.<name>"."""
+        self._need_dense("router_tensors")
         return {f"{r}.{k}": v for r, rt in enumerate(self.routers) for k, v in rt.state().items()}
 
     @staticmethod
@@ -110,6 +151,8 @@ class Repetitions:
                 rt = Router.from_state(kind, state, metric)
             except Exception as e:  # unknown kind, missing or malformed weights
                 raise IndexFormatError(f"{path}: router {r} is unreadable ({e})") from None
+            if not rt.dense:
+                raise IndexFormatError(f"{path}: router kind {kind!r} reads sparse rows; not a vector index's router")
             if rt.n_buckets != n_buckets or rt.dim != dim:
                 raise IndexFormatError(f"{path}: router {r} maps {rt.dim} -> {rt.n_buckets}, index has d={dim}, "
                                        f"B={n_buckets}")

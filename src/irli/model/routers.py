@@ -7,6 +7,10 @@ affine layers for the compiled routing of all repetitions at once
 (`Routing`, below). This is the inference side, numpy and numba only; the
 training side is a torch twin per kind (irli.learn.loop.TWINS) that writes
 the weights back. A new router kind is a subclass here and a twin there.
+
+A label index's routers read sparse feature rows (`SparseMLPRouter`): their
+input layer is a sparse product, not a dense layer, so they are stacked for
+the compiled label kernel as `SparseRouting` instead.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class Router:
 
     kind: ClassVar[str]
     _params: ClassVar[tuple[str, ...]]
+    dense: ClassVar[bool] = True  # reads dense query vectors (has `layers()`)
 
     def __init__(self, **params: np.ndarray | None) -> None:
         for name in self._params:
@@ -162,8 +167,42 @@ class MLPRouter(Router):
         return s
 
 
+class SparseMLPRouter(Router):
+    """One repetition of a label index: relu(x W1 + b1) W2 + b2 for sparse
+    feature rows x (CSR (n, F)), with `w1` (F, h), `b1` (h,), `w2` (h, B),
+    `b2` (B,). The weights may be views into the stacked `SparseRouting`
+    (they are not copied)."""
+
+    kind = "sparse-mlp"
+    _params = ("w1", "b1", "w2", "b2")
+    _required = _params
+    dense = False
+
+    def __init__(self, **params: np.ndarray) -> None:
+        for name in self._params:
+            setattr(self, name, np.asarray(params[name], dtype=np.float32))
+
+    @property
+    def n_buckets(self) -> int:
+        return self.w2.shape[1]
+
+    @property
+    def dim(self) -> int:
+        """F: the number of input features."""
+        return self.w1.shape[0]
+
+    def layers(self):
+        raise TypeError("a sparse-input router has no dense layers; it runs stacked as SparseRouting")
+
+    def logits(self, x) -> np.ndarray:
+        """float32 (n, B) for CSR (or dense) feature rows x (n, F)."""
+        h = np.asarray(x @ self.w1, dtype=np.float32) + self.b1
+        np.maximum(h, 0, out=h)
+        return h @ self.w2 + self.b2
+
+
 ROUTER_KINDS: dict[str, type[Router]] = {
-    c.kind: c for c in (CentroidRouter, LinearRouter, MLPRouter)
+    c.kind: c for c in (CentroidRouter, LinearRouter, MLPRouter, SparseMLPRouter)
 }
 
 
@@ -226,3 +265,54 @@ def route(routers: list[Router] | Routing, q: np.ndarray, probes: int, with_prob
     probs = np.empty((reps, n, probes) if with_probs else (reps, 0, 0), dtype=np.float32)
     run_blocks(lambda lo, hi: routing.block(q, lo, hi, buckets, probs), n, threads)
     return buckets, probs
+
+
+@dataclass
+class SparseRouting:
+    """R sparse-input routers (SparseMLPRouter) stacked for the compiled
+    label kernel: w1 float32 (F, R h), the input layers side by side so one
+    CSR product computes every repetition's hidden layer; b1 (R h,); w2
+    (R, h, B); b2 (R, B)."""
+
+    w1: np.ndarray
+    b1: np.ndarray
+    w2: np.ndarray
+    b2: np.ndarray
+
+    @classmethod
+    def from_routers(cls, routers: list[Router]) -> "SparseRouting":
+        return cls(np.ascontiguousarray(np.concatenate([rt.w1 for rt in routers], axis=1)),
+                   np.concatenate([rt.b1 for rt in routers]), np.stack([rt.w2 for rt in routers]),
+                   np.stack([rt.b2 for rt in routers]))
+
+    def routers(self) -> list[SparseMLPRouter]:
+        """The R routers, each a view of its slice of the stack."""
+        h = self.hidden_size
+        return [SparseMLPRouter(w1=self.w1[:, r * h:(r + 1) * h], b1=self.b1[r * h:(r + 1) * h], w2=self.w2[r],
+                                b2=self.b2[r]) for r in range(self.n_reps)]
+
+    @property
+    def n_reps(self) -> int:
+        return self.w2.shape[0]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.w2.shape[1]
+
+    @property
+    def n_buckets(self) -> int:
+        return self.w2.shape[2]
+
+    @property
+    def n_features(self) -> int:
+        return self.w1.shape[0]
+
+    def hidden(self, x) -> np.ndarray:
+        """Every repetition's hidden layer, float32 (n, R h), for CSR x (n, F)."""
+        h = np.asarray(x @ self.w1, dtype=np.float32) + self.b1
+        return np.maximum(h, 0, out=h)
+
+    def logits(self, h: np.ndarray, r: int) -> np.ndarray:
+        """Repetition r's bucket scores, float32 (n, B), from hidden h (n, R h)."""
+        hid = self.hidden_size
+        return h[:, r * hid:(r + 1) * hid] @ self.w2[r] + self.b2[r]
