@@ -209,6 +209,16 @@ def test_save_load_same_predictions(tmp_path, planted, fitted):
     assert (a == b).all() and np.allclose(sa, sb)
     with pytest.raises(IndexFormatError, match="label index"):
         irli.Index.load(tmp_path / "lab")
+    import json
+
+    from irli.io.storage import MANIFEST, manifest_sha256
+
+    man = json.loads((tmp_path / "lab" / MANIFEST).read_text())
+    assert man["task"] == "labels"
+    man["task"] = "xml"  # the name directories written before used
+    man["manifest_sha256"] = manifest_sha256(man)
+    (tmp_path / "lab" / MANIFEST).write_text(json.dumps(man))
+    assert (irli.load(tmp_path / "lab").predict(xt, k=5)[0] == a).all()
     w = tmp_path / "lab" / "w2.npy"
     w.write_bytes(w.read_bytes()[:-8])
     with pytest.raises(IndexFormatError, match="truncated"):

@@ -27,7 +27,7 @@ def test_directory_layout_and_manifest(saved):
     man = json.loads((path / MANIFEST).read_text())
     assert man["format"] == "irli-index" and man["format_version"] == 3
     assert man["irli_version"] == irli.__version__ and man["config"]["n_reps"] == index.n_reps
-    assert man["n_items"] == len(index) and man["dim"] == index.dim
+    assert man["n_items"] == len(index) and man["dim"] == index.dim and man["task"] == "vectors"
     for f, meta in man["files"].items():
         assert len(meta["sha256"]) == 64 and meta["bytes"] == (path / f).stat().st_size
 
@@ -174,4 +174,30 @@ def test_older_format_is_refused(data, tmp_path):
     m["manifest_sha256"] = manifest_sha256(m)
     (path / MANIFEST).write_text(json.dumps(m))
     with pytest.raises(irli.IndexFormatError, match="format version 2 is older.*rebuild"):
+        irli.load(path)
+
+
+def _retask(path, task):
+    man = json.loads((path / MANIFEST).read_text())
+    if task is None:
+        del man["task"]
+    else:
+        man["task"] = task
+    man["manifest_sha256"] = manifest_sha256(man)
+    (path / MANIFEST).write_text(json.dumps(man))
+
+
+@pytest.mark.parametrize("task", [None, "ann"])
+def test_older_task_names_still_load(saved, data, task):
+    index, path = saved
+    _retask(path, task)  # directories written before named a vector index "ann" (or nothing)
+    back = irli.load(path)
+    assert isinstance(back, irli.Index)
+    np.testing.assert_array_equal(back.search(data[1][:10], k=5).ids, index.search(data[1][:10], k=5).ids)
+
+
+def test_unknown_task_is_refused(saved):
+    _, path = saved
+    _retask(path, "graph")
+    with pytest.raises(IndexFormatError, match="unknown task 'graph'"):
         irli.load(path)

@@ -13,14 +13,14 @@ from .labels.index import LabelIndex
 
 def load(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> Index | LabelIndex | ShardedIndex:
     """Load an index directory: an `Index`, a `LabelIndex` for a label
-    index (task "xml" in its manifest), or a sharded index (task "sharded")
+    index (task "labels" in its manifest), or a sharded index (task "sharded")
     with its parts in this process (`ShardedIndex.open` puts them in Ray
     actors); see their `load` / `open` methods. A sharded index may be at
     an fsspec URL."""
     if remote(path) is not None:  # an fsspec URL: only sharded indexes are read from one
         return ShardedIndex.open(path, mmap=mmap, verify=verify)
-    task = read_manifest(path).get("task", "ann")
-    if task == "xml":
+    task = read_manifest(path)["task"]
+    if task == "labels":
         return LabelIndex.load(path, mmap=mmap, verify=verify)
     if task == "sharded":
         return ShardedIndex.open(path, mmap=mmap, verify=verify)

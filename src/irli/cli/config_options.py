@@ -36,7 +36,7 @@ SHARED = Group("Model and training (vector and label indexes)", sort_key=10,
                help="Override the preset's value (a label index: LabelConfig's); `irli info` shows an index's "
                     "values. The same as --set KEY=VALUE.")
 VECTOR = Group("Vector index (IndexConfig)", sort_key=11)
-LABEL = Group("Label index (LabelConfig, --task xml)", sort_key=12)
+LABEL = Group("Label index (LabelConfig, --task labels)", sort_key=12)
 
 HELP: dict[str, str] = {
     # ModelConfig: both kinds of index

@@ -42,7 +42,7 @@ def build(vectors: str, /, *,
                           Parameter(name="--set", metavar="KEY=VALUE", negative=(), show_default=False)] = (),
           train_queries: File = None,
           key: Name = "train",
-          task: Literal["auto", "ann", "xml"] = "auto",
+          task: Literal["auto", "vectors", "labels"] = "auto",
           labels: File = None,
           sample: MaybePositive = None,
           ray_address: Address = None,
@@ -75,8 +75,8 @@ def build(vectors: str, /, *,
     key
         dataset to read from an .hdf5 file
     task
-        ann: a nearest-neighbour index of vectors; xml: a label index from an XC file (auto: from the file's
-        header)
+        vectors: a nearest-neighbour index of vectors; labels: a label index from an XC file (auto: from the
+        file's header)
     labels
         the XC split format's labels file (VECTORS is then the features file)
     sample
@@ -96,7 +96,7 @@ def build(vectors: str, /, *,
 
     if Path(output).exists() and not force:  # a build takes minutes; replacing an index in use costs more
         raise InvalidInputError(f"{output} exists; pass --force to replace it")
-    if task == "xml" or (task == "auto" and (labels or looks_like_xc(vectors))):
+    if task == "labels" or (task == "auto" and (labels or looks_like_xc(vectors))):
         return _build_labels(vectors, labels, output, overrides(config, sets, labels=True), quiet)
     kw = overrides(config, sets)
     executor = None

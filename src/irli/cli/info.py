@@ -29,7 +29,7 @@ def info(index: str, /, *, no_verify: Flag = False) -> int:
         return _info_sharded(index, man, no_verify)
     opened = load(index, verify=not no_verify)
     size = sum(f.get("bytes", 0) for f in man["files"].values())
-    if man.get("task") == "xml":
+    if man.get("task") == "labels":
         load_stats = bucket_load(np.diff(opened.model_.offsets, axis=1))
         print(f"index      {index}  (label index, extreme classification)")
         print(f"labels     {man['n_labels']:,}  features {man['n_features']:,}  repetitions "

@@ -337,7 +337,9 @@ def fetched(path, recursive: bool):
 @dataclass
 class Layout:
     """What the driver of a sharded index holds: the routers and the bucket
-    -> part table, never the items.
+    -> part table, never the items. Of the index's Repetitions it holds the
+    routers only (read through Repetitions.read_routers, as an Index reads
+    them): the assignments, lists and centroids live in the parts.
 
     config, preset; routers (one per repetition) and `routing`, their
     compiled form; owner int32 (R, B); offsets int64 (R, B+1) live entries

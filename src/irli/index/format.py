@@ -54,7 +54,7 @@ class FormatMixin:
             arrays["live"] = self.live_
         routers = self.reps_.router_tensors()
         manifest = {
-            "irli_version": __version__, "preset": self.preset, "config": self.config.to_dict(),
+            "task": "vectors", "irli_version": __version__, "preset": self.preset, "config": self.config.to_dict(),
             "n_items": len(self), "n_slots": int(self.vectors_.shape[0]), "next_id": self.next_id_,
             "dim": self.dim, "n_buckets": self.n_buckets,
             "n_reps": self.n_reps, "router": self.reps_.kind,
@@ -83,9 +83,9 @@ class FormatMixin:
         reads (manifest, arrays by name, router tensors), checked; `path`
         names it in errors. A part of a sharded index (manifest "part") is
         read-only."""
-        if man.get("task", "ann") == "sharded":
+        if man.get("task", "vectors") == "sharded":
             raise IndexFormatError(f"{path}: a sharded index; open it with irli.ShardedIndex.open or irli.load")
-        if man.get("task", "ann") != "ann":
+        if man.get("task", "vectors") != "vectors":
             raise IndexFormatError(f"{path}: a label index (task {man.get('task')!r}); load it with irli.LabelIndex.load or irli.load")
         try:
             config = IndexConfig.from_dict(man["config"])

@@ -15,7 +15,7 @@ items of dimension d, c = 1 + spill buckets per item and repetition):
   pq_books.npy         float32 (R, M, 16, d / M) and pq_codes.npy uint8 (R, c or 1,
                        N, ceil(M / 2)): 4-bit PQ codes (scan="pq4" only)
   routers.safetensors  router weights, keys "<rep>.<name>"
-A label index directory (task "xml") holds w1, b1, w2, b2, assign int32 (R, L),
+A label index directory (task "labels") holds w1, b1, w2, b2, assign int32 (R, L),
 label_counts and, with a scorer, v and c (see irli.model.labels).
 
 Nothing is pickled. A save writes a hidden temporary sibling directory
@@ -219,6 +219,13 @@ def manifest_sha256(man: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+# What an index directory holds, as its manifest's "task" says; directories
+# written before said "ann" (or nothing) for a vector index and "xml" for a
+# label index, read as the names now used.
+TASKS = ("vectors", "labels", "sharded")
+_OLD_TASKS = {"ann": "vectors", "xml": "labels"}
+
+
 def _parse_manifest(p: Path, text: bytes) -> dict[str, Any]:
     try:
         man = json.loads(text.decode("utf-8"))
@@ -237,6 +244,10 @@ def _parse_manifest(p: Path, text: bytes) -> dict[str, Any]:
         raise IndexFormatError(f"{p}: {MANIFEST} has an invalid format_version {v!r} (corrupted)")
     if "manifest_sha256" in man and man["manifest_sha256"] != manifest_sha256(man):
         raise IndexFormatError(f"{p}: {MANIFEST} does not match its checksum (corrupted or edited)")
+    task = man.get("task", "vectors")
+    man["task"] = _OLD_TASKS.get(task, task)
+    if man["task"] not in TASKS:
+        raise IndexFormatError(f"{p}: {MANIFEST} names an unknown task {task!r} (not one of {', '.join(TASKS)})")
     files = man.get("files")
     if not isinstance(files, dict) or not isinstance(man.get("config"), dict):
         raise IndexFormatError(f"{p}: {MANIFEST} lacks its file list or config")

@@ -30,7 +30,7 @@ from ..result import SearchResult
 from .updates import LabelChanges
 from .xcformat import as_csr, label_matrix
 
-TASK = "xml"
+TASK = "labels"
 
 
 def _csr_fast(x):
