@@ -136,3 +136,23 @@ def test_anisotropic_codes_lower_the_score_aware_loss(data):
     index = fitted("fast", data)
     assert index.codes_.eta == pytest.approx(anisotropic_eta(0.2, x.shape[1]))
     assert fitted("fast", data, metric="l2").codes_.eta == 0.0  # a score-aware loss is for inner products
+
+
+def test_one_dimension_per_sub_quantiser_has_the_same_anisotropic_codes(data):
+    """d / M = 1 (GloVe's case) takes a kernel that finds each code by a
+    search over the sorted centroids instead of trying all 16: the codes
+    are the general kernel's (float ties aside), and so is their loss."""
+    from irli.index.codes import _ah_encode, _ah_encode_any, _directions, _train_book, anisotropic_eta
+
+    x = data[0][:3000] / np.linalg.norm(data[0][:3000], axis=1, keepdims=True)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    d = x.shape[1]
+    eta = np.float32(anisotropic_eta(0.4, d))
+    xdir = _directions(x)
+    for target in (x, np.ascontiguousarray(x - x.mean(0), dtype=np.float32)):  # direct and residual-like
+        book = _train_book(target, xdir, d, 0, float(eta), rounds=2)
+        assert book.shape == (d, 16, 1)
+        fast, every = (np.empty((x.shape[0], d), np.uint8) for _ in range(2))
+        _ah_encode(target, xdir, book, eta, 4, fast)
+        _ah_encode_any(target, xdir, book, eta, 4, every)
+        assert (fast == every).mean() > 0.999

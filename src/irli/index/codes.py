@@ -63,8 +63,81 @@ def anisotropic_eta(threshold: float, d: int) -> float:
     return (d - 1) * threshold * threshold / (1.0 - threshold * threshold)
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
 def _ah_encode(r, xdir, book, eta, passes, out):
+    """Anisotropic codes of targets r float32 (n, d) (x, or x - its bucket
+    centre) for items of unit direction xdir float32 (n, d), into out uint8
+    (n, M): the nearest code per sub-quantiser, then `passes` rounds of
+    coordinate descent on |e|^2 + (eta - 1) (e . xdir)^2. One dimension per
+    sub-quantiser (d / M = 1, GloVe's d = 50) has its own kernel."""
+    if book.shape[2] == 1:
+        order = np.argsort(book[:, :, 0], axis=1, kind="stable").astype(np.uint8)
+        values = np.ascontiguousarray(np.take_along_axis(book[:, :, 0], order, axis=1), dtype=np.float32)
+        rank = np.argsort(order, axis=1).astype(np.uint8)
+        _ah_encode_1d(r, xdir, values, order, rank, eta, passes, out)
+    else:
+        _ah_encode_any(r, xdir, book, eta, passes, out)
+
+
+@numba.njit(inline="always")
+def _nearest_sorted(values, j, y):
+    """The rank in values[j] (float32 (16,), increasing) of the value nearest y."""
+    kc = values.shape[1]
+    lo = 0
+    for c in range(kc):  # how many are below y: compares without branches
+        lo += values[j, c] < y
+    if lo == kc:
+        return lo - 1
+    if lo > 0 and y - values[j, lo - 1] <= values[j, lo] - y:
+        return lo - 1
+    return lo
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _ah_encode_1d(r, xdir, values, order, rank, eta, passes, out):
+    """_ah_encode for d / M = 1: values float32 (M, 16) each sub-quantiser's
+    centroids in increasing order, order uint8 (M, 16) their codes, rank
+    uint8 (M, 16) each code's place in values. With one
+    dimension the loss of sub-quantiser j's code, the others fixed, is a
+    parabola in its error v = r_j - b: (1 + (eta - 1) x_j^2) v^2 +
+    2 (eta - 1) s' x_j v + const (s' the rest of e . x), so the best code is
+    the centroid nearest r_j - v*, v* = -(eta - 1) s' x_j / (1 + (eta - 1) x_j^2):
+    a binary search instead of trying all 16."""
+    n, d = r.shape
+    k1 = eta - 1.0
+    for i in numba.prange(n):
+        s = 0.0
+        ee = 0.0
+        for j in range(d):
+            k = _nearest_sorted(values, j, r[i, j])
+            out[i, j] = order[j, k]
+            v = r[i, j] - values[j, k]
+            s += v * xdir[i, j]
+            ee += v * v
+        for _ in range(passes):
+            changed = 0
+            for j in range(d):
+                xj = xdir[i, j]
+                kc = np.int64(rank[j, out[i, j]])
+                vc = r[i, j] - values[j, kc]
+                rest_s = s - vc * xj
+                rest_e = ee - vc * vc
+                vstar = -k1 * rest_s * xj / (1.0 + k1 * xj * xj)
+                k = _nearest_sorted(values, j, np.float32(r[i, j] - vstar))
+                if k == kc:
+                    continue
+                v = r[i, j] - values[j, k]
+                loss = rest_e + v * v + k1 * (rest_s + v * xj) * (rest_s + v * xj)
+                if loss < ee + k1 * s * s:
+                    changed += 1
+                    out[i, j] = order[j, k]
+                    s = rest_s + v * xj
+                    ee = rest_e + v * v
+            if changed == 0:
+                break
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _ah_encode_any(r, xdir, book, eta, passes, out):
     """Anisotropic codes of targets r float32 (n, d) (x, or x - its bucket
     centre) for items of unit direction xdir float32 (n, d), into out uint8
     (n, M): the nearest code per sub-quantiser, then `passes` rounds of
@@ -200,11 +273,11 @@ def _pack_nibbles(codes: np.ndarray) -> np.ndarray:
 
 
 def _train_book(target: np.ndarray, xdir: np.ndarray | None, m: int, seed: int, eta: float,
-                rounds: int = 8) -> np.ndarray:
-    """A codebook for `target` (float32 (n, d)): plain PQ, then, with eta >
-    1, `rounds` of anisotropic re-encoding and updates for items of
-    directions `xdir`."""
-    book = _train_pq(target, m, seed)
+                rounds: int = 8, start: np.ndarray | None = None) -> np.ndarray:
+    """A codebook for `target` (float32 (n, d)): plain PQ (or `start`, a
+    plain PQ codebook already trained on it), then, with eta > 1, `rounds`
+    of anisotropic re-encoding and updates for items of directions `xdir`."""
+    book = _train_pq(target, m, seed) if start is None else start.copy()
     if eta > 1.0:
         codes = np.empty((target.shape[0], m), dtype=np.uint8)
         t = np.ascontiguousarray(target, dtype=np.float32)
@@ -224,7 +297,7 @@ def _quantizer(book: np.ndarray) -> faiss.ProductQuantizer:
 def choose_residual(x: np.ndarray, home: np.ndarray, centroids: np.ndarray, metric: str, m: int, seed: int,
                     queries: np.ndarray | None = None, refine: int = 1, k: int = 10,
                     sample: int = 20_000, n_queries: int = 200, eta: float = 0.0,
-                    rounds: int = 4) -> tuple[bool, dict, np.ndarray]:
+                    rounds: int = 4, plain: bool = False) -> tuple[bool, dict, np.ndarray]:
     """Whether residual codes rank better than direct codes on this data.
 
     On a seeded sample of `sample` items (x float32 (n, d), home int (n,) their
@@ -236,6 +309,8 @@ def choose_residual(x: np.ndarray, home: np.ndarray, centroids: np.ndarray, metr
     Queries are `queries` if given (a query log), else `n_queries` other items.
     Anisotropic codebooks get `rounds` of training (4: on GloVe, 8 gave the
     same recall and QPS at 1.0 s more build, BENCHMARKS.md issue 23).
+    With `plain`, both are compared as plain PQ codebooks and only the
+    winner is then trained anisotropically.
     Returns (residual wins, {"residual": recall, "direct": recall}, the
     winner's codebook float32 (m, 16, d / m), trained on the sample: `build`
     keeps it for repetition 0 rather than train a third one).
@@ -259,17 +334,27 @@ def choose_residual(x: np.ndarray, home: np.ndarray, centroids: np.ndarray, metr
         return 2 * s - (a * a).sum(1)[None, :] if l2 else s  # -|q - a|^2 up to a per-query constant
 
     kk = min(refine * k, xs.shape[0])
-    exact = np.argsort(-scores(xs), axis=1, kind="stable")[:, :k]
-    out, books = {}, {}
+    exact = _top(scores(xs), k)
+    out, books, targets = {}, {}, {}
     xdir = _directions(xs) if eta > 1.0 else None
+    e = 0.0 if plain else eta
     for name, target, shift in (("residual", xs - cs, cs), ("direct", xs, 0.0)):
-        target = np.ascontiguousarray(target, dtype=np.float32)
-        books[name] = book = _train_book(target, xdir, m, seed, eta, rounds=rounds)
-        approx = _decode(book, _encode_book(book, target, xdir, eta)) + shift
+        targets[name] = target = np.ascontiguousarray(target, dtype=np.float32)
+        books[name] = book = _train_book(target, xdir, m, seed, e, rounds=rounds)
+        approx = _decode(book, _encode_book(book, target, xdir, e)) + shift
         top = np.argpartition(-scores(approx), kk - 1, axis=1)[:, :kk]
-        out[name] = float(np.mean([np.isin(e, t).mean() for e, t in zip(exact, top)]))
+        out[name] = float(np.mean([np.isin(a, t).mean() for a, t in zip(exact, top)]))
     residual = out["residual"] > out["direct"]
-    return residual, out, books["residual" if residual else "direct"]
+    win = "residual" if residual else "direct"
+    if plain and eta > 1.0:
+        books[win] = _train_book(targets[win], xdir, m, seed, eta, rounds=rounds, start=books[win])
+    return residual, out, books[win]
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """The k best columns of each row of scores float32 (n, m), in no
+    order (a full sort of 200 x 20,000 scores cost 0.2 s): int64 (n, k)."""
+    return np.argpartition(-scores, min(k, scores.shape[1]) - 1, axis=1)[:, :k]
 
 
 def _encode_book(book: np.ndarray, target: np.ndarray, xdir: np.ndarray | None, eta: float) -> np.ndarray:
