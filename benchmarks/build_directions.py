@@ -4,13 +4,11 @@ index's build time, recall@10 and batched QPS on one thread at fixed
 (probes, refine) settings, the indexes timed in turn (best of `rounds`),
 so a direction is kept only on figures from the same run.
 
-    python benchmarks/build_directions.py --variants base,kmeans-full-8
+    python benchmarks/build_directions.py --variants base,choice-plain
     python benchmarks/build_directions.py --dataset minilm --variants base,choice-plain
 
 Variants (each changes one step; "base" is the library as it is):
   base                  the defaults
-  kmeans-full-N         k-means: N faiss.Kmeans iterations, the rest over
-                        each row's 32 nearest centroids only
   choice-plain          the residual-or-direct choice made on plain PQ
                         codebooks; only the winner trained anisotropically
 """
@@ -28,7 +26,6 @@ from pathlib import Path
 def variant(name: str):
     """(apply, undo) for a named variant: apply() patches the library."""
     import irli.index.codes as codes
-    import irli.learn.loop as loop
 
     saved: list[tuple[object, str, object]] = []
 
@@ -39,9 +36,7 @@ def variant(name: str):
     def apply():
         if name == "base":
             return
-        if name.startswith("kmeans-full-"):
-            patch(loop, "kmeans", functools.partial(loop.kmeans, full_iters=int(name.rsplit("-", 1)[1])))
-        elif name == "choice-plain":
+        if name == "choice-plain":
             patch(codes, "choose_residual", functools.partial(codes.choose_residual, plain=True))
         else:
             raise SystemExit(f"unknown variant {name!r}")

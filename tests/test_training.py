@@ -37,32 +37,6 @@ def test_kmeans_beats_random_centroids(data):
     assert fit > base
 
 
-@pytest.mark.parametrize("spherical", [True, False])
-def test_kmeans_late_iterations_over_candidates_match_full_ones(data, spherical):
-    x = data[0] / np.linalg.norm(data[0], axis=1, keepdims=True) if spherical else data[0]
-    x = np.ascontiguousarray(x, dtype=np.float32)
-
-    def fit(c):  # mean similarity (spherical) or mean squared distance to the nearest centroid
-        near = c[assign_nearest(x, c, spherical)]
-        return (x * near).sum(1).mean() if spherical else -((x - near) ** 2).sum(1).mean()
-
-    full = kmeans(x, 32, spherical, iters=12, seed=0)
-    late = kmeans(x, 32, spherical, iters=12, seed=0, full_iters=4, candidates=8)
-    early = kmeans(x, 32, spherical, iters=4, seed=0)
-    assert late.shape == full.shape and late.dtype == np.float32
-    if spherical:
-        np.testing.assert_allclose(np.linalg.norm(late, axis=1), 1, atol=1e-5)
-    assert fit(late) > fit(early)  # the late iterations did improve on the full ones
-    assert abs(fit(late) - fit(full)) <= 0.01 * abs(fit(full))
-    # with every centroid a candidate (in any order), the compiled pick is the nearest centroid
-    from irli.model.partition import _nearest_among
-
-    near = np.argsort(np.random.default_rng(1).random((x.shape[0], 32)), axis=1).astype(np.int32)
-    got = np.empty(x.shape[0], dtype=np.int32)
-    _nearest_among(x, full, near, spherical, got)
-    assert (got == assign_nearest(x, full, spherical)).mean() > 0.999  # float ties aside
-
-
 def test_power_of_k_takes_least_loaded_choice():
     # every item offers buckets 0 and 1 first: running counts alternate them
     choices = np.tile(np.array([[0, 1, 2, 3]], dtype=np.int32), (10, 1))

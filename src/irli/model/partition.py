@@ -46,19 +46,12 @@ def kmeans_sample(x: np.ndarray, n_buckets: int, spherical: bool, points_per_cen
 def kmeans(
     x: np.ndarray, n_buckets: int, spherical: bool, iters: int = 20,
     points_per_centroid: int = 256, seed: int = 0, callback: Callback = None,
-    full_iters: int | None = None, candidates: int = 32,
 ) -> np.ndarray:
-    """k-means on a seeded sample of at most `points_per_centroid` x B rows
-    of `x` (float32 (n, d), may be memory-mapped). Spherical k-means (unit
-    centroids; on unit rows the nearest centroid is the one of largest inner
-    product) when `spherical`. Reports "kmeans" progress every few
-    iterations. Returns float32 (B, d).
-
-    The first `full_iters` iterations (default: all of them) are
-    faiss.Kmeans on every core. The rest are Lloyd iterations in which each
-    row is compared with its `candidates` nearest centroids after the full
-    ones only (a compiled pass, B / candidates times less work): by then
-    the centroids move little, and a row's nearest one stays among them.
+    """k-means (faiss.Kmeans, on every core) on a seeded sample of at most
+    `points_per_centroid` x B rows of `x` (float32 (n, d), may be
+    memory-mapped). Spherical k-means (unit centroids; on unit rows the
+    nearest centroid is the one of largest inner product) when `spherical`.
+    Reports "kmeans" progress every few iterations. Returns float32 (B, d).
 
     faiss.Kmeans replaced a hand-written Lloyd's loop: on GloVe (fast,
     B = 1024, same run) it took 3.8 s instead of 6.7 s with the same recall
@@ -67,12 +60,11 @@ def kmeans(
     d = x.shape[1]
     sample = kmeans_sample(x, n_buckets, spherical, points_per_centroid, seed)
     m = sample.shape[0]
-    full = iters if full_iters is None else min(iters, full_iters)
     cent = None
     done = 0
     report(callback, "kmeans", 0, iters)
-    while done < full:  # a few iterations per call, so progress can be reported
-        step = min(_KMEANS_STEP, full - done)
+    while done < iters:  # a few iterations per call, so progress can be reported
+        step = min(_KMEANS_STEP, iters - done)
         km = faiss.Kmeans(d, n_buckets, niter=step, seed=seed + done, spherical=spherical,
                           max_points_per_centroid=max(points_per_centroid, -(-m // n_buckets)),
                           min_points_per_centroid=1, verbose=False)
@@ -80,49 +72,10 @@ def kmeans(
         cent = km.centroids
         done += step
         report(callback, "kmeans", done, iters)
-    cent = np.ascontiguousarray(cent, dtype=np.float32)
-    width = min(candidates, n_buckets)
-    if done < iters and width < n_buckets:
-        near = nearest_centroids(sample, cent, spherical, width)
-        assign = np.empty(m, dtype=np.int32)
-        while done < iters:
-            _nearest_among(sample, cent, near, spherical, assign)
-            cent = bucket_means(sample, assign, n_buckets, spherical, old=cent)
-            done += 1
-            if done % _KMEANS_STEP == 0 or done == iters:
-                report(callback, "kmeans", done, iters)
-    return cent
+    return np.ascontiguousarray(cent, dtype=np.float32)
 
 
 _KMEANS_STEP = 5  # iterations per faiss call (between progress reports)
-
-
-@numba.njit(parallel=True, nogil=True, cache=True)
-def _nearest_among(x, cent, near, spherical, out):
-    """The best of each row's candidate centroids near int32 (n, w): the
-    largest inner product when `spherical`, else the smallest L2 distance
-    (ties to the earlier candidate). x float32 (n, d), cent (B, d); into out
-    int32 (n,)."""
-    n, d = x.shape
-    w = near.shape[1]
-    sq = np.zeros(cent.shape[0], dtype=np.float32)
-    if not spherical:
-        for b in range(cent.shape[0]):
-            for t in range(d):
-                sq[b] += cent[b, t] * cent[b, t]
-    for i in numba.prange(n):
-        best = -np.inf
-        pick = near[i, 0]
-        for j in range(w):
-            c = near[i, j]
-            dot = np.float32(0.0)
-            for t in range(d):
-                dot += x[i, t] * cent[c, t]
-            score = dot if spherical else 2 * dot - sq[c]
-            if score > best:
-                best = score
-                pick = c
-        out[i] = pick
 
 
 def bucket_means(x: np.ndarray, assign: np.ndarray, n_buckets: int, spherical: bool,
