@@ -11,6 +11,10 @@ Variants (each changes one step; "base" is the library as it is):
   base                  the defaults
   choice-plain          the residual-or-direct choice made on plain PQ
                         codebooks; only the winner trained anisotropically
+  rounds-N              N anisotropic training rounds (4 by default)
+  choice-sample-N       the residual-or-direct choice on N items (20,000)
+  soar-N                SOAR picks the spill bucket among N nearest
+                        centroids (16 by default)
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 def variant(name: str):
     """(apply, undo) for a named variant: apply() patches the library."""
     import irli.index.codes as codes
+    import irli.learn.loop as loop
 
     saved: list[tuple[object, str, object]] = []
 
@@ -38,6 +43,12 @@ def variant(name: str):
             return
         if name == "choice-plain":
             patch(codes, "choose_residual", functools.partial(codes.choose_residual, plain=True))
+        elif name.startswith("rounds-"):
+            patch(codes, "choose_residual", functools.partial(codes.choose_residual, rounds=int(name[7:])))
+        elif name.startswith("choice-sample-"):
+            patch(codes, "choose_residual", functools.partial(codes.choose_residual, sample=int(name[14:])))
+        elif name.startswith("soar-"):
+            patch(loop, "soar_spill", functools.partial(loop.soar_spill, candidates=int(name[5:])))
         else:
             raise SystemExit(f"unknown variant {name!r}")
 

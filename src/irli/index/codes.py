@@ -297,7 +297,7 @@ def _quantizer(book: np.ndarray) -> faiss.ProductQuantizer:
 def choose_residual(x: np.ndarray, home: np.ndarray, centroids: np.ndarray, metric: str, m: int, seed: int,
                     queries: np.ndarray | None = None, refine: int = 1, k: int = 10,
                     sample: int = 20_000, n_queries: int = 200, eta: float = 0.0,
-                    rounds: int = 4, plain: bool = False) -> tuple[bool, dict, np.ndarray]:
+                    rounds: int = 2, plain: bool = False) -> tuple[bool, dict, np.ndarray]:
     """Whether residual codes rank better than direct codes on this data.
 
     On a seeded sample of `sample` items (x float32 (n, d), home int (n,) their
@@ -307,8 +307,9 @@ def choose_residual(x: np.ndarray, home: np.ndarray, centroids: np.ndarray, metr
     (refine 1 by default: with a larger budget both kinds find nearly all of
     a 20,000-item sample's neighbours and the measure cannot tell them apart).
     Queries are `queries` if given (a query log), else `n_queries` other items.
-    Anisotropic codebooks get `rounds` of training (4: on GloVe, 8 gave the
-    same recall and QPS at 1.0 s more build, BENCHMARKS.md issue 23).
+    Anisotropic codebooks get `rounds` of training (2: 4 or 8 gave the same
+    recall and QPS on GloVe and MiniLM-384 at 0.7 s and 5 s more build,
+    BENCHMARKS.md issue 23).
     With `plain`, both are compared as plain PQ codebooks and only the
     winner is then trained anisotropically.
     Returns (residual wins, {"residual": recall, "direct": recall}, the
