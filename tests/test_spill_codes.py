@@ -142,7 +142,8 @@ def test_one_dimension_per_sub_quantiser_has_the_same_anisotropic_codes(data):
     """d / M = 1 (GloVe's case) takes a kernel that finds each code by a
     search over the sorted centroids instead of trying all 16: the codes
     are the general kernel's (float ties aside), and so is their loss."""
-    from irli.index.codes import _ah_encode, _ah_encode_any, _directions, _train_book, anisotropic_eta
+    from irli.index.codes import _directions, _train_book, anisotropic_eta
+    from irli.kernels.pq_encode import _ah_encode_any, ah_encode
 
     x = data[0][:3000] / np.linalg.norm(data[0][:3000], axis=1, keepdims=True)
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -153,6 +154,6 @@ def test_one_dimension_per_sub_quantiser_has_the_same_anisotropic_codes(data):
         book = _train_book(target, xdir, d, 0, float(eta), rounds=2)
         assert book.shape == (d, 16, 1)
         fast, every = (np.empty((x.shape[0], d), np.uint8) for _ in range(2))
-        _ah_encode(target, xdir, book, eta, 4, fast)
+        ah_encode(target, xdir, book, eta, 4, fast)
         _ah_encode_any(target, xdir, book, eta, 4, every)
         assert (fast == every).mean() > 0.999
