@@ -93,8 +93,7 @@ class StateMixin(UpdateLock):
             if self.codes_ is not None:
                 args = self.codes_.kernel_args(cosine, r, self.vectors_, self.sqnorms_, keep, ids)
             else:
-                args = ExactIndexArgs(cosine=cosine, l2=l2, a1=r.a1, b1=r.b1, a2=r.a2, b2=r.b2, c16=r.c16,
-                                      cscale=r.cscale, a1t=r.a1t, x=self.vectors_,
+                args = ExactIndexArgs(cosine=cosine, l2=l2, a1=r.a1, b1=r.b1, a2=r.a2, b2=r.b2, x=self.vectors_,
                                       sqn=self.sqnorms_, offsets=self.lists_.offsets, lists=self.lists_.lists,
                                       keep=keep, ids=ids)
             args = type(args)(*(read_only(a) for a in args))

@@ -231,9 +231,6 @@ class PQIndexArgs(NamedTuple):
     b1: np.ndarray
     a2: np.ndarray
     b2: np.ndarray
-    c16: np.ndarray
-    cscale: np.ndarray
-    a1t: np.ndarray
     centroids: np.ndarray
     books: np.ndarray
     blocks: np.ndarray
@@ -247,13 +244,11 @@ class PQIndexArgs(NamedTuple):
 
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True)
-def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual, n_sub, a1, b1, a2, b2, c16, cscale,
-             a1t, centroids, books, blocks, block_pos, bstart, bsizes, x, sqn, keep, ids, out_ids, out_score,
-             out_ncand, out_scanned):
+def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual, n_sub, a1, b1, a2, b2, centroids, books,
+             blocks, block_pos, bstart, bsizes, x, sqn, keep, ids, out_ids, out_score, out_ncand, out_scanned):
     """The whole compressed search of queries lo .. hi - 1 of raw q float32
     (n, d): check and prepare them (normalised for cosine), route them with
-    the layers a1, b1, a2, b2 and the int16 copy c16, cscale, a1t
-    (irli.model.routers.Routing) to m buckets per
+    the layers a1, b1, a2, b2 (irli.model.routers.Routing) to m buckets per
     repetition, scan, re-rank the best n_rerank distinct items, keep k and map
     positions to `ids` int64 (N,), into rows lo .. hi - 1 of out_ids int64
     (n, k), out_score float32 (n, k) (similarity, or squared distance for l2;
@@ -284,7 +279,7 @@ def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual
     learned = stop_w.shape[0] > 0
     probed = np.empty((reps, n, m), dtype=np.int32)
     top = np.empty((reps, n, m) if learned else (reps, 0, 0), dtype=np.float32)
-    route_rows(qb, 0, n, a1, b1, a2, b2, c16, cscale, a1t, probed, top, 0, True)
+    route_rows(qb, 0, n, a1, b1, a2, b2, probed, top, 0, True)
     first = min(m0, m) if learned else m
     m2 = n_sub + (n_sub & 1)
     npairs = m2 // 2

@@ -21,7 +21,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import IndexFormatError
-from ..kernels.route import quant_limit, route_kernel
+from ..kernels.route import route_kernel
 from ..threads import run_blocks
 
 
@@ -207,41 +207,16 @@ ROUTER_KINDS: dict[str, type[Router]] = {
 
 
 # -- compiled inference over all repetitions ------------------------------------------
-# From this dimension on, one-layer routers also score with int16 weights
-# and fix up their shortlist exactly (irli.kernels.route). Routing one
-# query over 1,024 buckets at d = 768: 137 -> 71 us alone, 58 -> 60 us per
-# query in a batch; at d = 384 alone 36 -> 34 us but in a batch 25.5 -> 28.5
-# us, so 384-d stays float32 (BENCHMARKS.md, issue 23).
-QUANTISED_FROM_DIM = 512
-
-
 @dataclass
 class Routing:
     """The R routers as stacked affine layers (see Router.layers): a1
     float32 (R, d, H), b1 (R, H), a2 (R, H, B) and b2 (R, B) for two-layer
-    (MLP) routers, else empty (R, 0, 0) / (R, 0). One-layer routers of d >=
-    QUANTISED_FROM_DIM also hold c16 int16 (R, B, d), their weights scaled
-    per bucket by cscale float32 (R, B), and a1t float32 (R, B, d), the
-    weights bucket-major; else these are empty (R, 0, 0) / (R, 0)."""
+    (MLP) routers, else empty (R, 0, 0) / (R, 0)."""
 
     a1: np.ndarray
     b1: np.ndarray
     a2: np.ndarray
     b2: np.ndarray
-    c16: np.ndarray | None = None
-    cscale: np.ndarray | None = None
-    a1t: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        reps, d, h = self.a1.shape
-        if self.c16 is None:
-            if self.a2.shape[1] == 0 and d >= QUANTISED_FROM_DIM:
-                self.a1t = np.ascontiguousarray(self.a1.transpose(0, 2, 1))
-                self.c16, self.cscale = quantise(self.a1t)
-            else:
-                self.c16 = np.zeros((reps, 0, 0), np.int16)
-                self.cscale = np.zeros((reps, 0), np.float32)
-                self.a1t = np.zeros((reps, 0, 0), np.float32)
 
     @classmethod
     def from_routers(cls, routers: list[Router]) -> "Routing":
@@ -257,11 +232,6 @@ class Routing:
         return cls(a1, b1, a2, b2)
 
     @property
-    def quantised(self) -> bool:
-        """Whether routing scores with the int16 copy first."""
-        return self.c16.shape[1] > 0
-
-    @property
     def n_reps(self) -> int:
         return self.a1.shape[0]
 
@@ -275,19 +245,7 @@ class Routing:
         rows lo .. hi - 1 of probed int32 (R, n, m) and, when probs is (R, n,
         m) rather than (R, 0, 0), their softmax probabilities (with `raw`,
         their router scores)."""
-        route_kernel(q, lo, hi, self.a1, self.b1, self.a2, self.b2, self.c16, self.cscale, self.a1t, probed, probs,
-                     raw)
-
-
-def quantise(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """int16 weights (R, B, d) and their per-bucket scales float32 (R, B)
-    for bucket-major float32 weights w (R, B, d): w ~ scale * int16, with
-    |int16| <= quant_limit(d) (a zero row gets scale 1)."""
-    lim = quant_limit(w.shape[2])
-    top = np.abs(w).max(axis=2)
-    scale = np.where(top > 0, top / lim, 1.0).astype(np.float32)
-    q = np.clip(np.floor(w / scale[:, :, None] + 0.5), -lim, lim).astype(np.int16)
-    return np.ascontiguousarray(q), scale
+        route_kernel(q, lo, hi, self.a1, self.b1, self.a2, self.b2, probed, probs, raw)
 
 
 def route(routers: list[Router] | Routing, q: np.ndarray, probes: int, with_probs: bool = False,
