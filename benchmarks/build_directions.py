@@ -4,13 +4,11 @@ index's build time, recall@10 and batched QPS on one thread at fixed
 (probes, refine) settings, the indexes timed in turn (best of `rounds`),
 so a direction is kept only on figures from the same run.
 
-    python benchmarks/build_directions.py --variants base,choice-plain
-    python benchmarks/build_directions.py --dataset minilm --variants base,choice-plain
+    python benchmarks/build_directions.py --variants base,rounds-2
+    python benchmarks/build_directions.py --dataset minilm --variants base,soar-8
 
 Variants (each changes one step; "base" is the library as it is):
   base                  the defaults
-  choice-plain          the residual-or-direct choice made on plain PQ
-                        codebooks; only the winner trained anisotropically
   rounds-N              N anisotropic training rounds (4 by default)
   choice-sample-N       the residual-or-direct choice on N items (20,000)
   soar-N                SOAR picks the spill bucket among N nearest
@@ -41,9 +39,7 @@ def variant(name: str):
     def apply():
         if name == "base":
             return
-        if name == "choice-plain":
-            patch(codes, "choose_residual", functools.partial(codes.choose_residual, plain=True))
-        elif name.startswith("rounds-"):
+        if name.startswith("rounds-"):
             patch(codes, "choose_residual", functools.partial(codes.choose_residual, rounds=int(name[7:])))
         elif name.startswith("choice-sample-"):
             patch(codes, "choose_residual", functools.partial(codes.choose_residual, sample=int(name[14:])))

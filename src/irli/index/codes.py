@@ -82,11 +82,11 @@ def _pack_nibbles(codes: np.ndarray) -> np.ndarray:
 
 
 def _train_book(target: np.ndarray, xdir: np.ndarray | None, m: int, seed: int, eta: float,
-                rounds: int = 8, start: np.ndarray | None = None) -> np.ndarray:
-    """A codebook for `target` (float32 (n, d)): plain PQ (or `start`, a
-    plain PQ codebook already trained on it), then, with eta > 1, `rounds`
-    of anisotropic re-encoding and updates for items of directions `xdir`."""
-    book = _train_pq(target, m, seed) if start is None else start.copy()
+                rounds: int = 8) -> np.ndarray:
+    """A codebook for `target` (float32 (n, d)): plain PQ, then, with eta >
+    1, `rounds` of anisotropic re-encoding and updates for items of
+    directions `xdir`."""
+    book = _train_pq(target, m, seed)
     if eta > 1.0:
         codes = np.empty((target.shape[0], m), dtype=np.uint8)
         t = np.ascontiguousarray(target, dtype=np.float32)
@@ -106,7 +106,7 @@ def _quantizer(book: np.ndarray) -> faiss.ProductQuantizer:
 def choose_residual(x: np.ndarray, home: np.ndarray, centroids: np.ndarray, metric: str, m: int, seed: int,
                     queries: np.ndarray | None = None, refine: int = 1, k: int = 10,
                     sample: int = 20_000, n_queries: int = 200, eta: float = 0.0,
-                    rounds: int = 2, plain: bool = False) -> tuple[bool, dict, np.ndarray]:
+                    rounds: int = 2) -> tuple[bool, dict, np.ndarray]:
     """Whether residual codes rank better than direct codes on this data.
 
     On a seeded sample of `sample` items (x float32 (n, d), home int (n,) their
@@ -119,8 +119,6 @@ def choose_residual(x: np.ndarray, home: np.ndarray, centroids: np.ndarray, metr
     Anisotropic codebooks get `rounds` of training (2: 4 or 8 gave the same
     recall and QPS on GloVe and MiniLM-384 at 0.7 s and 5 s more build,
     BENCHMARKS.md issue 23).
-    With `plain`, both are compared as plain PQ codebooks and only the
-    winner is then trained anisotropically.
     Returns (residual wins, {"residual": recall, "direct": recall}, the
     winner's codebook float32 (m, 16, d / m), trained on the sample: `build`
     keeps it for repetition 0 rather than train a third one).
@@ -145,20 +143,16 @@ def choose_residual(x: np.ndarray, home: np.ndarray, centroids: np.ndarray, metr
 
     kk = min(refine * k, xs.shape[0])
     exact = _top(scores(xs), k)
-    out, books, targets = {}, {}, {}
+    out, books = {}, {}
     xdir = _directions(xs) if eta > 1.0 else None
-    e = 0.0 if plain else eta
     for name, target, shift in (("residual", xs - cs, cs), ("direct", xs, 0.0)):
-        targets[name] = target = np.ascontiguousarray(target, dtype=np.float32)
-        books[name] = book = _train_book(target, xdir, m, seed, e, rounds=rounds)
-        approx = _decode(book, _encode_book(book, target, xdir, e)) + shift
+        target = np.ascontiguousarray(target, dtype=np.float32)
+        books[name] = book = _train_book(target, xdir, m, seed, eta, rounds=rounds)
+        approx = _decode(book, _encode_book(book, target, xdir, eta)) + shift
         top = np.argpartition(-scores(approx), kk - 1, axis=1)[:, :kk]
         out[name] = float(np.mean([np.isin(a, t).mean() for a, t in zip(exact, top)]))
     residual = out["residual"] > out["direct"]
-    win = "residual" if residual else "direct"
-    if plain and eta > 1.0:
-        books[win] = _train_book(targets[win], xdir, m, seed, eta, rounds=rounds, start=books[win])
-    return residual, out, books[win]
+    return residual, out, books["residual" if residual else "direct"]
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:

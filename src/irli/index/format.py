@@ -83,10 +83,11 @@ class FormatMixin:
         reads (manifest, arrays by name, router tensors), checked; `path`
         names it in errors. A part of a sharded index (manifest "part") is
         read-only."""
-        if man.get("task", "vectors") == "sharded":
+        task = man.get("task", "vectors")
+        if task == "sharded":
             raise IndexFormatError(f"{path}: a sharded index; open it with irli.ShardedIndex.open or irli.load")
-        if man.get("task", "vectors") != "vectors":
-            raise IndexFormatError(f"{path}: a label index (task {man.get('task')!r}); load it with irli.LabelIndex.load or irli.load")
+        if task != "vectors":
+            raise IndexFormatError(f"{path}: a label index (task {task!r}); load it with irli.LabelIndex.load or irli.load")
         try:
             config = IndexConfig.from_dict(man["config"])
         except Exception as e:  # a config this version cannot build
