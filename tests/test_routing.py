@@ -1,0 +1,133 @@
+"""Routing one query alone reads half-precision rows, then re-scores
+exactly every bucket that could be among the best: the buckets are the
+ones a batch picks, and the exact ones."""
+
+import numpy as np
+import pytest
+
+from irli.model import routers
+from irli.model.routers import Routing
+
+
+@pytest.fixture(autouse=True)
+def _half_rows_for_small_tables(monkeypatch):
+    monkeypatch.setattr(routers, "HALF_ROWS_FROM", 0)  # small tables here: the half rows all the same
+
+
+def _routing(a1, b1):
+    reps = a1.shape[0]
+    return Routing(a1, b1, np.zeros((reps, 0, 0), np.float32), np.zeros((reps, 0), np.float32))
+
+
+def _alone_and_batched(rt, q, m, raw=True):
+    reps, n = rt.n_reps, q.shape[0]
+    batch, alone = np.empty((reps, n, m), np.int32), np.empty((reps, n, m), np.int32)
+    sb, sa = np.empty((reps, n, m), np.float32), np.empty((reps, n, m), np.float32)
+    rt.block(q, 0, n, batch, sb, raw=raw)
+    for i in range(n):
+        rt.block(q, i, i + 1, alone, sa, raw=raw)
+    return batch, alone, sb, sa
+
+
+def _exact_top(a1, b1, q, m):
+    s = np.einsum("nd,rdb->rnb", q.astype(np.float64), a1.astype(np.float64)) + b1[:, None, :]
+    return np.argsort(-s, axis=2, kind="stable")[:, :, :m]
+
+
+@pytest.mark.parametrize("d,b,m", [(8, 64, 5), (50, 256, 12), (384, 300, 24), (96, 128, 100), (32, 40, 40)])
+def test_alone_equals_batched_equals_exact(d, b, m):
+    rng = np.random.default_rng(d + m)
+    a1 = (rng.normal(size=(2, d, b)) / np.sqrt(d)).astype(np.float32)
+    b1 = (rng.normal(size=(2, b)) * 0.01).astype(np.float32)
+    q = rng.normal(size=(120, d)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    rt = _routing(a1, b1)
+    assert rt.half.shape == (2, b, d) and rt.rows.shape == (2, b, d) and (rt.slack[:, 0] > 0).all()
+    batch, alone, sb, sa = _alone_and_batched(rt, q, m)
+    np.testing.assert_array_equal(batch, alone)
+    np.testing.assert_array_equal(sb, sa)  # the raw scores too: both are the exact re-scores
+    np.testing.assert_array_equal(batch, _exact_top(a1, b1, q, m))
+
+
+def test_buckets_closer_than_half_precision_are_ranked_exactly():
+    """Two rows that differ below half precision's resolution: a query alone
+    still ranks them by their exact scores, as a batch does."""
+    d, b = 64, 32
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=d).astype(np.float32)
+    base /= np.linalg.norm(base)
+    a1 = np.zeros((1, d, b), np.float32)
+    a1[0] = (rng.normal(size=(d, b)) * 0.01).astype(np.float32)
+    for c, step in ((5, 3e-5), (9, 6e-5), (20, 0.0)):  # near-copies of one direction
+        a1[0, :, c] = base
+        a1[0, 0, c] += step
+    rt = _routing(a1, np.zeros((1, b), np.float32))
+    half = rt.half.view(np.float16).astype(np.float32)
+    assert half[0, 5, 0] == half[0, 9, 0] == half[0, 20, 0]  # half precision cannot tell them apart
+    q = np.tile(base, (4, 1))
+    q[:, 0] += np.array([0.5, 1.0, 2.0, 4.0], np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    batch, alone, _, _ = _alone_and_batched(rt, q, 2)
+    np.testing.assert_array_equal(alone, batch)
+    assert (alone[0, :, 0] == 9).all() and (alone[0, :, 1] == 5).all()  # 20 is third
+
+
+def test_weights_beyond_half_range_route_exactly_without_the_half_rows():
+    rng = np.random.default_rng(5)
+    a1 = (rng.normal(size=(1, 16, 50)) * 1e5).astype(np.float32)
+    b1 = np.zeros((1, 50), np.float32)
+    rt = _routing(a1, b1)
+    assert rt.half.shape == (1, 0, 0) and rt.rows.shape == (1, 50, 16)
+    q = rng.normal(size=(30, 16)).astype(np.float32)
+    batch, alone, _, _ = _alone_and_batched(rt, q, 7)
+    np.testing.assert_array_equal(batch, alone)
+    np.testing.assert_array_equal(batch, _exact_top(a1, b1, q, 7))
+
+
+def test_softmax_probabilities_are_the_same_alone_and_batched():
+    rng = np.random.default_rng(9)
+    a1 = rng.normal(size=(2, 24, 80)).astype(np.float32)
+    rt = _routing(a1, np.zeros((2, 80), np.float32))
+    q = rng.normal(size=(40, 24)).astype(np.float32)
+    batch, alone, pb, pa = _alone_and_batched(rt, q, 6, raw=False)
+    np.testing.assert_array_equal(batch, alone)
+    np.testing.assert_array_equal(pb, pa)
+    assert ((pb > 0) & (pb <= 1)).all() and (np.diff(pb, axis=2) <= 0).all()
+
+
+def test_two_layer_routers_hold_no_one_query_tables():
+    rng = np.random.default_rng(1)
+    a1, b1 = rng.normal(size=(1, 8, 16)).astype(np.float32), np.zeros((1, 16), np.float32)
+    a2, b2 = rng.normal(size=(1, 16, 32)).astype(np.float32), np.zeros((1, 32), np.float32)
+    rt = Routing(a1, b1, a2, b2)
+    assert rt.rows.shape == (1, 0, 0) and rt.half.shape == (1, 0, 0) and rt.n_buckets == 32
+    q = rng.normal(size=(10, 8)).astype(np.float32)
+    batch, alone, _, _ = _alone_and_batched(rt, q, 4)
+    np.testing.assert_array_equal(batch, alone)
+
+
+def test_small_tables_route_in_float32(monkeypatch):
+    monkeypatch.setattr(routers, "HALF_ROWS_FROM", 1 << 16)
+    rng = np.random.default_rng(2)
+    small, large = (_routing(rng.normal(size=(1, d, b)).astype(np.float32), np.zeros((1, b), np.float32))
+                    for d, b in ((50, 1024), (64, 1024)))
+    assert small.half.shape == (1, 0, 0) and small.rows.shape == (1, 1024, 50)
+    assert large.half.shape == (1, 1024, 64)
+
+
+@pytest.mark.parametrize("preset", ["fast", "ivf"])
+def test_indexes_route_one_query_alone_as_in_a_batch(data, preset):
+    """Through a whole search, and Index.route."""
+    import irli
+    from conftest import FAST
+
+    index = irli.Index(preset, **FAST[preset]).fit(data[0])
+    assert index.routing_.half.shape[1] > 0
+    q = data[1][:80]
+    batch = index.search(q, k=10, probes=4, threads=1)
+    for i in range(q.shape[0]):
+        one = index.search(q[i], k=10, probes=4)
+        np.testing.assert_array_equal(one.ids[0], batch.ids[i])
+        np.testing.assert_array_equal(one.scores[0], batch.scores[i])
+        assert one.scanned[0] == batch.scanned[i]
+    np.testing.assert_array_equal(index.route(q[:1], probes=4)[:, 0], index.route(q, probes=4)[:, 0])
