@@ -114,13 +114,14 @@ def machine() -> dict:
 
 
 # -- one system, in its own process ---------------------------------------------
-def _rss_mb() -> float:
-    """This worker's own peak resident memory (VmHWM), in MB: ru_maxrss of a
-    child started by fork + exec can report its parent's peak on Linux."""
+def _rss_mb(field: str = "VmHWM") -> float:
+    """This worker's own peak resident memory (VmHWM), or with field="VmRSS"
+    its resident memory now, in MB: ru_maxrss of a child started by fork +
+    exec can report its parent's peak on Linux."""
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:  # pragma: no cover - not Linux
         pass
@@ -142,10 +143,16 @@ def worker(spec: str, data_dir: Path, metric: str, n_buckets: int, k: int, out: 
     sysm = systems.make(spec)
     sysm.set_threads(cores)
     peer_metric = metric if spec.startswith("irli") else ("l2" if metric == "l2" else "ip")
+    before = _rss_mb("VmRSS")
     t = time.perf_counter()
     sysm.build(x, peer_metric, n_buckets)
     build_s = time.perf_counter() - t
     rss_build = _rss_mb()
+    import gc
+
+    gc.collect()
+    sysm.search(q[:64], k, sysm.settings()[0])  # what the index holds while it searches (pages touched)
+    resident_mb = _rss_mb("VmRSS") - before
     points = []
     ns = min(single_n, q.shape[0])
     saturated = set()  # the secondary knobs (refine, k_factor, reorder) whose sweep of the primary one has peaked
@@ -194,7 +201,8 @@ def worker(spec: str, data_dir: Path, metric: str, n_buckets: int, k: int, out: 
         if point[f"recall@{k}"] >= 0.995 and len(points) > 1 and not rest:
             break  # the rest of the sweep only costs time
     result = {"system": spec, "build_s": build_s, "build_threads": cores, "index_bytes": sysm.index_bytes(),
-              "rss_data_mb": rss_data, "rss_build_mb": rss_build, "rss_peak_mb": _rss_mb(), "points": points}
+              "rss_data_mb": rss_data, "rss_build_mb": rss_build,
+              "resident_mb": resident_mb, "n_items": int(x.shape[0]), "rss_peak_mb": _rss_mb(), "points": points}
     out.write_text(json.dumps(result, indent=1))
 
 

@@ -81,11 +81,13 @@ def table(run: dict) -> str:
                 cells.append(f"{p['p50_us']:.0f} / {p['p99_us']:.0f}" if p else "–")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Work per query and build (batch mode):", "",
-              "| system | build s | index MB | peak RSS MB | "
+              "| system | build s | index MB | peak RSS MB | bytes / vector on disk, resident | "
               + " | ".join(f"candidates @{t:.2f} | scanned @{t:.2f}" for t in TARGETS) + " |",
-              "|---" * (4 + 2 * len(TARGETS)) + "|"]
+              "|---" * (5 + 2 * len(TARGETS)) + "|"]
+    n = run["dataset"]["n"]
     for r in run["results"]:
-        cells = [r["system"], f"{r['build_s']:.1f}", f"{r['index_bytes'] / 1e6:.0f}", f"{r['rss_peak_mb']:.0f}"]
+        per = f"{r['index_bytes'] / n:,.0f}, " + (f"{r['resident_mb'] * 2**20 / n:,.0f}" if "resident_mb" in r else "–")
+        cells = [r["system"], f"{r['build_s']:.1f}", f"{r['index_bytes'] / 1e6:.0f}", f"{r['rss_peak_mb']:.0f}", per]
         for t in TARGETS:
             c = at_recall(r["points"], t, "candidates", recall)
             sc = at_recall(r["points"], t, "scanned", recall)

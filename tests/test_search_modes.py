@@ -236,4 +236,5 @@ def test_pq_residual_choice_is_a_config_option(data, truth):
 def test_default_pq_m_matches_the_docs():
     from irli.index.codes import default_pq_m
 
-    assert [default_pq_m(d) for d in (16, 50, 64, 65, 96, 384)] == [16, 50, 64, 65, 48, 192]
+    assert [default_pq_m(d) for d in (16, 50, 64, 65, 96, 254, 255, 256, 258, 384, 768)] == \
+        [16, 50, 64, 65, 48, 127, 255, 64, 129, 96, 192]

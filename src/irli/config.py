@@ -163,7 +163,7 @@ class IndexConfig(ModelConfig):
     (weight `spill_lambda`).
     Scanning: "exact" scores every gathered item on its float32 vector; "pq4"
     scans 4-bit product-quantised codes of the probed buckets (`pq_m`
-    sub-quantisers, default d up to 64 dimensions, then d / 2; `pq_residual`:
+    sub-quantisers, default d up to 64 dimensions, then d / 2, from 256 d / 4; `pq_residual`:
     encode x - bucket centre, or x itself, or None to choose at fit by
     measuring both on a sample; `pq_anisotropic`: ScaNN's threshold T for
     score-aware codes under ip / cosine, None or 0 for plain PQ) and

@@ -70,7 +70,7 @@ HELP: dict[str, str] = {
     "spill_lambda": "SOAR's weight: how orthogonal a spilled item's residuals must be",
     "scan": "score the gathered items on their float32 vectors (exact), or fast-scan 4-bit PQ codes (pq4)",
     "refine": "pq4: re-score the best REFINE x k items exactly",
-    "pq_m": "pq4: sub-quantisers (none: d up to 64 dimensions, then d / 2)",
+    "pq_m": "pq4: sub-quantisers (none: d up to 64 dimensions, then d / 2, from 256 d / 4)",
     "pq_residual": "pq4: encode x minus its bucket's centre, or x itself (none: measured at fit)",
     "pq_anisotropic": "pq4 under ip / cosine: ScaNN's score-aware threshold T (0 or none: plain PQ)",
     "top_c": "exact scan: score only the C candidates of highest summed router probability",
