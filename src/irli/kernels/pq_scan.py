@@ -13,9 +13,11 @@ the heap lets a block be dismissed with one vector compare.
 One query is scanned bucket by bucket, best bucket first. A batch is scanned
 bucket-major, in chunks of queries: each probed bucket is read once for all
 the chunk's queries that probe it, which saves memory traffic (what limits
-the scan). The two orders give the same answers, because the heaps order
-entries by (score, position), so the best n_rerank are the same set whatever the
-order they arrive in, and ties in the final top k also break by position.
+the scan. Both prefetch the code blocks ahead of the scan; one query also
+the next bucket's first blocks. The two orders give the same answers,
+because the heaps order entries by (score, position), so the best n_rerank
+are the same set whatever the order they arrive in, and ties in the final
+top k also break by position.
 
 Approximate scores are higher-is-better: the inner product with the
 reconstructed vector for ip / cosine, the negative squared distance for l2.
@@ -253,12 +255,12 @@ class PQIndexArgs(NamedTuple):
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True)
 def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual, n_sub, a1, b1, a2, b2, rows, half,
-             slack, centroids, books, blocks, block_pos, bstart, bsizes, x, sqn, keep, ids, out_ids, out_score, out_ncand, out_scanned):
+             slack, centroids, books, blocks, block_pos, bstart, bsizes, x, sqn, keep, ids, out_ids, out_score,
+             out_ncand, out_scanned):
     """The whole compressed search of queries lo .. hi - 1 of raw q float32
     (n, d): check and prepare them (normalised for cosine), route them with
     the layers a1, b1, a2, b2 and the one-layer tables rows, half, slack
-    (irli.model.routers.Routing) to m buckets per
-    repetition, scan, re-rank the best n_rerank distinct items, keep k and map
+    (irli.model.routers.Routing) to m buckets per repetition, scan, re-rank the best n_rerank distinct items, keep k and map
     positions to `ids` int64 (N,), into rows lo .. hi - 1 of out_ids int64
     (n, k), out_score float32 (n, k) (similarity, or squared distance for l2;
     padding -1 / -inf, +inf for l2), out_ncand (items re-ranked) and
