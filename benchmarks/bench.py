@@ -24,6 +24,7 @@ system at recall@10 0.90 and 0.95 in each mode) and plots into --out.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -81,7 +82,8 @@ def prepare(dataset: str, cache: Path, n_test: int, progress=None) -> tuple[Path
         if metric == "cosine":
             x, q = normalize_rows(x), normalize_rows(q)
     else:
-        raise SystemExit(f"unknown dataset {dataset!r}: use glove, minilm, mpnet[:N], synthetic:N[:D] or file:ITEMS:QUERIES[:METRIC]")
+        raise SystemExit(f"unknown dataset {dataset!r}: use glove, minilm, mpnet[:N], synthetic:N[:D] "
+                         "or file:ITEMS:QUERIES[:METRIC]")
     truth, _ = exact_knn(x, q, 100, "l2" if metric == "l2" else "ip", callback=progress)
     np.save(d / "items.npy", x)
     np.save(d / "queries.npy", q)
@@ -148,8 +150,6 @@ def worker(spec: str, data_dir: Path, metric: str, n_buckets: int, k: int, out: 
     sysm.build(x, peer_metric, n_buckets)
     build_s = time.perf_counter() - t
     rss_build = _rss_mb()
-    import gc
-
     gc.collect()
     sysm.search(q[:64], k, sysm.settings()[0])  # what the index holds while it searches (pages touched)
     resident_mb = _rss_mb("VmRSS") - before

@@ -15,7 +15,7 @@ Spec strings:
   faiss-ivfflat                   FAISS IndexIVFFlat, spherical k-means, nlist = B
   faiss-ivfpqfs                   FAISS IVF{B},PQ{d}x4fs,RFlat (fast-scan PQ, exact refine; PQ{d/2} from d = 256)
   hnswlib                         hnswlib, M=16, ef_construction=200
-  scann                           ScaNN: tree(B leaves, spherical) + score_ah(2, threshold 0.2) + reorder (deeper from d = 256)
+  scann                           ScaNN: tree(B leaves, spherical) + score_ah(2, threshold 0.2) + reorder(100)
   usearch                         USearch HNSW, connectivity 16, expansion_add 200
   faiss-flat                      FAISS IndexFlat (exact)
 """

@@ -1,6 +1,7 @@
 """Shared fixtures: small structured data with exact ground truth, and fast
 settings for each preset (same code paths, smaller models and fewer epochs)."""
 
+import numpy as np
 import pytest
 
 import irli
@@ -77,3 +78,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)
+
+
+def assert_alone_equals_batch(index, q, **search):
+    """Each query searched alone gives its row of one batched search (ids,
+    scores, candidates, entries read)."""
+    batch = index.search(q, k=10, threads=1, **search)
+    for i in range(q.shape[0]):
+        one = index.search(q[i], k=10, **search)
+        np.testing.assert_array_equal(one.ids[0], batch.ids[i])
+        np.testing.assert_array_equal(one.scores[0], batch.scores[i])
+        assert one.candidates[0] == batch.candidates[i] and one.scanned[0] == batch.scanned[i]
+    return batch

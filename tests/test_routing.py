@@ -119,15 +119,10 @@ def test_small_tables_route_in_float32(monkeypatch):
 def test_indexes_route_one_query_alone_as_in_a_batch(data, preset):
     """Through a whole search, and Index.route."""
     import irli
-    from conftest import FAST
+    from conftest import FAST, assert_alone_equals_batch
 
     index = irli.Index(preset, **FAST[preset]).fit(data[0])
     assert index.routing_.half.shape[1] > 0
     q = data[1][:80]
-    batch = index.search(q, k=10, probes=4, threads=1)
-    for i in range(q.shape[0]):
-        one = index.search(q[i], k=10, probes=4)
-        np.testing.assert_array_equal(one.ids[0], batch.ids[i])
-        np.testing.assert_array_equal(one.scores[0], batch.scores[i])
-        assert one.scanned[0] == batch.scanned[i]
+    assert_alone_equals_batch(index, q, probes=4)
     np.testing.assert_array_equal(index.route(q[:1], probes=4)[:, 0], index.route(q, probes=4)[:, 0])

