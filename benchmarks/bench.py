@@ -28,8 +28,10 @@ import gc
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -152,7 +154,10 @@ def worker(spec: str, data_dir: Path, metric: str, n_buckets: int, k: int, out: 
     rss_build = _rss_mb()
     gc.collect()
     sysm.search(q[:64], k, sysm.settings()[0])  # what the index holds while it searches (pages touched)
-    resident_mb = _rss_mb("VmRSS") - before
+    resident_mb = _rss_mb("VmRSS") - before  # with what the build left behind
+    saved = Path(tempfile.mkdtemp(prefix="bench-index-"))
+    sysm.save(saved)
+    index_bytes = systems.dir_bytes(saved)
     points = []
     ns = min(single_n, q.shape[0])
     # the single mode's queries spread evenly through the test set (its rows follow the source's order,
@@ -203,9 +208,14 @@ def worker(spec: str, data_dir: Path, metric: str, n_buckets: int, k: int, out: 
             saturated.add(rest)
         if point[f"recall@{k}"] >= 0.995 and len(points) > 1 and not rest:
             break  # the rest of the sweep only costs time
-    result = {"system": spec, "build_s": build_s, "build_threads": cores, "index_bytes": sysm.index_bytes(),
-              "rss_data_mb": rss_data, "rss_build_mb": rss_build,
-              "resident_mb": resident_mb, "n_items": int(x.shape[0]), "rss_peak_mb": _rss_mb(), "points": points}
+    rss_peak = _rss_mb()
+    sysm = None  # frees the index before the fresh process loads its copy
+    gc.collect()
+    loaded_mb = systems.resident_after_load(spec, saved, data_dir / "queries.npy", x.shape[1], peer_metric, k)
+    shutil.rmtree(saved, ignore_errors=True)
+    result = {"system": spec, "build_s": build_s, "build_threads": cores, "index_bytes": index_bytes,
+              "rss_data_mb": rss_data, "rss_build_mb": rss_build, "resident_after_build_mb": resident_mb,
+              "resident_mb": loaded_mb, "n_items": int(x.shape[0]), "rss_peak_mb": rss_peak, "points": points}
     out.write_text(json.dumps(result, indent=1))
 
 

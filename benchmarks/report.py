@@ -81,7 +81,8 @@ def table(run: dict) -> str:
                 cells.append(f"{p['p50_us']:.0f} / {p['p99_us']:.0f}" if p else "–")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Work per query and build (batch mode):", "",
-              "| system | build s | index MB | peak RSS MB | bytes / vector on disk, resident | "
+              "| system | build s | index MB | peak RSS MB | bytes / vector on disk, resident"
+              + (" after load" if any("resident_after_build_mb" in r for r in run["results"]) else "") + " | "
               + " | ".join(f"candidates @{t:.2f} | scanned @{t:.2f}" for t in TARGETS) + " |",
               "|---" * (5 + 2 * len(TARGETS)) + "|"]
     n = run["dataset"]["n"]

@@ -8,7 +8,10 @@ count. `search` is what gets timed in the batched modes (on the threads
 `set_threads` allows); `search_one(vector, k, setting)` -> ids is what gets
 timed, once per query, in the single-query mode. A system whose counts cost
 extra work returns None there and computes them in `counts(queries, k,
-setting)`, untimed.
+setting)`, untimed. `save(directory)` writes the built index with the
+library's own format and `load(directory, d, metric)` opens it again: the
+index's size on disk, and its resident memory in a fresh process that loads
+it and searches (`resident_after_load`).
 
 Spec strings:
   irli:<preset>[:key=value,...]   an irli Index with overrides, e.g. irli:ivf-ltr:epochs=10
@@ -22,8 +25,8 @@ Spec strings:
 
 from __future__ import annotations
 
-import os
-import tempfile
+import json
+import sys
 import time
 from pathlib import Path
 
@@ -33,7 +36,7 @@ PROBES = [1, 2, 3, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 56, 64, 80, 96, 128]
 EFS = [10, 16, 24, 32, 48, 64, 80, 100, 120, 160, 240, 320, 480]
 
 
-def _dir_bytes(path: Path) -> int:
+def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
@@ -57,7 +60,12 @@ class System:
     def search(self, q: np.ndarray, k: int, setting: dict) -> tuple[np.ndarray, np.ndarray | None]:
         raise NotImplementedError
 
-    def index_bytes(self) -> int:
+    def save(self, path: Path) -> None:
+        """Write the built index into the (existing, empty) directory path."""
+        raise NotImplementedError
+
+    def load(self, path: Path, d: int, metric: str) -> None:
+        """Open an index `save` wrote, ready to search."""
         raise NotImplementedError
 
     def search_one(self, v: np.ndarray, k: int, setting: dict) -> np.ndarray:
@@ -108,8 +116,6 @@ class IrliSystem(System):
 
         kw = {"n_buckets": n_buckets, **self.overrides}
         self.index = irli.Index(self.preset, metric=metric, **kw).fit(x)
-        self._dir = tempfile.mkdtemp(prefix="irli-bench-")
-        self.index.save(Path(self._dir) / "index")
 
     def settings(self):
         probes = [p for p in PROBES if p <= self.index.n_buckets]
@@ -133,8 +139,13 @@ class IrliSystem(System):
     def search_one(self, v, k, setting):
         return self.index.search(v, k=k, **setting).ids[0]
 
-    def index_bytes(self):
-        return _dir_bytes(Path(self._dir) / "index")
+    def save(self, path):
+        self.index.save(Path(path) / "index")
+
+    def load(self, path, d, metric):
+        import irli
+
+        self.index = irli.Index.load(Path(path) / "index")
 
 
 class FaissIVFFlat(System):
@@ -152,6 +163,11 @@ class FaissIVFFlat(System):
             faiss.extract_index_ivf(self.index).cp.spherical = True
         self.index.train(x)
         self.index.add(x)
+        self._opened()
+
+    def _opened(self):
+        import faiss
+
         self.ivf = faiss.extract_index_ivf(self.index)
         self.sizes = np.array([self.ivf.invlists.list_size(i) for i in range(self.ivf.nlist)])
 
@@ -175,10 +191,16 @@ class FaissIVFFlat(System):
         read = self.sizes[lists].sum(axis=1)
         return read, read
 
-    def index_bytes(self):
+    def save(self, path):
         import faiss
 
-        return int(faiss.serialize_index(self.index).size)
+        faiss.write_index(self.index, str(Path(path) / "faiss.index"))
+
+    def load(self, path, d, metric):
+        import faiss
+
+        self.index = faiss.read_index(str(Path(path) / "faiss.index"))
+        self._opened()
 
 
 class FaissIVFPQFastScan(FaissIVFFlat):
@@ -236,10 +258,14 @@ class Hnswlib(System):
     def search_one(self, v, k, setting):
         return self.index.knn_query(v, k=k)[0][0]
 
-    def index_bytes(self):
-        with tempfile.TemporaryDirectory() as d:
-            self.index.save_index(os.path.join(d, "h.bin"))
-            return os.path.getsize(os.path.join(d, "h.bin"))
+    def save(self, path):
+        self.index.save_index(str(Path(path) / "h.bin"))
+
+    def load(self, path, d, metric):
+        import hnswlib
+
+        self.index = hnswlib.Index(space="l2" if metric == "l2" else "ip", dim=d)
+        self.index.load_index(str(Path(path) / "h.bin"))
 
 
 class FaissFlat(System):
@@ -259,10 +285,15 @@ class FaissFlat(System):
         n = np.full(q.shape[0], self.index.ntotal)
         return ids, n, n
 
-    def index_bytes(self):
+    def save(self, path):
         import faiss
 
-        return int(faiss.serialize_index(self.index).size)
+        faiss.write_index(self.index, str(Path(path) / "faiss.index"))
+
+    def load(self, path, d, metric):
+        import faiss
+
+        self.index = faiss.read_index(str(Path(path) / "faiss.index"))
 
 
 class Scann(System):
@@ -312,10 +343,16 @@ class Scann(System):
         return self.searcher.search(v, final_num_neighbors=k, pre_reorder_num_neighbors=max(k, setting["reorder"]),
                                     leaves_to_search=setting["leaves"])[0]
 
-    def index_bytes(self):
-        with tempfile.TemporaryDirectory() as d:
-            self.searcher.serialize(d)
-            return _dir_bytes(Path(d))
+    def save(self, path):
+        self.searcher.serialize(str(path))
+        (Path(path) / "bench.json").write_text(json.dumps({"n_leaves": self.n_leaves, "high_d": self.high_d}))
+
+    def load(self, path, d, metric):
+        import scann
+
+        self.searcher = scann.scann_ops_pybind.load_searcher(str(path))
+        meta = json.loads((Path(path) / "bench.json").read_text())
+        self.n_leaves, self.high_d = meta["n_leaves"], meta["high_d"]
 
 
 class USearch(System):
@@ -343,10 +380,13 @@ class USearch(System):
     def search_one(self, v, k, setting):
         return self.index.search(v, k).keys
 
-    def index_bytes(self):
-        with tempfile.TemporaryDirectory() as d:
-            self.index.save(os.path.join(d, "u.usearch"))
-            return os.path.getsize(os.path.join(d, "u.usearch"))
+    def save(self, path):
+        self.index.save(str(Path(path) / "u.usearch"))
+
+    def load(self, path, d, metric):
+        from usearch.index import Index
+
+        self.index = Index.restore(str(Path(path) / "u.usearch"))
 
 
 def make(spec: str) -> System:
@@ -356,6 +396,49 @@ def make(spec: str) -> System:
     if spec not in table:
         raise ValueError(f"unknown system {spec!r}; use irli:<preset>[:k=v,...] or one of {', '.join(table)}")
     return table[spec]()
+
+
+def _vm_rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise OSError("no VmRSS in /proc/self/status")
+
+
+def resident_after_load(spec: str, path: Path, queries: Path, d: int, metric: str, k: int) -> float:
+    """MB the index takes in a fresh process: resident memory (VmRSS) after
+    opening the index `save` wrote at path and searching every query of the
+    .npy file `queries` at its first setting (one thread), less what the
+    process held before opening it (interpreter, libraries, the queries).
+    Run in its own process: `python systems.py resident <spec> <path> ...`."""
+    import subprocess
+
+    cmd = [sys.executable, __file__, "resident", spec, str(path), str(queries), str(d), metric, str(k)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _resident_main(spec, path, queries, d, metric, k):
+    import gc
+
+    q = np.load(queries)
+    sysm = make(spec)
+    sysm.set_threads(1)
+    # a small index built and searched first: the libraries' code (and irli's compiled kernels) is in
+    # the baseline, so what is left is the index
+    x = np.random.default_rng(0).standard_normal((4096, int(d))).astype(np.float32)
+    sysm.build(x, metric, 64)
+    sysm.set_threads(1)
+    sysm.search(q[:64], int(k), sysm.settings()[0])
+    del sysm, x
+    gc.collect()
+    sysm = make(spec)
+    before = _vm_rss_mb()
+    sysm.load(Path(path), int(d), metric)
+    sysm.set_threads(1)
+    sysm.search(q, int(k), sysm.settings()[0])
+    print(_vm_rss_mb() - before)
 
 
 def timed(fn, repeats: int = 3, slow: float = 3.0):
@@ -370,3 +453,7 @@ def timed(fn, repeats: int = 3, slow: float = 3.0):
         if times[-1] > slow:
             break
     return out, float(np.median(times))
+
+
+if __name__ == "__main__" and len(sys.argv) == 8 and sys.argv[1] == "resident":
+    _resident_main(*sys.argv[2:])

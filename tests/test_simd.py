@@ -1,11 +1,12 @@
-"""The AVX2 table lookup against the plain loop it replaces: on x86 CI the
-fallback never runs in a search, so it is checked here, number for number."""
+"""The AVX2 and AVX-512 table lookups against the plain loop they replace:
+on x86 CI the fallback never runs in a search, so it is checked here, number
+for number."""
 
 import numba
 import numpy as np
 import pytest
 
-from irli.kernels.simd import HAVE_AVX2, ctz32, lut16_avx2, lut16_scalar
+from irli.kernels.simd import HAVE_AVX2, HAVE_AVX512, ctz32, lut16_avx2, lut16_avx512, lut16_scalar
 
 
 @numba.njit
@@ -16,6 +17,11 @@ def _scalar(codes, at, npairs, lut, out, thr):
 @numba.njit
 def _avx2(codes, at, npairs, lut, out, thr):
     return lut16_avx2(codes, at, npairs, lut, out, thr)
+
+
+@numba.njit
+def _avx512(codes, at, npairs, lut, out, thr):
+    return lut16_avx512(codes, at, npairs, lut, out, thr)
 
 
 @numba.njit
@@ -47,16 +53,21 @@ def test_scalar_sums_the_tables_as_written(npairs):
         assert bool(mask >> t & 1) == (want > thr)
 
 
-@pytest.mark.skipif(not HAVE_AVX2, reason="this CPU has no AVX2")
-@pytest.mark.parametrize("npairs", [1, 2, 5, 25, 32, 96, 128])
-def test_avx2_equals_the_scalar_loop(npairs):
+_WIDE = [pytest.param(_avx2, marks=pytest.mark.skipif(not HAVE_AVX2, reason="this CPU has no AVX2"), id="avx2"),
+         pytest.param(_avx512, marks=pytest.mark.skipif(not HAVE_AVX512, reason="this CPU has no AVX-512BW"),
+                      id="avx512")]
+
+
+@pytest.mark.parametrize("wide", _WIDE)
+@pytest.mark.parametrize("npairs", [1, 2, 3, 5, 25, 32, 96, 127, 128])
+def test_simd_equals_the_scalar_loop(wide, npairs):
     rng = np.random.default_rng(100 + npairs)
     for trial in range(50):
         codes, lut = _case(rng, npairs)
         at = int(rng.integers(0, 64))
         a, b = np.zeros(32, np.uint16), np.zeros(32, np.uint16)
         thr = int(rng.integers(0, 255 * 2 * npairs + 1))
-        ma, mb = _avx2(codes, at, npairs, lut, a, thr), _scalar(codes, at, npairs, lut, b, thr)
+        ma, mb = wide(codes, at, npairs, lut, a, thr), _scalar(codes, at, npairs, lut, b, thr)
         np.testing.assert_array_equal(a, b)
         assert ma == mb, (trial, thr)
 

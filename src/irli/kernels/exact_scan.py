@@ -42,6 +42,38 @@ def outputs(n: int, k: int):
 
 
 # -- the exact scan --------------------------------------------------------------------
+@numba.njit(cache=True, nogil=True, fastmath=FAST, _nrt=False)  # allocates nothing: no atomic reference counts
+def _probe_all(qv, qn, pr, stamp, x, sqn, offsets, lists, probed, k, min_votes, l2, dedup, allowed, has_keep, amark,
+               has_allow, mark, cnt, hs, hid):
+    """Score exactly every item of query row pr's probed buckets that passes
+    the filters (keep, allow-list, min_votes) into the heap hs / hid of k,
+    which starts empty. Returns (heap size, items scored)."""
+    size = 0
+    scored = 0
+    for r in range(probed.shape[0]):
+        for j in range(probed.shape[2]):
+            b = probed[r, pr, j]
+            for t in range(offsets[r, b], offsets[r, b + 1]):
+                i = lists[r, t]
+                if has_keep:
+                    if allowed[i] == 0:
+                        continue
+                if has_allow:
+                    if amark[i] != stamp:
+                        continue
+                if dedup:
+                    if mark[i] != stamp:
+                        mark[i] = stamp
+                        cnt[i] = 1
+                    else:
+                        cnt[i] += 1
+                    if cnt[i] != min_votes:
+                        continue
+                scored += 1
+                size = push(hs, hid, size, k, score(qv, qn, x, sqn, i, l2), i)
+    return size, scored
+
+
 @numba.njit(inline="always")
 def _scan_rows(q, lo, hi, plo, x, sqn, offsets, lists, probed, probs, k, min_votes, top_c, l2, dedup, allowed,
                aptr, apos, amark, mark, cnt, stamp0, hs, hid, out_pos, out_score, out_ncand, out_scanned,
@@ -70,27 +102,8 @@ def _scan_rows(q, lo, hi, plo, x, sqn, offsets, lists, probed, probs, k, min_vot
             for t in range(aptr[qi], aptr[qi + 1]):
                 amark[apos[t]] = stamp
         if top_c == 0:
-            for r in range(reps):
-                for j in range(m):
-                    b = probed[r, pr, j]
-                    for t in range(offsets[r, b], offsets[r, b + 1]):
-                        i = lists[r, t]
-                        if has_keep:
-                            if allowed[i] == 0:
-                                continue
-                        if has_allow:
-                            if amark[i] != stamp:
-                                continue
-                        if dedup:
-                            if mark[i] != stamp:
-                                mark[i] = stamp
-                                cnt[i] = 1
-                            else:
-                                cnt[i] += 1
-                            if cnt[i] != min_votes:
-                                continue
-                        scored += 1
-                        size = push(hs, hid, size, k, score(qv, qn, x, sqn, i, l2), i)
+            size, scored = _probe_all(qv, qn, pr, stamp, x, sqn, offsets, lists, probed, k, min_votes, l2, dedup,
+                                      allowed, has_keep, amark, has_allow, mark, cnt, hs, hid)
         else:
             cid = np.empty(entries, dtype=np.int64)
             cp = np.empty(entries, dtype=np.float32)

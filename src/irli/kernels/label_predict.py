@@ -64,6 +64,19 @@ def predict_block(indptr, indices, data, lo, hi, m, k, min_votes, normalize, use
     no_ids = np.zeros(0, dtype=np.int64)
     hs = np.empty(k, dtype=np.float32)
     hi_ = np.empty(k, dtype=np.int64)
+    return _predict_rows(indptr, indices, data, lo, hi, m, k, min_votes, normalize, use_scorer, blend, mark, slot,
+                         stamp0, w1, b1, w2, b2, sigmoid, offsets, members, assign, v, c, hh, logits, probs, top, val,
+                         buf_v, buf_i, cand, votes, no_probs, no_keep, no_sums, no_ids, hs, hi_, out_ids, out_scores,
+                         out_ncand)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FAST, _nrt=False)  # allocates nothing: no atomic reference counts
+def _predict_rows(indptr, indices, data, lo, hi, m, k, min_votes, normalize, use_scorer, blend, mark, slot, stamp0,
+                  w1, b1, w2, b2, sigmoid, offsets, members, assign, v, c, hh, logits, probs, top, val, buf_v, buf_i,
+                  cand, votes, no_probs, no_keep, no_sums, no_ids, hs, hi_, out_ids, out_scores, out_ncand):
+    """predict_block's work, with the scratch it allocates."""
+    n_features, dh = w1.shape
+    reps, hid, width = w2.shape
     for g in range(lo, hi, _ROWS):
         n = min(_ROWS, hi - g)
         for t in range(n):

@@ -180,9 +180,15 @@ def _budget(qv, hs, hid, size, x, sqn, l2, top, m, m0, stop_w, budget, ex):
     best = top[0]
     kth = top[0]
     if size > 0:
-        ex[:size].sort()
-        best = ex[size - 1]
-        kth = ex[max(0, size - _FEATURE_K)]
+        want = min(_FEATURE_K, size)
+        for j in range(want):  # the best `want`, in order, to the front (partial selection sort)
+            at = j
+            for h in range(j + 1, size):
+                if ex[h] > ex[at]:
+                    at = h
+            ex[j], ex[at] = ex[at], ex[j]
+        best = ex[0]
+        kth = ex[want - 1]
     pred = stop_w[N_SCORES + 2] + stop_w[N_SCORES] * kth + stop_w[N_SCORES + 1] * best
     for j in range(N_SCORES):
         pred += stop_w[j] * top[min(j, m - 1)]
@@ -193,7 +199,11 @@ def _budget(qv, hs, hid, size, x, sqn, l2, top, m, m0, stop_w, budget, ex):
     return max(m0, min(m, mq))
 
 
-@numba.njit(nogil=True, fastmath=FAST, cache=True)
+# The scan runs without reference counting (_nrt=False): numba otherwise increments and decrements,
+# with atomic instructions, the count of every array argument each time an inlined helper binds it,
+# which cost a quarter of a batch's time and made two threads contend for the same cache lines.
+# These functions allocate nothing; their callers own the arrays.
+@numba.njit(nogil=True, fastmath=FAST, cache=True, _nrt=False)
 def _scan_major(r, c0, cn, jlo, jhi, probed, count, who, nb, qb, book, n_sub, centroids, residual, per_bucket, rq,
                 lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col, stride, npairs, bstart, keep, has_keep,
                 hs, hid, size, n_rerank, seen, sums):
@@ -222,6 +232,63 @@ def _scan_major(r, c0, cn, jlo, jhi, probed, count, who, nb, qb, book, n_sub, ce
                                    bstart[r, b + 1], luts[t], sums, base, scale, keep, has_keep, hs[t],
                                    hid[t], size[t], n_rerank, seen[t])
         start = end
+
+
+@numba.njit(nogil=True, fastmath=FAST, cache=True, _nrt=False)
+def _scan_chunks(lo, n, chunk, m, first, learned, stop_w, budget, qb, probed, top, reps, books, n_sub, l2, per_bucket,
+                 lutf, luts, maxv, base0, scale0, centroids, residual, rq, blocks, block_pos, pos_col, stride, npairs,
+                 bstart, bsizes, keep, has_keep, hs, hid, size, n_rerank, seen, sums, count, who, nb, mq, ex, x, sqn,
+                 ids, ks, ki, k, out_ids, out_score, out_ncand, out_scanned):
+    """pq_block's scan, re-rank and output of its prepared, routed queries
+    qb (n, d) in chunks of `chunk`, with the scratch pq_block allocates."""
+    for c0 in range(0, n, chunk):
+        cn = min(chunk, n - c0)
+        size[:cn] = 0
+        seen[:cn] = 0
+        for t in range(cn):
+            out_scanned[lo + c0 + t] = 0
+        for r in range(reps):
+            book = books[r]
+            for t in range(cn):
+                if not per_bucket:
+                    base0[t], scale0[t] = _tables(qb[c0 + t], book, n_sub, l2, lutf, luts[t], maxv)
+                mq[t] = first
+            if cn == 1:  # one query: its buckets best first, so its floor rises fast
+                qv = qb[c0]
+                j = 0
+                while j < mq[0]:
+                    b = probed[r, c0, j]
+                    if j + 1 < mq[0]:  # the next bucket's first blocks, while this one is scanned
+                        nxt = bstart[r, probed[r, c0, j + 1]] * stride
+                        for off in range(0, min(_AHEAD * stride, blocks.shape[0] - nxt), 64):
+                            prefetch(blocks, nxt + off)
+                    base, scale = _bucket_base(qv, r, b, base0[0], scale0[0], book, n_sub, centroids, residual,
+                                               per_bucket, rq, lutf, luts[0], maxv)
+                    size[0] = _scan_bucket(blocks, block_pos, pos_col, stride, npairs, bstart[r, b],
+                                           bstart[r, b + 1], luts[0], sums, base, scale, keep, has_keep, hs[0],
+                                           hid[0], size[0], n_rerank, seen[0])
+                    j += 1
+                    if learned and j == first:
+                        mq[0] = _budget(qv, hs[0], hid[0], size[0], x, sqn, l2, top[r, c0], m, first, stop_w,
+                                        budget, ex)
+            else:
+                _scan_major(r, c0, cn, 0, mq, probed, count, who, nb, qb, book, n_sub, centroids, residual,
+                            per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col, stride,
+                            npairs, bstart, keep, has_keep, hs, hid, size, n_rerank, seen, sums)
+                if learned:
+                    for t in range(cn):
+                        mq[t] = _budget(qb[c0 + t], hs[t], hid[t], size[t], x, sqn, l2, top[r, c0 + t], m, first,
+                                        stop_w, budget, ex)
+                    _scan_major(r, c0, cn, first, mq, probed, count, who, nb, qb, book, n_sub, centroids, residual,
+                                per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col,
+                                stride, npairs, bstart, keep, has_keep, hs, hid, size, n_rerank, seen, sums)
+            for t in range(cn):
+                for j in range(mq[t]):
+                    out_scanned[lo + c0 + t] += bsizes[r, probed[r, c0 + t, j]]
+        for t in range(cn):
+            qi = lo + c0 + t
+            out_ncand[qi] = size[t]
+            _finish(qb[c0 + t], hs[t], hid[t], size[t], x, sqn, ids, l2, ks, ki, k, out_ids, out_score, qi)
 
 
 class PQIndexArgs(NamedTuple):
@@ -318,52 +385,8 @@ def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual
     nb = bstart.shape[1] - 1
     count = np.zeros(nb + 1 if n > 1 else 0, dtype=np.int64)  # one query needs no bucket-major order
     who = np.empty(chunk * m if n > 1 else 0, dtype=np.int64)
-    for c0 in range(0, n, chunk):
-        cn = min(chunk, n - c0)
-        size[:cn] = 0
-        seen[:cn] = 0
-        for t in range(cn):
-            out_scanned[lo + c0 + t] = 0
-        for r in range(reps):
-            book = books[r]
-            for t in range(cn):
-                if not per_bucket:
-                    base0[t], scale0[t] = _tables(qb[c0 + t], book, n_sub, l2, lutf, luts[t], maxv)
-                mq[t] = first
-            if cn == 1:  # one query: its buckets best first, so its floor rises fast
-                qv = qb[c0]
-                j = 0
-                while j < mq[0]:
-                    b = probed[r, c0, j]
-                    if j + 1 < mq[0]:  # the next bucket's first blocks, while this one is scanned
-                        nxt = bstart[r, probed[r, c0, j + 1]] * stride
-                        for off in range(0, min(_AHEAD * stride, blocks.shape[0] - nxt), 64):
-                            prefetch(blocks, nxt + off)
-                    base, scale = _bucket_base(qv, r, b, base0[0], scale0[0], book, n_sub, centroids, residual,
-                                               per_bucket, rq, lutf, luts[0], maxv)
-                    size[0] = _scan_bucket(blocks, block_pos, pos_col, stride, npairs, bstart[r, b],
-                                           bstart[r, b + 1], luts[0], sums, base, scale, keep, has_keep, hs[0],
-                                           hid[0], size[0], n_rerank, seen[0])
-                    j += 1
-                    if learned and j == first:
-                        mq[0] = _budget(qv, hs[0], hid[0], size[0], x, sqn, l2, top[r, c0], m, first, stop_w,
-                                        budget, ex)
-            else:
-                _scan_major(r, c0, cn, 0, mq, probed, count, who, nb, qb, book, n_sub, centroids, residual,
-                            per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col, stride,
-                            npairs, bstart, keep, has_keep, hs, hid, size, n_rerank, seen, sums)
-                if learned:
-                    for t in range(cn):
-                        mq[t] = _budget(qb[c0 + t], hs[t], hid[t], size[t], x, sqn, l2, top[r, c0 + t], m, first,
-                                        stop_w, budget, ex)
-                    _scan_major(r, c0, cn, first, mq, probed, count, who, nb, qb, book, n_sub, centroids, residual,
-                                per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col,
-                                stride, npairs, bstart, keep, has_keep, hs, hid, size, n_rerank, seen, sums)
-            for t in range(cn):
-                for j in range(mq[t]):
-                    out_scanned[lo + c0 + t] += bsizes[r, probed[r, c0 + t, j]]
-        for t in range(cn):
-            qi = lo + c0 + t
-            out_ncand[qi] = size[t]
-            _finish(qb[c0 + t], hs[t], hid[t], size[t], x, sqn, ids, l2, ks, ki, k, out_ids, out_score, qi)
+    _scan_chunks(lo, n, chunk, m, first, learned, stop_w, budget, qb, probed, top, reps, books, n_sub, l2, per_bucket,
+                 lutf, luts, maxv, base0, scale0, centroids, residual, rq, blocks, block_pos, pos_col, stride, npairs,
+                 bstart, bsizes, keep, has_keep, hs, hid, size, n_rerank, seen, sums, count, who, nb, mq, ex, x, sqn,
+                 ids, ks, ki, k, out_ids, out_score, out_ncand, out_scanned)
     return -1

@@ -66,6 +66,24 @@ def route_rows(q, lo, hi, a1, b1, a2, b2, rows, half, slack, probed, probs, plo,
     bytes), then the buckets that could be among the best m are re-scored
     exactly (`_fix_top`), so a query is routed the same alone and in a
     batch. Two-layer routers pass rows (R, 0, 0)."""
+    two = a2.shape[1] > 0
+    width = a2.shape[2] if two else a1.shape[2]
+    fix = rows.shape[1] > 0
+    n_rows = min(_GROUP, hi - lo)
+    hidden = np.empty((n_rows, a1.shape[2]), dtype=np.float32)
+    logits = np.empty((n_rows, width), dtype=np.float32) if two else hidden
+    _route_into(q, lo, hi, a1, b1, a2, b2, rows, half, slack, probed, probs, plo, raw, hidden, logits,
+                np.empty(probed.shape[2], dtype=np.float32), np.empty(width, dtype=np.float32),
+                np.empty(width, dtype=np.int32), np.empty(width if fix else 0, dtype=np.float32),
+                np.empty(width if fix else 0, dtype=np.int32))
+
+
+@numba.njit(nogil=True, fastmath=FAST, cache=True, _nrt=False)  # allocates nothing: no reference counts
+def _route_into(q, lo, hi, a1, b1, a2, b2, rows, half, slack, probed, probs, plo, raw, hidden, logits, val, buf_v,
+                buf_i, cv, ci):
+    """route_rows with its scratch: hidden (G, H) and logits (G, width)
+    (the same array for one-layer routers), val (m,), buf_v / buf_i
+    (width,), cv / ci (width,) or (0,) without the exact re-score."""
     reps = a1.shape[0]
     two = a2.shape[1] > 0
     width = a2.shape[2] if two else a1.shape[2]
@@ -74,14 +92,6 @@ def route_rows(q, lo, hi, a1, b1, a2, b2, rows, half, slack, probed, probs, plo,
     fix = rows.shape[1] > 0
     with_probs = probs.shape[1] > 0
     alone = fix and hi - lo == 1 and half.shape[1] > 0 and not (with_probs and not raw)
-    n_rows = min(_GROUP, hi - lo)
-    hidden = np.empty((n_rows, a1.shape[2]), dtype=np.float32)
-    logits = np.empty((n_rows, width), dtype=np.float32) if two else hidden
-    val = np.empty(m, dtype=np.float32)
-    buf_v = np.empty(width, dtype=np.float32)
-    buf_i = np.empty(width, dtype=np.int32)
-    cv = np.empty(width if fix else 0, dtype=np.float32)
-    ci = np.empty(width if fix else 0, dtype=np.int32)
     for r in range(reps):
         for g in range(lo, hi, _GROUP):
             n = min(_GROUP, hi - g)

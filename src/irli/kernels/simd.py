@@ -3,8 +3,8 @@
 `lut16(codes, at, npairs, lut, out, thr)` scores one block of 32 items of
 4-bit product-quantised codes against a query's 8-bit lookup tables: the
 shuffle-based table lookup of FAISS fast-scan and ScaNN, 32 lookups per
-instruction (AVX2 `vpshufb`). Where the CPU lacks AVX2, or is not x86, a plain
-loop computes the same numbers. `ctz32` counts trailing zero bits,
+instruction (AVX2 `vpshufb`), or 64 where the CPU has AVX-512BW. Where it
+lacks AVX2, or is not x86, a plain loop computes the same numbers. `ctz32` counts trailing zero bits,
 `prefetch` hints that an array element will be read soon, and
 `half_to_float` widens a half-precision number held as uint16 bits.
 
@@ -27,20 +27,20 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 
-def _host_has_avx2() -> bool:
+def _host_features() -> set[str]:
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
+        return set()
     try:
         import llvmlite.binding as llvm
 
-        return "+avx2" in llvm.get_host_cpu_features().flatten().split(",")
+        return {f[1:] for f in llvm.get_host_cpu_features().flatten().split(",") if f.startswith("+")}
     except Exception:  # pragma: no cover - depends on the llvmlite build
-        return False
+        return set()
 
 
-HAVE_AVX2 = _host_has_avx2()
+HAVE_AVX2 = "avx2" in _host_features()
+HAVE_AVX512 = HAVE_AVX2 and "avx512bw" in _host_features()
 
-_I8x32 = ir.VectorType(ir.IntType(8), 32)
 _I16x32 = ir.VectorType(ir.IntType(16), 32)
 _I16x16 = ir.VectorType(ir.IntType(16), 16)
 
@@ -56,36 +56,55 @@ def _element_ptr(context, builder, arrty, arr, index):
     return builder.bitcast(p, ir.IntType(8).as_pointer())
 
 
-@intrinsic
-def lut16_avx2(typingctx, codes, at, npairs, lut, out, thr):
-    sig = types.uint32(codes, at, npairs, lut, out, thr)
+def _lut16_codegen(wide):
+    """Code of lut16 with 256-bit vectors (AVX2), or with 512-bit ones
+    (AVX-512BW: two sub-quantiser pairs per step, folded into the 256-bit
+    sums at the end; an odd last pair takes one 256-bit step)."""
 
     def codegen(context, builder, signature, args):
         codes_v, at_v, np_v, lut_v, out_v, thr_v = args
         cp = _element_ptr(context, builder, signature.args[0], codes_v, at_v)
         lp = _element_ptr(context, builder, signature.args[3], lut_v, ir.Constant(ir.IntType(64), 0))
         op = _element_ptr(context, builder, signature.args[4], out_v, ir.Constant(ir.IntType(64), 0))
-        pshufb = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_I8x32, [_I8x32, _I8x32]), "llvm.x86.avx2.pshuf.b")
-        # The 32 looked-up bytes are added as 16 16-bit words (byte 2i + 256 byte 2i+1) into one
+        i32 = ir.IntType(32)
+        # The looked-up bytes are added as 16-bit words (byte 2i + 256 byte 2i+1) into one
         # accumulator and, shifted down by 8, into another (the odd bytes' sums): no widening per
         # pair. The even bytes' sums are recovered at the end as word - 256 odd, modulo 2^16.
-        zero = ir.Constant(_I16x16, None)
-        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]  # lo words, lo odd, hi words, hi odd
-        low4 = _const_vec(_I8x32, [15] * 32)
+
+        def steps(vbytes, count, stride, accs):
+            ty8 = ir.VectorType(ir.IntType(8), vbytes)
+            ty16 = ir.VectorType(ir.IntType(16), vbytes // 2)
+            name = "llvm.x86.avx512.pshuf.b.512" if vbytes == 64 else "llvm.x86.avx2.pshuf.b"
+            pshufb = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty8, [ty8, ty8]), name)
+            low4 = _const_vec(ty8, [15] * vbytes)
+            four = _const_vec(ty16, [4] * (vbytes // 2))
+            eight = _const_vec(ty16, [8] * (vbytes // 2))
+            with cgutils.for_range(builder, count) as loop:
+                off = builder.add(builder.mul(loop.index, ir.Constant(loop.index.type, stride)), base_off)
+                c = builder.load(builder.bitcast(builder.gep(cp, [off]), ty8.as_pointer()), align=1)
+                t = builder.load(builder.bitcast(builder.gep(lp, [off]), ty8.as_pointer()), align=1)
+                hi_idx = builder.and_(builder.bitcast(builder.lshr(builder.bitcast(c, ty16), four), ty8), low4)
+                for k, idx in ((0, builder.and_(c, low4)), (2, hi_idx)):
+                    w = builder.bitcast(builder.call(pshufb, [t, idx]), ty16)
+                    builder.store(builder.add(builder.load(accs[k]), w), accs[k])
+                    builder.store(builder.add(builder.load(accs[k + 1]), builder.lshr(w, eight)), accs[k + 1])
+
+        i64 = np_v.type
+        base_off = ir.Constant(i64, 0)
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(_I16x16, None)) for _ in range(4)]
+        if wide:  # lo words, lo odd, hi words, hi odd; then the same 256-bit sums as AVX2's
+            wide_accs = [cgutils.alloca_once_value(builder, ir.Constant(_I16x32, None)) for _ in range(4)]
+            steps(64, builder.lshr(np_v, ir.Constant(i64, 1)), 64, wide_accs)
+            lo16 = _const_vec(ir.VectorType(i32, 16), range(16))
+            hi16 = _const_vec(ir.VectorType(i32, 16), range(16, 32))
+            for a, wa in zip(accs, wide_accs):
+                v = builder.load(wa)
+                builder.store(builder.add(builder.shuffle_vector(v, v, lo16), builder.shuffle_vector(v, v, hi16)), a)
+            base_off = builder.mul(builder.lshr(np_v, ir.Constant(i64, 1)), ir.Constant(i64, 64))
+            steps(32, builder.and_(np_v, ir.Constant(i64, 1)), 32, accs)
+        else:
+            steps(32, np_v, 32, accs)
         eight = _const_vec(_I16x16, [8] * 16)
-        vp = _I8x32.as_pointer()
-        with cgutils.for_range(builder, np_v) as loop:
-            off = builder.mul(loop.index, ir.Constant(loop.index.type, 32))
-            c = builder.load(builder.bitcast(builder.gep(cp, [off]), vp), align=1)
-            t = builder.load(builder.bitcast(builder.gep(lp, [off]), vp), align=1)
-            c16 = builder.bitcast(c, _I16x16)
-            hi_idx = builder.and_(builder.bitcast(builder.lshr(c16, _const_vec(_I16x16, [4] * 16)), _I8x32), low4)
-            for k, idx in ((0, builder.and_(c, low4)), (2, hi_idx)):
-                w = builder.bitcast(builder.call(pshufb, [t, idx]), _I16x16)
-                builder.store(builder.add(builder.load(accs[k]), w), accs[k])
-                builder.store(builder.add(builder.load(accs[k + 1]), builder.lshr(w, eight)), accs[k + 1])
-        i32 = ir.IntType(32)
         low8 = _const_vec(ir.VectorType(i32, 8), range(8))
         high8 = _const_vec(ir.VectorType(i32, 8), range(8, 16))
         weave = _const_vec(ir.VectorType(i32, 16), [j // 2 + 8 * (j % 2) for j in range(16)])
@@ -104,7 +123,17 @@ def lut16_avx2(typingctx, codes, at, npairs, lut, out, thr):
         mask = builder.icmp_unsigned(">", s, tv)
         return builder.bitcast(mask, i32)
 
-    return sig, codegen
+    return codegen
+
+
+@intrinsic
+def lut16_avx2(typingctx, codes, at, npairs, lut, out, thr):
+    return types.uint32(codes, at, npairs, lut, out, thr), _lut16_codegen(False)
+
+
+@intrinsic
+def lut16_avx512(typingctx, codes, at, npairs, lut, out, thr):
+    return types.uint32(codes, at, npairs, lut, out, thr), _lut16_codegen(True)
 
 
 @numba.njit(inline="always")
@@ -123,7 +152,7 @@ def lut16_scalar(codes, at, npairs, lut, out, thr):
     return mask
 
 
-lut16 = lut16_avx2 if HAVE_AVX2 else lut16_scalar
+lut16 = lut16_avx512 if HAVE_AVX512 else lut16_avx2 if HAVE_AVX2 else lut16_scalar
 lut16.__doc__ = """lut16(codes uint8 (·,), at int, npairs int, lut uint8 (32 npairs,),
 out uint16 (32,), thr int in [0, 65535]) -> uint32: the 32 items' summed
 table scores into `out`, and the bitmask of the items whose score exceeds

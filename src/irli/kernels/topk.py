@@ -21,11 +21,17 @@ def top_row(row, m, bv, bi, out_idx, out_val):
     bucket, into out_idx / out_val: group maxima give a threshold that at
     least m scores reach; the few that do are insertion-sorted."""
     width = row.shape[0]
-    if m > 64:  # insertion costs O(m^2)
-        order = np.argsort(-row, kind="mergesort")
-        for j in range(m):
-            out_idx[j] = order[j]
-            out_val[j] = row[order[j]]
+    if m > 64:  # insertion costs O(m^2): a heap of the best m by (score, -bucket) in bv / bi, emptied worst first
+        size = 0
+        for b in range(width):
+            size = push_lex(bv, bi, size, m, row[b], b)
+        for t in range(size - 1, -1, -1):
+            out_idx[t] = bi[0]
+            out_val[t] = bv[0]
+            size -= 1
+            bv[0] = bv[size]
+            bi[0] = bi[size]
+            sift_lex(bv, bi, size, 0)
         return
     thr = np.inf
     for g in range(m):
