@@ -243,3 +243,22 @@ def test_config_options_with_pydantic_loaded(files, tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "buckets 8" in irli_cmd("info", tmp_path / "i").stdout
+
+
+def test_piped_build_writes_stage_lines_and_learns_from_a_log_with_its_own_targets(files, tmp_path):
+    from irli.io.datasets import read_vectors
+
+    q = read_vectors(files / "queries.fvecs")
+    x = np.load(files / "items.npy")
+    np.save(tmp_path / "clicks.npy", exact_knn(x, q, 2, "cosine")[0])  # ids = row numbers here
+    p = irli_cmd("build", files / "items.npy", "-o", tmp_path / "idx", "--preset", "ivf-ltr", "--set", "n_buckets=16",
+                 "--set", "epochs=2", "--train-queries", files / "queries.fvecs", "--train-targets",
+                 tmp_path / "clicks.npy")
+    # stderr is a pipe here: a line per stage, not tqdm bars
+    assert "] k-means: started" in p.stderr and "] k-means: done" in p.stderr, p.stderr
+    assert "] training: done" in p.stderr and "\r" not in p.stderr
+    np.save(tmp_path / "bad.npy", np.full((len(q), 1), 10**6))
+    bad = irli_cmd("build", files / "items.npy", "-o", tmp_path / "idx2", "--preset", "ivf-ltr", "--set",
+                   "n_buckets=16", "--train-queries", files / "queries.fvecs", "--train-targets", tmp_path / "bad.npy",
+                   ok=False)
+    assert bad.returncode == 1 and "not among the items' ids" in bad.stderr

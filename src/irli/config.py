@@ -22,6 +22,8 @@ SCANS = ("exact", "pq4")
 ROUTERS = ("centroid", "linear", "mlp")
 LOSSES = ("softmax", "sigmoid")
 DEVICES = ("auto", "cpu", "cuda")
+SCHEDULES = ("auto", "fixed")
+REFERENCE_QUERIES = 50_000  # the training-set size the presets' epochs, batch_size and lr were set for
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,10 @@ class IndexConfig(ModelConfig):
     Learning: on `n_train` training queries against the buckets of each
     query's `target_k` exact neighbours, stopping after `patience` epochs
     without a better validation loss, and stopping re-partitioning early
-    when fewer than `min_moved` of the items move.
+    when fewer than `min_moved` of the items move. `schedule` "auto": with
+    a query log (fit's `train_queries`), epochs, batch_size, lr (and
+    repartition_every) follow the log's size (`scaled_schedule`), the set
+    values being those of a 50,000-query log; "fixed": used as set.
     Spilling: with `spill` = s > 0, every item also sits in s more buckets of
     each repetition, chosen as in SOAR (Sun et al., NeurIPS 2023): near the item,
     with a residual as orthogonal as possible to the residuals it already has
@@ -196,6 +201,7 @@ class IndexConfig(ModelConfig):
     probes: int = 16
     top_c: int | None = None
     learned_probes: bool = False
+    schedule: str = "auto"
 
     # -- construction -------------------------------------------------------
     @classmethod
@@ -217,6 +223,7 @@ class IndexConfig(ModelConfig):
         _choice(c, "start", STARTS)
         _choice(c, "router", ROUTERS)
         _choice(c, "scan", SCANS)
+        _choice(c, "schedule", SCHEDULES)
         _int(c, "probes", 1)
         _int(c, "target_k", 1, 1024)
         _int(c, "n_train", 1)
@@ -275,6 +282,25 @@ class IndexConfig(ModelConfig):
     def learns(self) -> bool:
         """Whether fit trains a router (needs training queries)."""
         return self.router != "centroid" and self.epochs > 0
+
+    def scaled_schedule(self, n_queries: int) -> "IndexConfig":
+        """This config with its training schedule sized for a log of
+        `n_queries` training queries (schedule "auto"; unchanged when
+        "fixed", when nothing is trained, or at 50,000 queries). With f =
+        n_queries / 50,000: the batch grows as sqrt(f) (a power of two
+        times batch_size, 64 to 8,192), lr as the square root of the batch's
+        growth, and epochs so that the number of optimiser steps stays that
+        of 50,000 queries at the set values (at least 2, at most 10 x
+        epochs); re-partitioning keeps its number of rounds."""
+        if self.schedule != "auto" or not self.learns or n_queries <= 0:
+            return self
+        f = n_queries / REFERENCE_QUERIES
+        batch = int(min(8192, max(64, self.batch_size * 2.0 ** round(math.log2(f) / 2))))
+        steps = self.epochs * REFERENCE_QUERIES / self.batch_size
+        epochs = int(min(10 * self.epochs, max(2, round(steps * batch / n_queries))))
+        every = max(1, round(self.repartition_every * epochs / self.epochs))
+        return self.replace(batch_size=batch, lr=self.lr * math.sqrt(batch / self.batch_size), epochs=epochs,
+                            repartition_every=every)
 
 
 @dataclass(frozen=True)

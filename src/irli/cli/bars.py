@@ -1,26 +1,37 @@
-"""Progress bars for terminals: a `Progress` callback that draws one tqdm
-bar per stage on stderr. The command line and the demo use it; the library
+"""Progress for the command line: a `Progress` callback that draws one tqdm
+bar per stage on stderr when it is a terminal, and otherwise (a pipe, a log
+file, CI) writes a line when a stage starts, every `every` seconds while it
+runs, and when it ends. The command line and the demo use it; the library
 itself only reports (irli.progress)."""
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 
 class Bars:
-    """A progress callback drawing one tqdm bar per stage on stderr (only
-    when stderr is a terminal)."""
+    """A progress callback on stderr: tqdm bars on a terminal, lines
+    elsewhere (`lines`: None decides by whether stderr is a terminal)."""
 
     LABELS = {"kmeans": "k-means", "ground-truth": "ground truth", "train": "training",
               "repartition": "re-partition", "lists": "inverted lists", "search": "search"}
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, lines: bool | None = None, every: float = 10.0) -> None:
         self.enabled = enabled
+        self.lines = (not _is_terminal(sys.stderr)) if lines is None else lines
+        self.every = every
         self.bars: dict[str, Any] = {}
+        self.started: dict[str, float] = {}
+        self.last = time.monotonic()
+        self.t0 = self.last
 
     def __call__(self, p) -> None:
         if not self.enabled:
+            return
+        if self.lines:
+            self._line(p)
             return
         from tqdm import tqdm
 
@@ -39,7 +50,34 @@ class Bars:
             bar.close()
             del self.bars[p.stage]
 
+    def _line(self, p) -> None:
+        now = time.monotonic()
+        label = self.LABELS.get(p.stage, p.stage)
+        first = p.stage not in self.started
+        if first:
+            self.started[p.stage] = now
+        if p.done >= p.total:
+            took = now - self.started.pop(p.stage)
+            self.say(f"{label}: done" + (f" in {took:.1f} s" if took >= 0.1 else ""))
+        elif first:
+            self.say(f"{label}: started")
+        elif now - self.last >= self.every:
+            self.say(f"{label}: {p.done:,} of {p.total:,}")
+
+    def say(self, text: str) -> None:
+        """One line on stderr, stamped with the seconds since this object began."""
+        self.last = time.monotonic()
+        print(f"[{self.last - self.t0:6.0f} s] {text}", file=sys.stderr, flush=True)
+
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
         self.bars.clear()
+        self.started.clear()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -25,6 +25,7 @@ from ..config import (
     LOSSES,
     ROUTERS,
     SCANS,
+    SCHEDULES,
     STARTS,
     IndexConfig,
     LabelConfig,
@@ -60,7 +61,8 @@ HELP: dict[str, str] = {
     "start": "how each partition starts: k-means, or a seeded 2-universal hash",
     "router": "bucket scorer: similarity to the centroids, linear (W q), or mlp (d -> hidden -> B)",
     "router_bias": "a bias in the linear router (unset: only for l2)",
-    "target_k": "training targets: the buckets of each training query's target-k exact neighbours",
+    "target_k": "training targets: the buckets of each training query's target-k exact neighbours "
+                "(unless --train-targets)",
     "n_train": "training queries (items sampled as queries unless --train-queries)",
     "patience": "stop training after this many epochs without a better validation loss",
     "min_moved": "stop re-partitioning once less than this share of the items moves",
@@ -75,6 +77,7 @@ HELP: dict[str, str] = {
     "pq_anisotropic": "pq4 under ip / cosine: ScaNN's score-aware threshold T (0 or none: plain PQ)",
     "top_c": "exact scan: score only the C candidates of highest summed router probability",
     "learned_probes": "pq4, one repetition: learn a per-query probe budget whose mean is --probes",
+    "schedule": "auto: with --train-queries, epochs, batch size and lr follow the log's size; fixed: as set",
     # LabelConfig only
     "dropout": "dropout on the routers' hidden layer while training",
     "scorer": "learn a per-label scorer on the routers' hidden layer",
@@ -84,7 +87,8 @@ HELP: dict[str, str] = {
     "normalize": "scale each feature row to unit L2 norm",
 }
 
-CHOICES = {"loss": LOSSES, "device": DEVICES, "start": STARTS, "router": ROUTERS, "scan": SCANS}
+CHOICES = {"loss": LOSSES, "device": DEVICES, "start": STARTS, "router": ROUTERS, "scan": SCANS,
+           "schedule": SCHEDULES}
 OWN = {"metric"}  # fields `irli build` has its own option for
 
 

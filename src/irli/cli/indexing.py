@@ -41,6 +41,7 @@ def build(vectors: str, /, *,
           sets: Annotated[tuple[str, ...],
                           Parameter(name="--set", metavar="KEY=VALUE", negative=(), show_default=False)] = (),
           train_queries: File = None,
+          train_targets: File = None,
           key: Name = "train",
           task: Literal["auto", "vectors", "labels"] = "auto",
           labels: File = None,
@@ -72,6 +73,9 @@ def build(vectors: str, /, *,
         override a config field, e.g. --set n_buckets=1024 (repeatable; the same as --n-buckets 1024)
     train_queries
         vectors file of training queries (a query log)
+    train_targets
+        .npy int matrix (queries x t): the item ids each training query should reach (its clicks, say); default:
+        its target-k exact neighbours
     key
         dataset to read from an .hdf5 file
     task
@@ -110,15 +114,16 @@ def build(vectors: str, /, *,
         if sample is not None:  # out of core: stream the file into the index directory
             from ..index.build import build as streamed
 
-            if train_queries:
+            if train_queries or train_targets:
                 raise InvalidInputError("--sample (out-of-core) builds learn from the items; drop --train-queries")
             index = streamed(vectors, output, preset=preset, metric=metric, sample=sample, callback=bars,
                              executor=executor, **kw)
         else:
             x = read(vectors, key)
             tq = read(train_queries, "train") if train_queries else None
+            tt = np.load(train_targets, allow_pickle=False) if train_targets else None
             index = Index(preset, metric=metric, **kw).fit(x, train_queries=tq, callback=bars, executor=executor,
-                                                           threads=threads)
+                                                           threads=threads, train_targets=tt)
     finally:
         bars.close()
     built = time.perf_counter() - t

@@ -67,7 +67,7 @@ def applies(cfg: dict) -> dict:
     drop = set()
     if not learns:
         drop |= {"hidden", "loss", "lr", "batch_size", "val_fraction", "patience", "n_train", "target_k", "device",
-                 "epochs"}
+                 "epochs", "schedule"}
     if cfg.get("router") != "mlp":
         drop.add("hidden")
     if not cfg.get("repartition"):

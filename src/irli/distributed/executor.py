@@ -108,16 +108,18 @@ class RayExecutor:
                 raise failure(e, what) from None
         return out
 
-    def learn(self, x: np.ndarray, cfg, n_buckets: int, train_queries: np.ndarray | None):
+    def learn(self, x: np.ndarray, cfg, n_buckets: int, train_queries: np.ndarray | None, tset=None):
         """`training.learn` with the repetitions split into `workers` groups,
-        one Ray task each; joined in repetition order."""
+        one Ray task each; joined in repetition order. `tset`: the training
+        set when the caller has it (a log with its own targets)."""
         from ..learn.loop import join, training_set
 
         groups = [g for g in np.array_split(np.arange(cfg.n_reps), min(self.n_workers(), cfg.n_reps)) if g.size]
         items = [(int(g[0]), int(g.size)) for g in groups]
         # the training queries' exact neighbours serve every repetition: computed
         # once here rather than once per task
-        tset = training_set(x, cfg, train_queries) if cfg.learns else None
+        if tset is None and cfg.learns:
+            tset = training_set(x, cfg, train_queries)
         parts = self.map(_learn_group, items, x=x, cfg=cfg, n_buckets=n_buckets,
                          train_queries=train_queries, tset=tset, threads=max(1, int(self.cpus_per_task)))
         return join(parts)

@@ -23,11 +23,33 @@ from .codes import PQ4Codes, default_pq_m
 from .updates import sample_rows
 
 
-def fit_parts(cfg: IndexConfig, vectors, ids, train_queries, callback: Callback, executor) -> dict[str, Any]:
+def target_positions(train_targets, uid: np.ndarray, n_queries: int | None) -> np.ndarray:
+    """`train_targets` (m, t) item ids, checked, as positions int64 (m, t)
+    into the ids `uid` (N,)."""
+    if n_queries is None:
+        raise InvalidInputError("train_targets needs train_queries: one row of target ids per training query")
+    a = np.asarray(train_targets)
+    if a.ndim != 2 or a.shape[1] == 0:
+        raise InvalidInputError(f"train_targets must be an (m, t) matrix of item ids, got shape {a.shape}")
+    if a.shape[0] != n_queries:
+        raise InvalidInputError(f"train_targets has {a.shape[0]} rows for {n_queries} train_queries")
+    flat = as_ids(a.ravel(), name="train_targets")
+    order = np.argsort(uid, kind="stable")
+    at = np.minimum(np.searchsorted(uid, flat, sorter=order), uid.size - 1)
+    pos = order[at]
+    missing = uid[pos] != flat
+    if missing.any():
+        raise InvalidInputError(f"train_targets holds id {int(flat[missing][0])}, which is not among the items' ids")
+    return pos.reshape(a.shape).astype(np.int64)
+
+
+def fit_parts(cfg: IndexConfig, vectors, ids, train_queries, callback: Callback, executor,
+              train_targets=None) -> dict[str, Any]:
     """Check the inputs of `Index.fit` and learn from them: the keyword
     arguments of `Index._install` (vectors float32 (N, d) grouped by
     repetition 0's home bucket, ids int64 (N,), assign int32 (R, c, N),
-    centroids, lists, routers, codes, history, live, next_id, budget)."""
+    centroids, lists, routers, codes, history, live, next_id, budget).
+    `train_targets` (m, t) ids: the items each training query should reach."""
     t0 = time.perf_counter()
     x = as_matrix(vectors, "vectors")
     n, d = x.shape
@@ -51,7 +73,9 @@ def fit_parts(cfg: IndexConfig, vectors, ids, train_queries, callback: Callback,
     tq = cfg.metric_type.prepare_items(tq, "train_queries") if tq is not None else None
     if cfg.scan == "pq4" and d % (cfg.pq_m or default_pq_m(d)):
         raise InvalidInputError(f"pq_m={cfg.pq_m} must divide the dimension d={d}")
-    result = learn(x, cfg, b, tq, callback, executor=executor)
+    targets = None if train_targets is None else target_positions(train_targets, uid, None if tq is None
+                                                                  else tq.shape[0])
+    result = learn(x, cfg, b, tq, callback, executor=executor, train_targets=targets)
     perm = np.argsort(result.assign[0, 0], kind="stable")  # group by home bucket of rep 0
     vectors_ = np.ascontiguousarray(x[perm])
     assign_ = np.ascontiguousarray(result.assign[:, :, perm])

@@ -62,24 +62,28 @@ class Index(StateMixin, SearchMixin, ChangesMixin, FormatMixin):
     # -- fitting ------------------------------------------------------------------
     @exclusive
     def fit(self, vectors, ids=None, train_queries=None, callback: Callback = None,
-            executor=None, threads: int | None = None) -> "Index":
+            executor=None, threads: int | None = None, train_targets=None) -> "Index":
         """Learn partitions and routers for `vectors` (n, d) and store them.
 
         `ids`: int64 (n,) user ids, unique and >= 0 (default 0 .. n-1); search
         results return them. Training queries default to `n_train` items
         sampled from `vectors` (their targets are their exact neighbours
         other than themselves); pass `train_queries` (m, d) to learn from a
-        query log instead. `callback` receives `irli.progress.Progress`
+        query log instead: its queries' targets are their `target_k` exact
+        neighbours, or with `train_targets` (m, t) the ids each should reach
+        (what its users clicked, say; repeat an id to pad a row), and the
+        training schedule follows the log's size (`schedule`, see
+        IndexConfig.scaled_schedule). `callback` receives `irli.progress.Progress`
         reports. `executor` (irli.distributed.RayExecutor) trains groups of
         repetitions as parallel Ray tasks. `threads` pins BLAS, FAISS, numba
         and torch for the fit (None: all cores, see irli.threads). Replaces
         anything stored before; returns self.
         """
         with limit(threads):
-            return self._fit(vectors, ids, train_queries, callback, executor)
+            return self._fit(vectors, ids, train_queries, callback, executor, train_targets)
 
-    def _fit(self, vectors, ids, train_queries, callback, executor) -> "Index":
-        self._install(**fit_parts(self.config, vectors, ids, train_queries, callback, executor))
+    def _fit(self, vectors, ids, train_queries, callback, executor, train_targets=None) -> "Index":
+        self._install(**fit_parts(self.config, vectors, ids, train_queries, callback, executor, train_targets))
         return self
 
     @classmethod

@@ -53,13 +53,17 @@ class LearnResult:
 
 
 def training_set(x: np.ndarray, cfg: IndexConfig, queries: np.ndarray | None = None,
-                 callback: Callback = None) -> TrainingSet:
+                 callback: Callback = None, targets: np.ndarray | None = None) -> TrainingSet:
     """Training queries and their exact top-`target_k` neighbours among `x`.
 
     Without `queries`, `n_train` items are sampled (seeded) as pseudo-queries
     and each one's own row is removed from its neighbours. `x` and `queries`
-    are float32 and already normalised for cosine.
+    are float32 and already normalised for cosine. `targets` int64 (m, t),
+    the positions in `x` each query should reach (a log's clicks, say),
+    replace the exact neighbours.
     """
+    if targets is not None:
+        return TrainingSet(queries, targets)
     n = x.shape[0]
     t = min(cfg.target_k, n - 1 if queries is None else n)
     metric = "l2" if cfg.metric_type.l2 else "ip"
@@ -79,16 +83,23 @@ def training_set(x: np.ndarray, cfg: IndexConfig, queries: np.ndarray | None = N
 # -- the train <-> re-partition loop -------------------------------------------
 def learn(x: np.ndarray, cfg: IndexConfig, n_buckets: int, train_queries: np.ndarray | None = None,
           callback: Callback = None, first_rep: int = 0, executor=None,
-          tset: TrainingSet | None = None) -> LearnResult:
+          tset: TrainingSet | None = None, train_targets: np.ndarray | None = None) -> LearnResult:
     """Partition `x` (float32 (N, d), normalised for cosine) into R x B buckets,
     fit the routers and spill, following `cfg`. Returns a LearnResult.
 
     Repetitions are independent: `first_rep` numbers them from there (their
     seeds follow), and an `executor` (irli.distributed.RayExecutor) trains
     groups of them in parallel tasks and joins the results. `tset`: the
-    training set, when already computed (it is shared by all repetitions)."""
+    training set, when already computed (it is shared by all repetitions).
+    A query log `train_queries` (m, d) sizes the training schedule
+    (`IndexConfig.scaled_schedule`); `train_targets` int64 (m, t), positions
+    in x, are its queries' targets instead of their exact neighbours."""
+    if train_queries is not None:
+        cfg = cfg.scaled_schedule(train_queries.shape[0]).replace(schedule="fixed")  # sized once
+        if train_targets is not None and tset is None and cfg.learns:
+            tset = TrainingSet(train_queries, train_targets)
     if executor is not None:
-        return executor.learn(x, cfg, n_buckets, train_queries)
+        return executor.learn(x, cfg, n_buckets, train_queries, tset=tset)
     res = _learn_homes(x, cfg, n_buckets, train_queries, callback, first_rep, tset)
     centroids = []
     for r, router in enumerate(res.routers):
@@ -424,6 +435,8 @@ class _Trainer:
             report(callback, "train", done + e + 1, cfg.epochs, round=rnd, loss=losses[-1],
                    val_loss=vals[-1] if vals else None)
             if stale >= cfg.patience:
+                if e + 1 < epochs:  # the round's remaining epochs count as done
+                    report(callback, "train", done + epochs, cfg.epochs, round=rnd, stopped="no better validation")
                 break
         if va.numel():
             with torch.no_grad():
