@@ -98,12 +98,14 @@ def test_softmax_probabilities_are_the_same_alone_and_batched():
 def test_two_layer_routers_hold_no_one_query_tables():
     rng = np.random.default_rng(1)
     a1, b1 = rng.normal(size=(1, 8, 16)).astype(np.float32), np.zeros((1, 16), np.float32)
-    a2, b2 = rng.normal(size=(1, 16, 32)).astype(np.float32), np.zeros((1, 32), np.float32)
-    rt = Routing(a1, b1, a2, b2)
+    a2, b2 = rng.normal(size=(1, 32, 16)).astype(np.float32), rng.normal(size=(1, 32)).astype(np.float32)
+    rt = Routing(a1, b1, a2, b2)  # a2 (R, B, H): the second layer transposed
     assert rt.rows.shape == (1, 0, 0) and rt.half.shape == (1, 0, 0) and rt.n_buckets == 32
     q = rng.normal(size=(10, 8)).astype(np.float32)
     batch, alone, _, _ = _alone_and_batched(rt, q, 4)
     np.testing.assert_array_equal(batch, alone)
+    want = np.maximum(q.astype(np.float64) @ a1[0] + b1[0], 0) @ a2[0].T.astype(np.float64) + b2[0]
+    np.testing.assert_array_equal(batch[0], np.argsort(-want, axis=1, kind="stable")[:, :4])
 
 
 def test_small_tables_route_in_float32(monkeypatch):

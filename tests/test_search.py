@@ -35,7 +35,7 @@ def _reference(index, q, k, probes, min_votes=1, top_c=None):
 
 @pytest.mark.parametrize("min_votes,top_c", [(1, None), (2, None), (3, None), (1, 40), (2, 25)])
 def test_kernel_matches_reference(data, min_votes, top_c):
-    index = fitted("irli", data)
+    index = fitted("irli", data, scan="exact")  # the vote filters are for exact scans
     q = data[1][:25]
     res = index.search(q, k=5, probes=3, min_votes=min_votes, top_c=top_c)
     ref = _reference(index, q, 5, 3, min_votes, top_c)
@@ -45,7 +45,7 @@ def test_kernel_matches_reference(data, min_votes, top_c):
 
 
 def test_vote_filter_cuts_candidates(data, truth):
-    index = fitted("irli", data)
+    index = fitted("irli", data, scan="exact")
     loose = index.search(data[1], k=10, probes=4, min_votes=1)
     strict = index.search(data[1], k=10, probes=4, min_votes=2)
     assert strict.candidates.mean() < loose.candidates.mean()
@@ -53,7 +53,7 @@ def test_vote_filter_cuts_candidates(data, truth):
 
 
 def test_top_c_caps_candidates(data):
-    index = fitted("irli", data)
+    index = fitted("irli", data, scan="exact")
     res = index.search(data[1], k=10, probes=4, top_c=50)
     assert res.candidates.max() <= 50
 
@@ -97,7 +97,7 @@ def test_route_returns_best_first(data):
                                        ("fast", {})])
 def test_threads_agree_with_one_thread(data, preset, kw):
     """Per-thread scratch space: more threads must give one thread's answers."""
-    index = fitted(preset, data)
+    index = fitted(preset, data, **({"scan": "exact"} if set(kw) & {"min_votes", "top_c"} else {}))
     one = index.search(data[1], k=10, probes=3, threads=1, **kw)
     for t in (2, 3):
         many = index.search(data[1], k=10, probes=3, threads=t, **kw)

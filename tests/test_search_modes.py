@@ -12,7 +12,7 @@ from irli import InvalidInputError
 from irli.metrics import recall_at_k
 
 VARIANTS = [("fast", {}), ("fast", dict(pq_residual=False)), ("ivf", {}), ("ivf", dict(spill=1)),
-            ("ivf-ltr", {}), ("irli", {}), ("fast", dict(n_reps=2)), ("irli", dict(top_c=40))]
+            ("ivf-ltr", {}), ("irli", {}), ("fast", dict(n_reps=2)), ("irli", dict(top_c=40, scan="exact"))]
 
 
 def _same(a, b):

@@ -24,7 +24,7 @@ def test_parts_answer_as_the_single_index(data, tmp_path, preset, metric):
     """Exact-scan presets: the merged parts return the single index's ids and
     scores, removed items included (they are left out of the parts)."""
     x, q = data
-    index = irli.Index(preset, metric=metric, **FAST[preset]).fit(x)
+    index = irli.Index(preset, metric=metric, **{**FAST[preset], "scan": "exact"}).fit(x)
     index.remove(np.arange(0, len(x), 7))
     sharded = irli.load(index.save(tmp_path / "s", shards=3))
     assert isinstance(sharded, irli.ShardedIndex) and len(sharded) == len(index)

@@ -22,8 +22,8 @@ def saved(data, tmp_path):
 def test_directory_layout_and_manifest(saved):
     index, path = saved
     names = sorted(os.listdir(path))
-    assert names == ["assign.npy", "centres.npy", "ids.npy", "lists.npy", MANIFEST, "offsets.npy",
-                     "routers.safetensors", "vectors.npy"]
+    assert names == ["assign.npy", "centres.npy", "ids.npy", "lists.npy", MANIFEST, "offsets.npy", "pq_books.npy",
+                     "pq_codes.npy", "routers.safetensors", "vectors.npy"]
     man = json.loads((path / MANIFEST).read_text())
     assert man["format"] == "irli-index" and man["format_version"] == 3
     assert man["irli_version"] == irli.__version__ and man["config"]["n_reps"] == index.n_reps

@@ -31,7 +31,7 @@ from .evaluation import format_table, single_queries, sweep, timed_search
 from .options import List, Positive, Quiet, probe_list
 
 
-def demo(*, presets: List = "fast,fast:learned_probes=true,ivf,irli", probes: List = "2,4,8,12,16,24,32,48",
+def demo(*, presets: List = "fast,fast:learned_probes=true,ivf,irli", probes: List = "2,4,8,12,16,20,24,32,48",
          words: List = "king,paris,computer,coffee", n_test: Positive = 10_000,
          save: Annotated[str | None, Parameter(metavar="DIR")] = None, quiet: Quiet = False) -> int:
     """GloVe: build fast, its learned probe budget, ivf and irli; print recall, candidates, QPS, neighbours.

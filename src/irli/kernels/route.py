@@ -8,7 +8,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .scoring import FAST, affine, dot
+from .scoring import FAST, affine, affine_t, dot
 from .simd import half_to_float
 from .topk import top_row
 
@@ -67,7 +67,7 @@ def route_rows(q, lo, hi, a1, b1, a2, b2, rows, half, slack, probed, probs, plo,
     exactly (`_fix_top`), so a query is routed the same alone and in a
     batch. Two-layer routers pass rows (R, 0, 0)."""
     two = a2.shape[1] > 0
-    width = a2.shape[2] if two else a1.shape[2]
+    width = a2.shape[1] if two else a1.shape[2]
     fix = rows.shape[1] > 0
     n_rows = min(_GROUP, hi - lo)
     hidden = np.empty((n_rows, a1.shape[2]), dtype=np.float32)
@@ -86,7 +86,7 @@ def _route_into(q, lo, hi, a1, b1, a2, b2, rows, half, slack, probed, probs, plo
     (width,), cv / ci (width,) or (0,) without the exact re-score."""
     reps = a1.shape[0]
     two = a2.shape[1] > 0
-    width = a2.shape[2] if two else a1.shape[2]
+    width = a2.shape[1] if two else a1.shape[2]
     d = q.shape[1]
     m = probed.shape[2]
     fix = rows.shape[1] > 0
@@ -100,7 +100,7 @@ def _route_into(q, lo, hi, a1, b1, a2, b2, rows, half, slack, probed, probs, plo
             else:
                 affine(q, g, n, a1[r], b1[r], hidden, two)
                 if two:
-                    affine(hidden, 0, n, a2[r], b2[r], logits, False)
+                    affine_t(hidden, 0, n, a2[r], b2[r], logits)
             for t in range(n):
                 row = logits[t, :width]
                 at = plo + g - lo + t

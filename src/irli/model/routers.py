@@ -213,8 +213,9 @@ HALF_ROWS_FROM = 1 << 16  # B x d from which one query alone scans half-precisio
 @dataclass
 class Routing:
     """The R routers as stacked affine layers (see Router.layers): a1
-    float32 (R, d, H), b1 (R, H), a2 (R, H, B) and b2 (R, B) for two-layer
-    (MLP) routers, else empty (R, 0, 0) / (R, 0).
+    float32 (R, d, H), b1 (R, H), a2 (R, B, H) (the second layer transposed:
+    one contiguous row per bucket) and b2 (R, B) for two-layer (MLP)
+    routers, else empty (R, 0, 0) / (R, 0).
 
     One-layer routers also hold what routing one query alone reads (see
     irli.kernels.route.route_rows): rows float32 (R, B, d), a1 bucket-major
@@ -261,7 +262,7 @@ class Routing:
         if layers[0][2] is None:
             a2, b2 = np.zeros((reps, 0, 0), np.float32), np.zeros((reps, 0), np.float32)
         else:
-            a2 = np.ascontiguousarray(np.stack([lay[2] for lay in layers]), dtype=np.float32)
+            a2 = np.ascontiguousarray(np.stack([lay[2].T for lay in layers]), dtype=np.float32)
             b2 = np.ascontiguousarray(np.stack([lay[3] for lay in layers]), dtype=np.float32)
         return cls(a1, b1, a2, b2)
 
@@ -271,7 +272,7 @@ class Routing:
 
     @property
     def n_buckets(self) -> int:
-        return self.a2.shape[2] if self.a2.shape[1] else self.a1.shape[2]
+        return self.a2.shape[1] if self.a2.shape[1] else self.a1.shape[2]
 
     def block(self, q: np.ndarray, lo: int, hi: int, probed: np.ndarray, probs: np.ndarray,
               raw: bool = False) -> None:
