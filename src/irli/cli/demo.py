@@ -62,8 +62,11 @@ def demo(*, presets: List = "fast,fast:learned_probes=true,ivf,irli", probes: Li
 
 
 # Minutes each preset takes in the demo on a quiet 2-core machine (build, sweep, the two other modes),
-# measured with `make demo`; the start-up line adds them up.
-MINUTES = {"fast": 0.8, "fast:learned_probes=true": 1.5, "ivf": 1.0, "irli": 5.0}
+# measured with `make demo` (2.3 minutes in all, warm); the start-up line adds them up, with the data and
+# ground truth, and the kernels' first compilation (numba caches them).
+MINUTES = {"fast": 0.4, "fast:learned_probes=true": 0.5, "ivf": 0.5, "irli": 1.3}
+START_MINUTES = 0.4
+COMPILE_MINUTES = 1.5
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
@@ -98,10 +101,10 @@ def run_demo(presets: list[str], probes: list[int], words: list[str], n_test: in
              save: str | None = None, quiet: bool = False) -> int:
     bars = Bars(not quiet)
     specs = [(spec, *parse_spec(spec)) for spec in presets]  # checked before anything slow starts
-    minutes = sum(MINUTES.get(spec, 2.0) for spec in presets) + 0.5
+    minutes = sum(MINUTES.get(spec, 2.0) for spec in presets) + START_MINUTES
     print(f"machine: {machine_line()}")
-    print(f"this takes about {minutes:.0f} minutes on a quiet 2-core machine (presets: {', '.join(presets)})",
-          flush=True)
+    print(f"this takes about {minutes:.0f} minutes on a quiet 2-core machine (presets: {', '.join(presets)}), "
+          f"plus about {COMPILE_MINUTES:.1f} the first time, while the kernels compile", flush=True)
     items, queries, item_words, _ = glove_split(n_test=n_test)
     print(f"GloVe 6B 50-d: {items.shape[0]:,} items, {queries.shape[0]:,} held-out queries (cosine)", flush=True)
     t = time.perf_counter()
@@ -115,6 +118,9 @@ def run_demo(presets: list[str], probes: list[int], words: list[str], n_test: in
         build = time.perf_counter() - t
         bars.close()
         print(f"built {spec}: {index!r} in {build:.1f} s", flush=True)
+        if not indexes:
+            print("  sweeping probes (on a fresh install the first search compiles its kernels: up to a minute)",
+                  flush=True)
         indexes[spec] = index
         default = index.config.probes
         for m in probes:
