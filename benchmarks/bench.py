@@ -27,7 +27,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -118,20 +117,6 @@ def machine() -> dict:
 
 
 # -- one system, in its own process ---------------------------------------------
-def _rss_mb(field: str = "VmHWM") -> float:
-    """This worker's own peak resident memory (VmHWM), or with field="VmRSS"
-    its resident memory now, in MB: ru_maxrss of a child started by fork +
-    exec can report its parent's peak on Linux."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def worker(spec: str, data_dir: Path, metric: str, n_buckets: int, k: int, out: Path, modes: list[str],
            single_n: int, single_runs: int = 3) -> None:
     import systems
@@ -143,18 +128,18 @@ def worker(spec: str, data_dir: Path, metric: str, n_buckets: int, k: int, out: 
     q = np.load(data_dir / "queries.npy")
     truth = np.load(data_dir / "truth.npy")
     cores = cpu_count()
-    rss_data = _rss_mb()
+    rss_data = systems.rss_mb()
     sysm = systems.make(spec)
     sysm.set_threads(cores)
     peer_metric = metric if spec.startswith("irli") else ("l2" if metric == "l2" else "ip")
-    before = _rss_mb("VmRSS")
+    before = systems.rss_mb("VmRSS")
     t = time.perf_counter()
     sysm.build(x, peer_metric, n_buckets)
     build_s = time.perf_counter() - t
-    rss_build = _rss_mb()
+    rss_build = systems.rss_mb()
     gc.collect()
     sysm.search(q[:64], k, sysm.settings()[0])  # what the index holds while it searches (pages touched)
-    resident_mb = _rss_mb("VmRSS") - before  # with what the build left behind
+    resident_mb = systems.rss_mb("VmRSS") - before  # with what the build left behind
     saved = Path(tempfile.mkdtemp(prefix="bench-index-"))
     sysm.save(saved)
     index_bytes = systems.dir_bytes(saved)
@@ -208,7 +193,7 @@ def worker(spec: str, data_dir: Path, metric: str, n_buckets: int, k: int, out: 
             saturated.add(rest)
         if point[f"recall@{k}"] >= 0.995 and len(points) > 1 and not rest:
             break  # the rest of the sweep only costs time
-    rss_peak = _rss_mb()
+    rss_peak = systems.rss_mb()
     sysm = None  # frees the index before the fresh process loads its copy
     gc.collect()
     loaded_mb = systems.resident_after_load(spec, saved, data_dir / "queries.npy", x.shape[1], peer_metric, k)

@@ -18,7 +18,7 @@ Spec strings:
   faiss-ivfflat                   FAISS IndexIVFFlat, spherical k-means, nlist = B
   faiss-ivfpqfs                   FAISS IVF{B},PQ{d}x4fs,RFlat (fast-scan PQ, exact refine; PQ{d/2} from d = 256)
   hnswlib                         hnswlib, M=16, ef_construction=200
-  scann                           ScaNN: tree(B leaves, spherical) + score_ah(2, threshold 0.2) + reorder(100)
+  scann                           ScaNN: tree(B leaves, spherical) + score_ah(2, threshold 0.2) + reorder (swept)
   usearch                         USearch HNSW, connectivity 16, expansion_add 200
   faiss-flat                      FAISS IndexFlat (exact)
 """
@@ -26,6 +26,7 @@ Spec strings:
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -148,7 +149,26 @@ class IrliSystem(System):
         self.index = irli.Index.load(Path(path) / "index")
 
 
-class FaissIVFFlat(System):
+class _FaissFile(System):
+    """save / load through FAISS's own file format; `_opened` sets up what
+    searching needs once the index is in memory."""
+
+    def _opened(self):
+        pass
+
+    def save(self, path):
+        import faiss
+
+        faiss.write_index(self.index, str(Path(path) / "faiss.index"))
+
+    def load(self, path, d, metric):
+        import faiss
+
+        self.index = faiss.read_index(str(Path(path) / "faiss.index"))
+        self._opened()
+
+
+class FaissIVFFlat(_FaissFile):
     name = "faiss-ivfflat"
 
     def build(self, x, metric, n_buckets):
@@ -190,17 +210,6 @@ class FaissIVFFlat(System):
         _, lists = self.ivf.quantizer.search(q, setting["nprobe"])
         read = self.sizes[lists].sum(axis=1)
         return read, read
-
-    def save(self, path):
-        import faiss
-
-        faiss.write_index(self.index, str(Path(path) / "faiss.index"))
-
-    def load(self, path, d, metric):
-        import faiss
-
-        self.index = faiss.read_index(str(Path(path) / "faiss.index"))
-        self._opened()
 
 
 class FaissIVFPQFastScan(FaissIVFFlat):
@@ -268,7 +277,7 @@ class Hnswlib(System):
         self.index.load_index(str(Path(path) / "h.bin"))
 
 
-class FaissFlat(System):
+class FaissFlat(_FaissFile):
     name = "faiss-flat"
 
     def build(self, x, metric, n_buckets):
@@ -284,16 +293,6 @@ class FaissFlat(System):
         _, ids = self.index.search(q, k)
         n = np.full(q.shape[0], self.index.ntotal)
         return ids, n, n
-
-    def save(self, path):
-        import faiss
-
-        faiss.write_index(self.index, str(Path(path) / "faiss.index"))
-
-    def load(self, path, d, metric):
-        import faiss
-
-        self.index = faiss.read_index(str(Path(path) / "faiss.index"))
 
 
 class Scann(System):
@@ -398,12 +397,18 @@ def make(spec: str) -> System:
     return table[spec]()
 
 
-def _vm_rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise OSError("no VmRSS in /proc/self/status")
+def rss_mb(field: str = "VmHWM") -> float:
+    """This process's own peak resident memory (VmHWM), or with field="VmRSS"
+    its resident memory now, in MB: ru_maxrss of a child started by fork +
+    exec can report its parent's peak on Linux."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def resident_after_load(spec: str, path: Path, queries: Path, d: int, metric: str, k: int) -> float:
@@ -434,11 +439,11 @@ def _resident_main(spec, path, queries, d, metric, k):
     del sysm, x
     gc.collect()
     sysm = make(spec)
-    before = _vm_rss_mb()
+    before = rss_mb("VmRSS")
     sysm.load(Path(path), int(d), metric)
     sysm.set_threads(1)
     sysm.search(q, int(k), sysm.settings()[0])
-    print(_vm_rss_mb() - before)
+    print(rss_mb("VmRSS") - before)
 
 
 def timed(fn, repeats: int = 3, slow: float = 3.0):

@@ -262,3 +262,15 @@ def test_piped_build_writes_stage_lines_and_learns_from_a_log_with_its_own_targe
                    "n_buckets=16", "--train-queries", files / "queries.fvecs", "--train-targets", tmp_path / "bad.npy",
                    ok=False)
     assert bad.returncode == 1 and "not among the items' ids" in bad.stderr
+
+
+def test_demo_preset_specs_carry_overrides():
+    from irli.cli.demo import parse_spec
+    from irli.errors import ConfigError
+
+    assert parse_spec("fast") == ("fast", {})
+    assert parse_spec("fast:learned_probes=true+refine=2") == ("fast", {"learned_probes": True, "refine": 2})
+    with pytest.raises(ConfigError):
+        parse_spec("fast:no_such_knob=1")
+    with pytest.raises(ConfigError):
+        parse_spec("fastest")

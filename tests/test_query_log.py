@@ -89,3 +89,9 @@ def test_bad_targets_are_named(targets, queries, match):
     with pytest.raises(InvalidInputError, match=match):
         irli.Index("ivf-ltr", n_buckets=4, epochs=1).fit(x, train_queries=log if queries else None,
                                                           train_targets=targets)
+
+
+def test_targets_without_a_trained_router_are_refused():
+    x, log, _ = _shifted(n=200, n_log=5, n_test=1)
+    with pytest.raises(InvalidInputError, match="train a router"):
+        irli.Index("ivf", n_buckets=4).fit(x, train_queries=log, train_targets=np.zeros((5, 1), np.int64))

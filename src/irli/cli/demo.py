@@ -45,7 +45,8 @@ def demo(*, presets: List = "fast,fast:learned_probes=true,ivf,irli", probes: Li
     Parameters
     ----------
     presets
-        comma-separated presets to compare, each optionally with overrides: fast:learned_probes=true,refine=2
+        comma-separated presets to compare, each optionally with overrides joined by '+':
+        fast:learned_probes=true+refine=2
     probes
         comma-separated probe counts (a preset's sweep stops once it has passed recall 0.95 and its default)
     words
@@ -70,11 +71,13 @@ COMPILE_MINUTES = 1.5
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
-    """'preset[:key=value,...]' as (preset, overrides)."""
+    """'preset[:key=value[+key=value...]]' as (preset, overrides), checked
+    (the presets list itself is comma-separated)."""
     from ..config import IndexConfig
 
     preset, _, rest = spec.partition(":")
-    return preset, (IndexConfig.parse_overrides(rest.split(",")) if rest else {})
+    IndexConfig.from_preset(preset)  # an unknown preset fails here, before anything slow starts
+    return preset, (IndexConfig.parse_overrides(rest.split("+")) if rest else {})
 
 
 def cpu_name() -> str:
@@ -132,7 +135,7 @@ def run_demo(presets: list[str], probes: list[int], words: list[str], n_test: in
             if row["recall@10"] >= 0.95 and m >= default:
                 break
         if save:
-            index.save(Path(save) / spec.replace(":", "-").replace(",", "-").replace("=", "-"))
+            index.save(Path(save) / spec.replace(":", "-").replace("+", "-").replace("=", "-"))
         _other_modes(spec, index, rows, queries)
     print()
     print("search of all queries in one batched call, 1 thread:")

@@ -20,6 +20,7 @@ from ..model.routers import Routing
 from ..progress import Callback, report
 from ..validation import as_ids, as_matrix, first_duplicate
 from .codes import PQ4Codes, default_pq_m
+from .idmap import IdMap
 from .updates import sample_rows
 
 
@@ -34,13 +35,10 @@ def target_positions(train_targets, uid: np.ndarray, n_queries: int | None) -> n
     if a.shape[0] != n_queries:
         raise InvalidInputError(f"train_targets has {a.shape[0]} rows for {n_queries} train_queries")
     flat = as_ids(a.ravel(), name="train_targets")
-    order = np.argsort(uid, kind="stable")
-    at = np.minimum(np.searchsorted(uid, flat, sorter=order), uid.size - 1)
-    pos = order[at]
-    missing = uid[pos] != flat
-    if missing.any():
-        raise InvalidInputError(f"train_targets holds id {int(flat[missing][0])}, which is not among the items' ids")
-    return pos.reshape(a.shape).astype(np.int64)
+    pos = IdMap(uid, np.arange(uid.size, dtype=np.int64)).find(flat)
+    if (pos < 0).any():
+        raise InvalidInputError(f"train_targets holds id {int(flat[pos < 0][0])}, which is not among the items' ids")
+    return pos.reshape(a.shape)
 
 
 def fit_parts(cfg: IndexConfig, vectors, ids, train_queries, callback: Callback, executor,
@@ -73,6 +71,8 @@ def fit_parts(cfg: IndexConfig, vectors, ids, train_queries, callback: Callback,
     tq = cfg.metric_type.prepare_items(tq, "train_queries") if tq is not None else None
     if cfg.scan == "pq4" and d % (cfg.pq_m or default_pq_m(d)):
         raise InvalidInputError(f"pq_m={cfg.pq_m} must divide the dimension d={d}")
+    if train_targets is not None and not cfg.learns:
+        raise InvalidInputError("train_targets train a router: they need router='linear' or 'mlp' and epochs >= 1")
     targets = None if train_targets is None else target_positions(train_targets, uid, None if tq is None
                                                                   else tq.shape[0])
     result = learn(x, cfg, b, tq, callback, executor=executor, train_targets=targets)

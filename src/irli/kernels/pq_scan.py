@@ -201,7 +201,7 @@ def _budget(qv, hs, hid, size, x, sqn, l2, top, m, m0, stop_w, budget, ex):
 
 # The scan runs without reference counting (_nrt=False): numba otherwise increments and decrements,
 # with atomic instructions, the count of every array argument each time an inlined helper binds it,
-# which cost a quarter of a batch's time and made two threads contend for the same cache lines.
+# which cost a fifth of a batch's time and made two threads contend for the same cache lines.
 # These functions allocate nothing; their callers own the arrays.
 @numba.njit(nogil=True, fastmath=FAST, cache=True, _nrt=False)
 def _scan_major(r, c0, cn, jlo, jhi, probed, count, who, nb, qb, book, n_sub, centroids, residual, per_bucket, rq,

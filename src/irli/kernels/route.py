@@ -12,7 +12,7 @@ from .scoring import FAST, affine, affine_t, dot
 from .simd import half_to_float
 from .topk import top_row
 
-_GROUP = 4  # queries that share each pass over a layer's weights
+_GROUP = 4  # queries that share each pass over a layer's weights (scoring.affine_t takes at most 4)
 
 
 # Rounding slack of a float32 dot product of length d, per unit of |q| (|a_b| + |b_b|): the

@@ -4,9 +4,10 @@
 4-bit product-quantised codes against a query's 8-bit lookup tables: the
 shuffle-based table lookup of FAISS fast-scan and ScaNN, 32 lookups per
 instruction (AVX2 `vpshufb`), or 64 where the CPU has AVX-512BW. Where it
-lacks AVX2, or is not x86, a plain loop computes the same numbers. `ctz32` counts trailing zero bits,
-`prefetch` hints that an array element will be read soon, and
-`half_to_float` widens a half-precision number held as uint16 bits.
+lacks AVX2, or is not x86, a plain loop computes the same numbers. `ctz32`
+counts trailing zero bits, `prefetch` hints that an array element will be
+read soon, and `half_to_float` widens a half-precision number held as
+uint16 bits.
 
 Block layout (see `irli.index.codes`): for sub-quantiser pair p, 32 bytes at
 `at + 32 p`; byte t < 16 holds sub-quantiser 2p's code of item t (low nibble)

@@ -28,10 +28,7 @@ def top_row(row, m, bv, bi, out_idx, out_val):
         for t in range(size - 1, -1, -1):
             out_idx[t] = bi[0]
             out_val[t] = bv[0]
-            size -= 1
-            bv[0] = bv[size]
-            bi[0] = bi[size]
-            sift_lex(bv, bi, size, 0)
+            size = drop_root(bv, bi, size, True)
         return
     thr = np.inf
     for g in range(m):
@@ -215,11 +212,19 @@ def pop_best_first(hs, hid, size, lex, ids, neg, out_ids, out_score, qi):
         p = hid[0]
         out_ids[qi, t] = ids[p] if mapped else p
         out_score[qi, t] = -hs[0] if neg else hs[0]
-        last = size - 1
-        hs[0] = hs[last]
-        hid[0] = hid[last]
-        size = last
-        if lex:
-            sift_lex(hs, hid, size, 0)
-        else:
-            sift(hs, hid, size, 0)
+        size = drop_root(hs, hid, size, lex)
+
+
+@numba.njit(inline="always")
+def drop_root(hs, hid, size, lex):
+    """Remove the root (the worst entry) of a min-heap of `size` entries
+    (ordered by score, or by (score, -position) when `lex`); returns the new
+    size."""
+    last = size - 1
+    hs[0] = hs[last]
+    hid[0] = hid[last]
+    if lex:
+        sift_lex(hs, hid, last, 0)
+    else:
+        sift(hs, hid, last, 0)
+    return last

@@ -53,17 +53,13 @@ class LearnResult:
 
 
 def training_set(x: np.ndarray, cfg: IndexConfig, queries: np.ndarray | None = None,
-                 callback: Callback = None, targets: np.ndarray | None = None) -> TrainingSet:
+                 callback: Callback = None) -> TrainingSet:
     """Training queries and their exact top-`target_k` neighbours among `x`.
 
     Without `queries`, `n_train` items are sampled (seeded) as pseudo-queries
     and each one's own row is removed from its neighbours. `x` and `queries`
-    are float32 and already normalised for cosine. `targets` int64 (m, t),
-    the positions in `x` each query should reach (a log's clicks, say),
-    replace the exact neighbours.
+    are float32 and already normalised for cosine.
     """
-    if targets is not None:
-        return TrainingSet(queries, targets)
     n = x.shape[0]
     t = min(cfg.target_k, n - 1 if queries is None else n)
     metric = "l2" if cfg.metric_type.l2 else "ip"
