@@ -36,7 +36,10 @@ def test_added_items_are_found(preset, data):
     index, x, ids = grown(preset, data)
     assert len(index) == len(x) and ids[-1] in index and ids[-1] + 1 not in index
     top = index.search(x[2000:2200], k=3).ids  # an added item is its own nearest neighbour
-    assert (top == ids[2000:2200, None]).any(axis=1).mean() >= 0.97
+    # irli places new items under its load cap (1.2x the mean): growing by half, an item whose 8
+    # best buckets are full goes to the least loaded one, where its own routing may not look
+    floor = 0.95 if preset == "irli" else 0.97
+    assert (top == ids[2000:2200, None]).any(axis=1).mean() >= floor
     got = index.search(data[1], k=10, probes=B).ids  # every bucket: exact over old and new
     assert recall(got, exact_ids(x, ids, data[1], 10)) >= 0.97
 

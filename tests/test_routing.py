@@ -42,7 +42,7 @@ def test_alone_equals_batched_equals_exact(d, b, m):
     q = rng.normal(size=(120, d)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     rt = _routing(a1, b1)
-    assert rt.half.shape == (2, b, d) and rt.rows.shape == (2, b, d) and (rt.slack[:, 0] > 0).all()
+    assert rt.half.shape == (2, d, b) and rt.rows.shape == (2, b, d) and (rt.slack[:, 0] > 0).all()
     batch, alone, sb, sa = _alone_and_batched(rt, q, m)
     np.testing.assert_array_equal(batch, alone)
     np.testing.assert_array_equal(sb, sa)  # the raw scores too: both are the exact re-scores
@@ -63,7 +63,7 @@ def test_buckets_closer_than_half_precision_are_ranked_exactly():
         a1[0, 0, c] += step
     rt = _routing(a1, np.zeros((1, b), np.float32))
     half = rt.half.view(np.float16).astype(np.float32)
-    assert half[0, 5, 0] == half[0, 9, 0] == half[0, 20, 0]  # half precision cannot tell them apart
+    assert half[0, 0, 5] == half[0, 0, 9] == half[0, 0, 20]  # half precision cannot tell them apart
     q = np.tile(base, (4, 1))
     q[:, 0] += np.array([0.5, 1.0, 2.0, 4.0], np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
@@ -98,13 +98,14 @@ def test_softmax_probabilities_are_the_same_alone_and_batched():
 def test_two_layer_routers_hold_no_one_query_tables():
     rng = np.random.default_rng(1)
     a1, b1 = rng.normal(size=(1, 8, 16)).astype(np.float32), np.zeros((1, 16), np.float32)
-    a2, b2 = rng.normal(size=(1, 32, 16)).astype(np.float32), rng.normal(size=(1, 32)).astype(np.float32)
-    rt = Routing(a1, b1, a2, b2)  # a2 (R, B, H): the second layer transposed
-    assert rt.rows.shape == (1, 0, 0) and rt.half.shape == (1, 0, 0) and rt.n_buckets == 32
-    q = rng.normal(size=(10, 8)).astype(np.float32)
+    # 40 buckets: two 16-bucket tiles and 8 buckets past them; 37 queries: blocks of 32 and 8
+    a2, b2 = rng.normal(size=(1, 16, 40)).astype(np.float32), rng.normal(size=(1, 40)).astype(np.float32)
+    rt = Routing(a1, b1, a2, b2)  # a2 (R, H, B)
+    assert rt.rows.shape == (1, 0, 0) and rt.half.shape == (1, 0, 0) and rt.n_buckets == 40
+    q = rng.normal(size=(37, 8)).astype(np.float32)
     batch, alone, _, _ = _alone_and_batched(rt, q, 4)
     np.testing.assert_array_equal(batch, alone)
-    want = np.maximum(q.astype(np.float64) @ a1[0] + b1[0], 0) @ a2[0].T.astype(np.float64) + b2[0]
+    want = np.maximum(q.astype(np.float64) @ a1[0] + b1[0], 0) @ a2[0].astype(np.float64) + b2[0]
     np.testing.assert_array_equal(batch[0], np.argsort(-want, axis=1, kind="stable")[:, :4])
 
 
@@ -114,7 +115,7 @@ def test_small_tables_route_in_float32(monkeypatch):
     small, large = (_routing(rng.normal(size=(1, d, b)).astype(np.float32), np.zeros((1, b), np.float32))
                     for d, b in ((50, 1024), (64, 1024)))
     assert small.half.shape == (1, 0, 0) and small.rows.shape == (1, 1024, 50)
-    assert large.half.shape == (1, 1024, 64)
+    assert large.half.shape == (1, 64, 1024)
 
 
 @pytest.mark.parametrize("preset", ["fast", "ivf"])

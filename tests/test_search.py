@@ -13,7 +13,8 @@ from irli.model.routers import route
 def _reference(index, q, k, probes, min_votes=1, top_c=None):
     """Per-query numpy version of the search path: gather, vote, cut, score."""
     assign = index.assignments()
-    xn = index.vectors_[np.argsort(index.ids_)]  # vectors in id order
+    pos = np.argsort(index.ids_)  # each id's position
+    xn = index.vectors_[pos]  # vectors in id order
     qn = q / np.linalg.norm(q, axis=1, keepdims=True)
     buckets, probs = route(index.routers_, qn.astype(np.float32), probes, with_probs=True)
     out = []
@@ -26,8 +27,8 @@ def _reference(index, q, k, probes, min_votes=1, top_c=None):
                 votes[hit] += 1
                 mass[hit] += p
         cand = np.nonzero(votes >= min_votes)[0]
-        if top_c is not None:
-            cand = cand[np.argsort(-mass[cand], kind="stable")[:top_c]]
+        if top_c is not None:  # equal mass (the same buckets) to the lower position, as the kernel does
+            cand = cand[np.lexsort((pos[cand], -mass[cand]))[:top_c]]
         s = xn[cand] @ qn[i]
         out.append((set(cand[np.argsort(-s)[:k]].tolist()), len(cand)))
     return out

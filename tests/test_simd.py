@@ -1,12 +1,14 @@
 """The AVX2 and AVX-512 table lookups against the plain loop they replace:
 on x86 CI the fallback never runs in a search, so it is checked here, number
-for number."""
+for number; the routing layer's fused multiply-add tiles against float64
+matrix products (and alone against in groups), and the 16-lane maximum."""
 
 import numba
 import numpy as np
 import pytest
 
-from irli.kernels.simd import HAVE_AVX2, HAVE_AVX512, ctz32, lut16_avx2, lut16_avx512, lut16_scalar
+from irli.kernels.simd import (HAVE_AVX2, HAVE_AVX512, ctz32, fma16x1, fma16x8, fma64x1, lut16_avx2, lut16_avx512,
+                               lut16_scalar, max16)
 
 
 @numba.njit
@@ -75,3 +77,60 @@ def test_simd_equals_the_scalar_loop(wide, npairs):
 def test_ctz32():
     for x in (1, 2, 3, 8, 1 << 31, 0b1011000):
         assert _ctz(np.uint32(x)) == (x & -x).bit_length() - 1
+
+
+@numba.njit
+def _tiles(x, n, w, b, out):
+    """out[:n] = b + x[:n] w, 16 columns and 8 rows per call (w's columns a multiple of 16)."""
+    h, width = w.shape
+    for c0 in range(0, width, 16):
+        for s in range(0, n, 8):
+            fma16x8(x, s * h, h, h, w, c0, width, b, c0, out, s * width + c0, width, min(8, n - s))
+
+
+@numba.njit
+def _tiles_one(x, i, w, b, out):
+    """The same for row i alone: 64 columns per call, then 16."""
+    h, width = w.shape
+    for c0 in range(0, width - width % 64, 64):
+        fma64x1(x, i * h, h, h, w, c0, width, b, c0, out, c0, width, 1)
+    for c0 in range(width - width % 64, width, 16):
+        fma16x1(x, i * h, h, h, w, c0, width, b, c0, out, c0, width, 1)
+
+
+@pytest.mark.parametrize("n", [1, 3, 8, 13])
+def test_fma_tiles_compute_the_affine_layer_alike_alone_and_in_groups(n):
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(16, 37)).astype(np.float32)  # 16 rows allocated, n used: rows past n are never written
+    w = rng.normal(size=(37, 80)).astype(np.float32)
+    b = rng.normal(size=80).astype(np.float32)
+    out = np.full((16, 80), 7.0, np.float32)
+    _tiles(x, n, w, b, out)
+    want = x[:n].astype(np.float64) @ w + b
+    np.testing.assert_allclose(out[:n], want, rtol=1e-5, atol=1e-4)
+    assert (out[n:] == 7.0).all()
+    for i in range(n):  # one row alone: the same numbers, bit for bit
+        one = np.zeros((1, 80), np.float32)
+        _tiles_one(x, i, w, b, one)
+        np.testing.assert_array_equal(one[0], out[i])
+
+
+@numba.njit
+def _max16(a, lo, count):
+    return max16(a, lo, count)
+
+
+def test_max16_is_the_largest_of_its_span():
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=100).astype(np.float32)
+    for lo, count in [(0, 1), (3, 2), (20, 5), (0, 6)]:
+        span = a[lo:lo + 16 * count]
+        assert _max16(a, lo, count) == span.max()
+        b = a.copy()
+        b[lo + 16 * count - 1] = 99.0  # the last lane of the last vector counts
+        assert _max16(b, lo, count) == 99.0
+        if lo + 16 * count < a.shape[0]:
+            b[lo + 16 * count] = 500.0  # past the span: ignored
+        if lo > 0:
+            b[lo - 1] = 600.0  # before it: ignored
+        assert _max16(b, lo, count) == 99.0

@@ -181,3 +181,18 @@ def test_bucket_means_in_batches():
         np.testing.assert_allclose(got[b], want, rtol=1e-5, atol=1e-6)
     unit = bucket_means(x, a, 9, spherical=True)
     np.testing.assert_allclose(np.linalg.norm(unit[[0, 1, 2, 4]], axis=1), 1, atol=1e-5)
+
+
+def test_irli_preset_on_fewer_buckets_than_its_choices():
+    """The preset's K = 8 choices shrink to the buckets there are; a K the
+    user sets past them is still refused."""
+    from irli.errors import ConfigError
+
+    assert IndexConfig.from_preset("irli", n_buckets=4).k_choices == 4
+    assert IndexConfig.from_preset("irli", n_buckets=64).k_choices == 8
+    with pytest.raises(ConfigError, match="k_choices=8 exceeds n_buckets=4"):
+        IndexConfig.from_preset("irli", n_buckets=4, k_choices=8)
+    x = np.random.default_rng(0).normal(size=(600, 8)).astype(np.float32)
+    index = irli.Index("irli", n_buckets=4, epochs=2, n_train=300).fit(x)
+    sizes = np.diff(index.lists_.offsets, axis=1)
+    assert sizes.max() <= np.ceil(1.2 * len(x) / 4)  # balanced under the preset's cap

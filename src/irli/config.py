@@ -214,6 +214,9 @@ class IndexConfig(ModelConfig):
         values = dict(PRESETS[preset])
         cls._check_names(overrides)
         values.update(overrides)
+        b = values.get("n_buckets")
+        if "k_choices" not in overrides and isinstance(b, int) and 1 <= b < values.get("k_choices", 1):
+            values["k_choices"] = b  # the preset's K, not the user's: at most every bucket
         return cls(**values)
 
     def _validate(self) -> None:
@@ -392,11 +395,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # repetitions are scanned as 4-bit PQ codes and the best 4 x k re-ranked
     # exactly (as `fast`). 128 hidden units and 20,000 training queries:
     # on GloVe the build takes a third of 512 and 50,000's and the routing a
-    # quarter, at recall -0.014 / -0.003 at 4 / 8 probes (BENCHMARKS.md)
+    # quarter, at recall -0.014 / -0.003 at 4 / 8 probes. K = 8 choices
+    # under a cap of 1.2x the mean bucket: with K = 2 under 2x a tenth of
+    # the buckets sat at the cap and queries probed those, reading twice
+    # the codes per probe; balanced, the same recall costs 0.87x the time
+    # (BENCHMARKS.md)
     "irli": dict(
         start="hash", router="mlp", n_reps=4, hidden=128, epochs=20, n_train=20_000,
         loss="sigmoid", target_k=100, repartition=True, repartition_every=5,
-        k_choices=2, probes=8, min_votes=1, scan="pq4", refine=4,
+        k_choices=8, max_load=1.2, probes=12, min_votes=1, scan="pq4", refine=4,
     ),
     # the fastest configuration we measured on GloVe: k-means buckets, each item
     # also spilled to a second (SOAR) bucket, 4-bit PQ fast-scan of the probed

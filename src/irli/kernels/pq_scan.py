@@ -146,12 +146,22 @@ def _bucket_base(qv, r, b, base0, scale0, book, n_sub, centroids, residual, per_
 
 
 @numba.njit(inline="always")
+def _prefetch_row(x, i):
+    """Hint that every cache line of row i of x float32 (N, d) will be read
+    soon (at d = 384 a row is 24 lines, and the first alone leaves the
+    rest to arrive one by one)."""
+    d = x.shape[1]
+    for off in range(0, d, 16):
+        prefetch(x, i * d + off)
+    prefetch(x, i * d + d - 1)
+
+
+@numba.njit(inline="always")
 def _finish(qv, hs, hid, size, x, sqn, ids, l2, ks, ki, k, out_ids, out_score, qi):
     """Score the heap's items exactly, keep the best k by (score, position)
     and write row qi: ids (-1 padding), scores (distances for l2)."""
-    d = qv.shape[0]
     for h in range(size):
-        prefetch(x, hid[h] * d)
+        _prefetch_row(x, hid[h])
     qn = dot(qv, qv) if l2 else np.float32(0.0)
     ksize = 0
     for h in range(size):
@@ -163,25 +173,25 @@ def _finish(qv, hs, hid, size, x, sqn, ids, l2, ks, ki, k, out_ids, out_score, q
         out_score[qi, t] = np.inf if l2 else -np.inf
 
 
-N_SCORES = 32  # router scores the learned probe budget reads (irli.learn.budget)
-_FEATURE_K = 10  # its result feature: the 10th best exact score after the first probes
+_FEATURE_K = 10  # the learned budget's result feature: the 10th best score after the first probes
 
 
 @numba.njit(inline="always")
-def _budget(qv, hs, hid, size, x, sqn, l2, top, m, m0, stop_w, budget, ex):
-    """A query's probe count from the learned model stop_w float32
-    (N_SCORES + 3,) (irli.learn.budget): its best N_SCORES router scores `top`,
-    the best and 10th best exact scores among the heap's items after m0
-    probes, and a bias give log(probes needed); the count is
-    ceil(budget x exp(that)), clipped to [m0, m]."""
-    qn = dot(qv, qv) if l2 else np.float32(0.0)
-    for h in range(size):
-        ex[h] = score(qv, qn, x, sqn, hid[h], l2)
+def _budget(hs, size, top, m, m0, stop_w, budget, ex):
+    """A query's probe count from the learned model stop_w float32 (S + 3,)
+    (irli.learn.budget): its best S router scores `top`, the best and 10th
+    best scores in its heap hs (size entries) after m0 probes, and a bias
+    give log(probes needed); the count is ceil(budget x exp(that)), clipped
+    to [m0, m]. The heap's scores are the scan's approximate ones (the
+    model is fitted on exact scores; re-scoring exactly cost more than it
+    gained, BENCHMARKS.md). ex float32 (n_rerank,): scratch."""
     best = top[0]
     kth = top[0]
     if size > 0:
+        for h in range(size):
+            ex[h] = hs[h]
         want = min(_FEATURE_K, size)
-        for j in range(want):  # the best `want`, in order, to the front (partial selection sort)
+        for j in range(want):  # the best `want` to the front, in order (partial selection sort)
             at = j
             for h in range(j + 1, size):
                 if ex[h] > ex[at]:
@@ -189,8 +199,9 @@ def _budget(qv, hs, hid, size, x, sqn, l2, top, m, m0, stop_w, budget, ex):
             ex[j], ex[at] = ex[at], ex[j]
         best = ex[0]
         kth = ex[want - 1]
-    pred = stop_w[N_SCORES + 2] + stop_w[N_SCORES] * kth + stop_w[N_SCORES + 1] * best
-    for j in range(N_SCORES):
+    ns = stop_w.shape[0] - 3
+    pred = stop_w[ns + 2] + stop_w[ns] * kth + stop_w[ns + 1] * best
+    for j in range(ns):
         pred += stop_w[j] * top[min(j, m - 1)]
     want = budget * np.exp(min(pred, np.float32(30.0)))
     if not want < m:
@@ -269,16 +280,14 @@ def _scan_chunks(lo, n, chunk, m, first, learned, stop_w, budget, qb, probed, to
                                            hid[0], size[0], n_rerank, seen[0])
                     j += 1
                     if learned and j == first:
-                        mq[0] = _budget(qv, hs[0], hid[0], size[0], x, sqn, l2, top[r, c0], m, first, stop_w,
-                                        budget, ex)
+                        mq[0] = _budget(hs[0], size[0], top[r, c0], m, first, stop_w, budget, ex)
             else:
                 _scan_major(r, c0, cn, 0, mq, probed, count, who, nb, qb, book, n_sub, centroids, residual,
                             per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col, stride,
                             npairs, bstart, keep, has_keep, hs, hid, size, n_rerank, seen, sums)
                 if learned:
                     for t in range(cn):
-                        mq[t] = _budget(qb[c0 + t], hs[t], hid[t], size[t], x, sqn, l2, top[r, c0 + t], m, first,
-                                        stop_w, budget, ex)
+                        mq[t] = _budget(hs[t], size[t], top[r, c0 + t], m, first, stop_w, budget, ex)
                     _scan_major(r, c0, cn, first, mq, probed, count, who, nb, qb, book, n_sub, centroids, residual,
                                 per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col,
                                 stride, npairs, bstart, keep, has_keep, hs, hid, size, n_rerank, seen, sums)
@@ -334,7 +343,7 @@ def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual
     -inf, +inf for l2), out_ncand (items re-ranked) and
     out_scanned (entries in the probed buckets), int64 (n,).
 
-    stop_w float32 (N_SCORES + 3,) or empty: with a learned probe budget
+    stop_w float32 (S + 3,) or empty: with a learned probe budget
     (irli.learn.budget), each query scans its first m0 buckets, then as many as
     `_budget` gives it (at most m, the routing width); empty: m buckets.
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .scoring import FAST, affine, affine_t, dot
-from .simd import half_to_float
+from .scoring import FAST, affine, dot
+from .simd import FMA_ROWS, fma16x1, fma16x1_half, fma16x8, fma64x1, fma64x1_half, half_to_float
 from .topk import top_row
 
-_GROUP = 4  # queries that share each pass over a layer's weights (scoring.affine_t takes at most 4)
+# _BLOCK queries pass over each 16-bucket slice of a layer's weights (8 KB at 128 inputs, kept in
+# L1) eight at a time (simd.fma16x8, the sums in registers), instead of the whole layer streaming
+# from L3 (2 MB for 4 repetitions of 128 x 1,024) for a few queries.
+_BLOCK = 64
 
 
 # Rounding slack of a float32 dot product of length d, per unit of |q| (|a_b| + |b_b|): the
@@ -21,14 +24,48 @@ _ROUNDING = 4.0 * 2.0 ** -24
 
 
 @numba.njit(inline="always")
-def _one_half(qv, half, b, row):
-    """Approximate scores of one query against one repetition's
-    half-precision rows half uint16 (B, d): row[c] = b[c] + qv . half[c]."""
-    for c in range(half.shape[0]):
-        s = np.float32(0.0)
-        for j in range(half.shape[1]):
-            s += qv[j] * half_to_float(half[c, j])
-        row[c] = s + b[c]
+def _one_half(q, i, half, b, row):
+    """Approximate scores of query row i of q (n, d) against one
+    repetition's half-precision weights half uint16 (d, B) (bits):
+    row[c] = b[c] + q[i] . half[:, c]."""
+    d = q.shape[1]
+    width = half.shape[1]
+    wide = width - width % 16
+    for c0 in range(0, width - width % 64, 64):
+        fma64x1_half(q, i * d, d, d, half, c0, width, b, c0, row, c0, width, 1)
+    for c0 in range(width - width % 64, wide, 16):
+        fma16x1_half(q, i * d, d, d, half, c0, width, b, c0, row, c0, width, 1)
+    for c in range(wide, width):
+        s = b[c]
+        for j in range(d):
+            s += q[i, j] * half_to_float(half[j, c])
+        row[c] = s
+
+
+@numba.njit(inline="always")
+def _layer(x, lo, n, a, b, out):
+    """out[t] = b + x[lo + t] a for t < n (x (·, i), a (i, B), out (G, B)):
+    16 buckets at a time for every row of the block (simd.fma16x8), each sum
+    in the same order alone and in a group."""
+    h = x.shape[1]
+    width = a.shape[1]
+    wide = width - width % 16
+    if n == 1:
+        for c0 in range(0, width - width % 64, 64):
+            fma64x1(x, lo * h, h, h, a, c0, width, b, c0, out, c0, width, 1)
+        for c0 in range(width - width % 64, wide, 16):
+            fma16x1(x, lo * h, h, h, a, c0, width, b, c0, out, c0, width, 1)
+    else:
+        for c0 in range(0, wide, 16):
+            for s in range(0, n, FMA_ROWS):
+                fma16x8(x, (lo + s) * h, h, h, a, c0, width, b, c0, out, s * width + c0, width,
+                        min(FMA_ROWS, n - s))
+    for c in range(wide, width):
+        for t in range(n):
+            acc = b[c]
+            for j in range(h):
+                acc += x[lo + t, j] * a[j, c]
+            out[t, c] = acc
 
 
 @numba.njit(inline="always")
@@ -67,9 +104,9 @@ def route_rows(q, lo, hi, a1, b1, a2, b2, rows, half, slack, probed, probs, plo,
     exactly (`_fix_top`), so a query is routed the same alone and in a
     batch. Two-layer routers pass rows (R, 0, 0)."""
     two = a2.shape[1] > 0
-    width = a2.shape[1] if two else a1.shape[2]
+    width = a2.shape[2] if two else a1.shape[2]
     fix = rows.shape[1] > 0
-    n_rows = min(_GROUP, hi - lo)
+    n_rows = min(_BLOCK, hi - lo)
     hidden = np.empty((n_rows, a1.shape[2]), dtype=np.float32)
     logits = np.empty((n_rows, width), dtype=np.float32) if two else hidden
     _route_into(q, lo, hi, a1, b1, a2, b2, rows, half, slack, probed, probs, plo, raw, hidden, logits,
@@ -86,21 +123,23 @@ def _route_into(q, lo, hi, a1, b1, a2, b2, rows, half, slack, probed, probs, plo
     (width,), cv / ci (width,) or (0,) without the exact re-score."""
     reps = a1.shape[0]
     two = a2.shape[1] > 0
-    width = a2.shape[1] if two else a1.shape[2]
+    width = a2.shape[2] if two else a1.shape[2]
     d = q.shape[1]
     m = probed.shape[2]
     fix = rows.shape[1] > 0
     with_probs = probs.shape[1] > 0
     alone = fix and hi - lo == 1 and half.shape[1] > 0 and not (with_probs and not raw)
+    group = hidden.shape[0]
     for r in range(reps):
-        for g in range(lo, hi, _GROUP):
-            n = min(_GROUP, hi - g)
+        for g in range(lo, hi, group):
+            n = min(group, hi - g)
             if alone:
-                _one_half(q[g], half[r], b1[r], hidden[0])
+                _one_half(q, g, half[r], b1[r], hidden[0])
+            elif two:
+                affine(q, g, n, a1[r], b1[r], hidden, True)
+                _layer(hidden, 0, n, a2[r], b2[r], logits)
             else:
-                affine(q, g, n, a1[r], b1[r], hidden, two)
-                if two:
-                    affine_t(hidden, 0, n, a2[r], b2[r], logits)
+                _layer(q, g, n, a1[r], b1[r], logits)
             for t in range(n):
                 row = logits[t, :width]
                 at = plo + g - lo + t

@@ -94,38 +94,6 @@ def affine(x, lo, n, a, b, out, relu):
 
 
 @numba.njit(inline="always")
-def affine_t(x, lo, n, at, b, out):
-    """out[t, c] = b[c] + x[lo + t] . at[c] for t < n <= 4 (x (·, i), at
-    (o, i): the weights transposed, so each output is one contiguous dot
-    product, four queries per pass over the weights). Each output is summed
-    in the same order whatever n is (rows past n repeat the last one), so a
-    query gets the same numbers alone and in a group."""
-    h = at.shape[1]
-    r0 = lo
-    r1 = lo + min(1, n - 1)
-    r2 = lo + min(2, n - 1)
-    r3 = lo + min(3, n - 1)
-    for c in range(at.shape[0]):
-        s0 = np.float32(0.0)
-        s1 = np.float32(0.0)
-        s2 = np.float32(0.0)
-        s3 = np.float32(0.0)
-        for j in range(h):
-            w = at[c, j]
-            s0 += x[r0, j] * w
-            s1 += x[r1, j] * w
-            s2 += x[r2, j] * w
-            s3 += x[r3, j] * w
-        out[0, c] = s0 + b[c]
-        if n > 1:
-            out[1, c] = s1 + b[c]
-        if n > 2:
-            out[2, c] = s2 + b[c]
-        if n > 3:
-            out[3, c] = s3 + b[c]
-
-
-@numba.njit(inline="always")
 def score(q, qn, x, sqn, i, l2):
     s = dot(q, x[i])
     if l2:

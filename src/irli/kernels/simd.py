@@ -160,6 +160,148 @@ table scores into `out`, and the bitmask of the items whose score exceeds
 `thr` (bit t for item t)."""
 
 
+_F32x16 = ir.VectorType(ir.FloatType(), 16)
+
+
+def _fma_codegen(rows, vecs, half=False):
+    """Code of the fused multiply-add tiles: rows x vecs accumulators of 16
+    float32 lanes (rows of x by 16-column slices of w), kept in registers
+    over the whole inner dimension: independent chains, so the adds'
+    latency overlaps. With `half`, w holds half-precision bits (uint16),
+    widened as they are read."""
+
+    def codegen(context, builder, signature, args):
+        x_v, x0, xstride, nj, w_v, woff, wstride, b_v, boff, out_v, o0, ostride, n = args
+        ty = signature.args
+
+        def data(k, v):
+            return context.make_array(ty[k])(context, builder, v).data
+
+        xp, wp, bp, op = data(0, x_v), data(4, w_v), data(7, b_v), data(9, out_v)
+        i64 = x0.type
+        if HAVE_AVX512:  # the explicit 512-bit instruction: LLVM would otherwise split it in two 256-bit ones
+            fma512 = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_F32x16, [_F32x16] * 3 + [ir.IntType(32)]),
+                "llvm.x86.avx512.vfmadd.ps.512")
+
+            def fma_call(a, b, c):
+                return builder.call(fma512, [a, b, c, ir.Constant(ir.IntType(32), 4)])  # 4: current rounding
+        else:
+            fma16 = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_F32x16, [_F32x16] * 3), "llvm.fma.v16f32")
+
+            def fma_call(a, b, c):
+                return builder.call(fma16, [a, b, c])
+
+        last = builder.sub(n, ir.Constant(n.type, 1))
+        xrows = []  # row t reads row min(t, n - 1)
+        for t in range(rows):
+            tt = ir.Constant(i64, t)
+            r = builder.select(builder.icmp_signed("<", tt, last), tt, last)
+            xrows.append(builder.gep(xp, [builder.add(x0, builder.mul(r, xstride))]))
+        wbase = builder.gep(wp, [woff])
+        biases = [builder.load(builder.bitcast(builder.gep(bp, [builder.add(boff, ir.Constant(i64, 16 * v))]),
+                                               _F32x16.as_pointer()), align=4) for v in range(vecs)]
+        accs = [[cgutils.alloca_once_value(builder, biases[v]) for v in range(vecs)] for _ in range(rows)]
+        zeros = _const_vec(ir.VectorType(ir.IntType(32), 16), [0] * 16)
+        with cgutils.for_range(builder, nj) as loop:
+            j = loop.index
+            wj = builder.gep(wbase, [builder.mul(j, wstride)])
+            wvs = []
+            for v in range(vecs):
+                wv = builder.gep(wj, [ir.Constant(i64, 16 * v)])
+                if half:
+                    bits = builder.load(builder.bitcast(wv, _I16x16.as_pointer()), align=2)
+                    wvs.append(builder.fpext(builder.bitcast(bits, ir.VectorType(ir.HalfType(), 16)), _F32x16))
+                else:
+                    wvs.append(builder.load(builder.bitcast(wv, _F32x16.as_pointer()), align=4))
+            for row_accs, xr in zip(accs, xrows):
+                xs = builder.load(builder.gep(xr, [j]))
+                xv = builder.insert_element(ir.Constant(_F32x16, None), xs, ir.Constant(ir.IntType(32), 0))
+                xv = builder.shuffle_vector(xv, xv, zeros)
+                for acc, wv in zip(row_accs, wvs):
+                    builder.store(fma_call(xv, wv, builder.load(acc)), acc)
+        for t, row_accs in enumerate(accs):
+            row0 = builder.add(o0, builder.mul(ir.Constant(i64, t), ostride))
+            ptrs = [builder.bitcast(builder.gep(op, [builder.add(row0, ir.Constant(i64, 16 * v))]),
+                                    _F32x16.as_pointer()) for v in range(vecs)]
+            if t == 0:
+                for acc, ptr in zip(row_accs, ptrs):
+                    builder.store(builder.load(acc), ptr, align=4)
+            else:
+                with cgutils.if_likely(builder, builder.icmp_signed(">", n, ir.Constant(n.type, t))):
+                    for acc, ptr in zip(row_accs, ptrs):
+                        builder.store(builder.load(acc), ptr, align=4)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+#: rows of one fma16x8 tile
+FMA_ROWS = 8
+
+
+def _c_arrays(*arrs):
+    """Whether every argument is a C-contiguous array (the tiles read them flat)."""
+    return all(isinstance(a, types.Array) and a.layout == "C" for a in arrs)
+
+
+def _fma_intrinsic(rows, vecs, half=False):
+    def typer(typingctx, x, x0, xstride, nj, w, woff, wstride, b, boff, out, o0, ostride, n):
+        if not _c_arrays(x, w, b, out) or (w.dtype != types.uint16 if half else w.dtype != types.float32):
+            return None
+        sig = types.void(x, x0, xstride, nj, w, woff, wstride, b, boff, out, o0, ostride, n)
+        return sig, _fma_codegen(rows, vecs, half)
+
+    return intrinsic(typer)
+
+
+fma16x8 = _fma_intrinsic(FMA_ROWS, 1)
+fma16x8.__doc__ = """fma16x8(x, x0, xstride, nj, w, woff, wstride, b, boff, out, o0, ostride, n):
+for rows t < n (1 to 8) and lanes c < 16, float32 C arrays read flat,
+out[o0 + t ostride + c] = b[boff + c]
+    + sum over j < nj of x[x0 + t xstride + j] * w[woff + j wstride + c],
+each sum in order of j, one fused multiply-add per step, so a row gets the
+same numbers alone and in any group (rows past n repeat row n - 1 and are
+not stored)."""
+fma64x1 = _fma_intrinsic(1, 4)
+fma64x1.__doc__ = "fma16x8 for one row (n = 1) and 64 lanes (four 16-lane sums side by side)."
+fma16x1 = _fma_intrinsic(1, 1)
+fma16x1.__doc__ = "fma16x8 for one row (n = 1)."
+fma64x1_half = _fma_intrinsic(1, 4, half=True)
+fma64x1_half.__doc__ = "fma64x1 with w uint16 holding half-precision numbers (bits)."
+fma16x1_half = _fma_intrinsic(1, 1, half=True)
+fma16x1_half.__doc__ = "fma16x1 with w uint16 holding half-precision numbers (bits)."
+
+
+@intrinsic
+def max16(typingctx, arr, lo, count):
+    """The largest of arr[lo : lo + 16 count] (a C float32 array, count >=
+    1), read 16 at a time (LLVM leaves the plain loop's max scalar)."""
+    sig = types.float32(arr, lo, count)
+
+    def codegen(context, builder, signature, args):
+        a_v, lo_v, n_v = args
+        p = builder.gep(context.make_array(signature.args[0])(context, builder, a_v).data, [lo_v])
+        vp = builder.bitcast(p, _F32x16.as_pointer())
+        acc = cgutils.alloca_once_value(builder, builder.load(vp, align=4))
+        with cgutils.for_range(builder, builder.sub(n_v, ir.Constant(n_v.type, 1))) as loop:
+            v = builder.load(builder.gep(vp, [builder.add(loop.index, ir.Constant(n_v.type, 1))]), align=4)
+            a = builder.load(acc)
+            builder.store(builder.select(builder.fcmp_ordered(">", v, a), v, a), acc)
+        v = builder.load(acc)
+        width = 16
+        i32 = ir.IntType(32)
+        while width > 1:  # fold halves: lane t against lane t + width / 2
+            width //= 2
+            hi = builder.shuffle_vector(v, v, _const_vec(ir.VectorType(i32, 16), [t + width if t < width else t
+                                                                                   for t in range(16)]))
+            v = builder.select(builder.fcmp_ordered(">", hi, v), hi, v)
+        return builder.extract_element(v, ir.Constant(i32, 0))
+
+    return sig, codegen
+
+
 @intrinsic
 def ctz32(typingctx, x):
     """Trailing zero bits of a non-zero uint32."""

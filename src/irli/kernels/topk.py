@@ -13,6 +13,7 @@ import numba
 import numpy as np
 
 from .scoring import FAST
+from .simd import max16
 
 
 @numba.njit(inline="always")
@@ -32,8 +33,11 @@ def top_row(row, m, bv, bi, out_idx, out_val):
         return
     thr = np.inf
     for g in range(m):
-        mx = -np.inf
-        for b in range(g * width // m, (g + 1) * width // m):
+        lo = g * width // m
+        hi = (g + 1) * width // m
+        full = (hi - lo) // 16
+        mx = max16(row, lo, full) if full > 0 else -np.inf
+        for b in range(lo + 16 * full, hi):
             mx = max(mx, row[b])
         thr = min(thr, mx)
     cnt = 0

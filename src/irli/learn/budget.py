@@ -7,30 +7,35 @@ before and early in its scan, and spends the same mean budget where it is
 needed:
 
     log(probes needed) ~ w . (the best N_SCORES router scores,
-                              the best and 10th best exact scores found in
+                              the best and 10th best scores found in
                               the first m0 buckets) + bias
 
 a ridge regression fitted at `Index.fit` on training queries (items drawn
 from the collection, their own row excluded, or the user's query log): the
 target is the number of probes, in routing order, that reaches every one of
 the query's exact top-10 that the first `width` buckets hold. At search the
-kernel (irli.kernels.pq_scan.pq_block) scans the first m0 buckets, scores the heap's
-items exactly, and gives the query ceil(scale x probes x exp(prediction))
-buckets, clipped to [m0, 2 x probes] (at least N_SCORES, at most B: a
-wider routing pass costs more than the few queries that need it gain). `scale` is
-fitted so that the mean over the training queries is `probes`: the knob
-keeps its meaning, the mean number of buckets opened.
+kernel (irli.kernels.pq_scan.pq_block) scans the first m0 buckets, reads the
+best and 10th best of its heap's approximate scores (the fit reads exact
+ones: re-scoring exactly cost a 384-d query more than it gained), and gives
+the query ceil(scale x probes x exp(prediction)) buckets, clipped to
+[m0, WIDEST x probes] (at least N_SCORES, at most B): the routing pass
+selects that many buckets, and selecting more costs every query more than
+the few that need them gain (GloVe, issue 24: a cap of 2x probes and 32
+router scores read 0.71x the codes of fixed probes at recall 0.95, a cap of
+1.5x and 8 scores 0.72x, routing as wide as fixed probes do). `scale` is
+fitted so that the mean over the training queries is `probes` before the
+cap: the knob keeps its meaning, about the mean number of buckets opened.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 
 from ..kernels.exact import exact_knn
-from ..kernels.pq_scan import N_SCORES
 from ..kernels.scoring import FAST
 from ..kernels.topk import push_lex
 
@@ -40,13 +45,18 @@ N_TRAIN = 10_000
 FIRST = 2
 #: routing width while fitting: the probes a target may ask for
 FIT_WIDTH = 64
+#: router scores the model reads (a saved model may read another number)
+N_SCORES = 8
+#: the most buckets one query may open, in units of the mean (`probes`)
+WIDEST = 1.5
 
 
 @dataclass(frozen=True)
 class ProbeBudget:
-    """weights float32 (N_SCORES + 3,): router scores, 10th best and best
-    exact score after `first` probes, bias; `scale`: the calibration that
-    makes the mean predicted count equal the `probes` asked for."""
+    """weights float32 (S + 3,): S router scores (N_SCORES when fitted here),
+    10th best and best exact score after `first` probes, bias; `scale`: the
+    calibration that makes the mean predicted count equal the `probes`
+    asked for."""
 
     weights: np.ndarray
     first: int
@@ -55,8 +65,12 @@ class ProbeBudget:
     def args(self, probes: int, n_buckets: int) -> tuple[np.ndarray, int, float, int]:
         """(stop_w, m0, budget, routing width) for the search kernel at a
         mean of `probes` buckets per query."""
-        width = min(n_buckets, max(N_SCORES, 2 * probes))
+        width = min(n_buckets, max(self.n_scores, math.ceil(WIDEST * probes)))
         return self.weights, min(self.first, width), float(probes * self.scale), width
+
+    @property
+    def n_scores(self) -> int:
+        return self.weights.shape[0] - 3
 
     def to_dict(self) -> dict:
         return {"weights": [float(v) for v in self.weights], "first": self.first, "scale": self.scale}
@@ -64,8 +78,8 @@ class ProbeBudget:
     @classmethod
     def from_dict(cls, d: dict) -> "ProbeBudget":
         w = np.asarray(d["weights"], dtype=np.float32)
-        if w.shape != (N_SCORES + 3,) or not np.isfinite(w).all():
-            raise ValueError(f"probe budget weights must be {N_SCORES + 3} finite numbers")
+        if w.ndim != 1 or not 4 <= w.shape[0] <= FIT_WIDTH + 3 or not np.isfinite(w).all():
+            raise ValueError(f"probe budget weights must be 4 to {FIT_WIDTH + 3} finite numbers")
         first, scale = int(d["first"]), float(d["scale"])
         if first < 1 or not (np.isfinite(scale) and scale > 0):
             raise ValueError("probe budget: first must be >= 1 and scale > 0")

@@ -158,6 +158,7 @@ def power_of_k(choices: np.ndarray, k: int, n_buckets: int, max_load: float | No
     them too). Returns int32 (n,).
     """
     n = choices.shape[0]
+    k = min(k, choices.shape[1])  # fewer buckets than choices: every ranked bucket is one
     counts = np.zeros(n_buckets, dtype=np.int64) if loads is None else np.array(loads, dtype=np.int64)
     total = n + int(counts.sum())
     cap = total + 1 if max_load is None else int(np.ceil(max_load * total / n_buckets))

@@ -213,14 +213,13 @@ HALF_ROWS_FROM = 1 << 16  # B x d from which one query alone scans half-precisio
 @dataclass
 class Routing:
     """The R routers as stacked affine layers (see Router.layers): a1
-    float32 (R, d, H), b1 (R, H), a2 (R, B, H) (the second layer transposed:
-    one contiguous row per bucket) and b2 (R, B) for two-layer (MLP)
+    float32 (R, d, H), b1 (R, H), a2 (R, H, B) and b2 (R, B) for two-layer (MLP)
     routers, else empty (R, 0, 0) / (R, 0).
 
     One-layer routers also hold what routing one query alone reads (see
     irli.kernels.route.route_rows): rows float32 (R, B, d), a1 bucket-major
-    for the exact re-score of the best buckets; half uint16 (R, B, d), the
-    rows in half precision (bits), scanned by a query routed alone (empty
+    for the exact re-score of the best buckets; half uint16 (R, d, B), a1
+    in half precision (bits), scanned by a query routed alone (empty
     below HALF_ROWS_FROM weights, or when a weight does not fit a half); slack float32 (R, 2), per
     repetition the largest |row - half| and |row| + |b1| over the buckets.
     Two-layer routers hold them empty."""
@@ -251,7 +250,7 @@ class Routing:
         half = rows.astype(np.float16)
         err = np.linalg.norm(rows.astype(np.float64) - half.astype(np.float64), axis=2)
         self.slack[:, 0] = err.max(axis=1) * (1 + 1e-6)
-        self.half = half.view(np.uint16)
+        self.half = np.ascontiguousarray(half.transpose(0, 2, 1)).view(np.uint16)  # (R, d, B), as a1
 
     @classmethod
     def from_routers(cls, routers: list[Router]) -> "Routing":
@@ -262,7 +261,7 @@ class Routing:
         if layers[0][2] is None:
             a2, b2 = np.zeros((reps, 0, 0), np.float32), np.zeros((reps, 0), np.float32)
         else:
-            a2 = np.ascontiguousarray(np.stack([lay[2].T for lay in layers]), dtype=np.float32)
+            a2 = np.ascontiguousarray(np.stack([lay[2] for lay in layers]), dtype=np.float32)
             b2 = np.ascontiguousarray(np.stack([lay[3] for lay in layers]), dtype=np.float32)
         return cls(a1, b1, a2, b2)
 
@@ -272,7 +271,7 @@ class Routing:
 
     @property
     def n_buckets(self) -> int:
-        return self.a2.shape[1] if self.a2.shape[1] else self.a1.shape[2]
+        return self.a2.shape[2] if self.a2.shape[1] else self.a1.shape[2]
 
     def block(self, q: np.ndarray, lo: int, hi: int, probed: np.ndarray, probs: np.ndarray,
               raw: bool = False) -> None:
