@@ -9,7 +9,7 @@ import numba
 import numpy as np
 
 from .scoring import FAST, affine, dot
-from .simd import FMA_ROWS, fma16x1, fma16x1_half, fma16x8, fma64x1, fma64x1_half, half_to_float
+from .simd import FMA_ROWS, as_float, fma16x1, fma16x8, fma64x1
 from .topk import top_row
 
 # _BLOCK queries pass over each 16-bucket slice of a layer's weights (8 KB at 128 inputs, kept in
@@ -24,29 +24,11 @@ _ROUNDING = 4.0 * 2.0 ** -24
 
 
 @numba.njit(inline="always")
-def _one_half(q, i, half, b, row):
-    """Approximate scores of query row i of q (n, d) against one
-    repetition's half-precision weights half uint16 (d, B) (bits):
-    row[c] = b[c] + q[i] . half[:, c]."""
-    d = q.shape[1]
-    width = half.shape[1]
-    wide = width - width % 16
-    for c0 in range(0, width - width % 64, 64):
-        fma64x1_half(q, i * d, d, d, half, c0, width, b, c0, row, c0, width, 1)
-    for c0 in range(width - width % 64, wide, 16):
-        fma16x1_half(q, i * d, d, d, half, c0, width, b, c0, row, c0, width, 1)
-    for c in range(wide, width):
-        s = b[c]
-        for j in range(d):
-            s += q[i, j] * half_to_float(half[j, c])
-        row[c] = s
-
-
-@numba.njit(inline="always")
 def _layer(x, lo, n, a, b, out):
-    """out[t] = b + x[lo + t] a for t < n (x (·, i), a (i, B), out (G, B)):
-    16 buckets at a time for every row of the block (simd.fma16x8), each sum
-    in the same order alone and in a group."""
+    """out[t] = b + x[lo + t] a for t < n (x (·, i), a (i, B) float32 or
+    uint16 half-precision bits, out (G, B)): 16 buckets at a time for every
+    row of the block (simd.fma16x8), 64 for one row alone, each sum in the
+    same order alone and in a group."""
     h = x.shape[1]
     width = a.shape[1]
     wide = width - width % 16
@@ -64,7 +46,7 @@ def _layer(x, lo, n, a, b, out):
         for t in range(n):
             acc = b[c]
             for j in range(h):
-                acc += x[lo + t, j] * a[j, c]
+                acc += x[lo + t, j] * as_float(a[j, c])
             out[t, c] = acc
 
 
@@ -134,7 +116,7 @@ def _route_into(q, lo, hi, a1, b1, a2, b2, rows, half, slack, probed, probs, plo
         for g in range(lo, hi, group):
             n = min(group, hi - g)
             if alone:
-                _one_half(q, g, half[r], b1[r], hidden[0])
+                _layer(q, g, 1, half[r], b1[r], hidden)  # approximate: re-scored exactly below
             elif two:
                 affine(q, g, n, a1[r], b1[r], hidden, True)
                 _layer(hidden, 0, n, a2[r], b2[r], logits)

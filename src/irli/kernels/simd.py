@@ -25,7 +25,7 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 
 def _host_features() -> set[str]:
@@ -246,19 +246,20 @@ def _c_arrays(*arrs):
     return all(isinstance(a, types.Array) and a.layout == "C" for a in arrs)
 
 
-def _fma_intrinsic(rows, vecs, half=False):
+def _fma_intrinsic(rows, vecs):
     def typer(typingctx, x, x0, xstride, nj, w, woff, wstride, b, boff, out, o0, ostride, n):
-        if not _c_arrays(x, w, b, out) or (w.dtype != types.uint16 if half else w.dtype != types.float32):
+        if not _c_arrays(x, w, b, out) or w.dtype not in (types.float32, types.uint16):
             return None
         sig = types.void(x, x0, xstride, nj, w, woff, wstride, b, boff, out, o0, ostride, n)
-        return sig, _fma_codegen(rows, vecs, half)
+        return sig, _fma_codegen(rows, vecs, half=w.dtype == types.uint16)
 
     return intrinsic(typer)
 
 
 fma16x8 = _fma_intrinsic(FMA_ROWS, 1)
 fma16x8.__doc__ = """fma16x8(x, x0, xstride, nj, w, woff, wstride, b, boff, out, o0, ostride, n):
-for rows t < n (1 to 8) and lanes c < 16, float32 C arrays read flat,
+for rows t < n (1 to 8) and lanes c < 16, float32 C arrays read flat (w
+float32, or uint16 holding half-precision bits),
 out[o0 + t ostride + c] = b[boff + c]
     + sum over j < nj of x[x0 + t xstride + j] * w[woff + j wstride + c],
 each sum in order of j, one fused multiply-add per step, so a row gets the
@@ -268,16 +269,26 @@ fma64x1 = _fma_intrinsic(1, 4)
 fma64x1.__doc__ = "fma16x8 for one row (n = 1) and 64 lanes (four 16-lane sums side by side)."
 fma16x1 = _fma_intrinsic(1, 1)
 fma16x1.__doc__ = "fma16x8 for one row (n = 1)."
-fma64x1_half = _fma_intrinsic(1, 4, half=True)
-fma64x1_half.__doc__ = "fma64x1 with w uint16 holding half-precision numbers (bits)."
-fma16x1_half = _fma_intrinsic(1, 1, half=True)
-fma16x1_half.__doc__ = "fma16x1 with w uint16 holding half-precision numbers (bits)."
+
+
+def as_float(v):
+    """A weight as float32: half-precision bits (uint16) widened, float32 as is."""
+    raise NotImplementedError  # pragma: no cover - compiled only (see the overload)
+
+
+@overload(as_float, inline="always")
+def _as_float(v):
+    if v == types.uint16:
+        return lambda v: half_to_float(v)
+    return lambda v: v
 
 
 @intrinsic
 def max16(typingctx, arr, lo, count):
     """The largest of arr[lo : lo + 16 count] (a C float32 array, count >=
     1), read 16 at a time (LLVM leaves the plain loop's max scalar)."""
+    if not (_c_arrays(arr) and arr.dtype == types.float32):
+        return None
     sig = types.float32(arr, lo, count)
 
     def codegen(context, builder, signature, args):

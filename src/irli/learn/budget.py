@@ -54,7 +54,8 @@ WIDEST = 1.5
 @dataclass(frozen=True)
 class ProbeBudget:
     """weights float32 (S + 3,): S router scores (N_SCORES when fitted here),
-    10th best and best exact score after `first` probes, bias; `scale`: the
+    10th best and best score after `first` probes (exact in the fit, the
+    scan's approximate ones at search), bias; `scale`: the
     calibration that makes the mean predicted count equal the `probes`
     asked for."""
 
