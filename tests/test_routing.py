@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from irli.model import routers
+from irli.kernels.route import TILE, tile_layer
 from irli.model.routers import Routing
 
 
@@ -42,7 +43,9 @@ def test_alone_equals_batched_equals_exact(d, b, m):
     q = rng.normal(size=(120, d)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     rt = _routing(a1, b1)
-    assert rt.half.shape == (2, d, b) and rt.rows.shape == (2, b, d) and (rt.slack[:, 0] > 0).all()
+    tiles = -(-b // TILE)
+    assert rt.half.shape == (2, tiles, d, TILE) and rt.rows.shape == (2, b, d) and (rt.slack[:, 0] > 0).all()
+    assert rt.tiles.shape == (2, tiles, d, TILE)
     batch, alone, sb, sa = _alone_and_batched(rt, q, m)
     np.testing.assert_array_equal(batch, alone)
     np.testing.assert_array_equal(sb, sa)  # the raw scores too: both are the exact re-scores
@@ -63,7 +66,7 @@ def test_buckets_closer_than_half_precision_are_ranked_exactly():
         a1[0, 0, c] += step
     rt = _routing(a1, np.zeros((1, b), np.float32))
     half = rt.half.view(np.float16).astype(np.float32)
-    assert half[0, 0, 5] == half[0, 0, 9] == half[0, 0, 20]  # half precision cannot tell them apart
+    assert half[0, 0, 0, 5] == half[0, 0, 0, 9] == half[0, 0, 0, 20]  # half precision cannot tell them apart
     q = np.tile(base, (4, 1))
     q[:, 0] += np.array([0.5, 1.0, 2.0, 4.0], np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
@@ -77,7 +80,7 @@ def test_weights_beyond_half_range_route_exactly_without_the_half_rows():
     a1 = (rng.normal(size=(1, 16, 50)) * 1e5).astype(np.float32)
     b1 = np.zeros((1, 50), np.float32)
     rt = _routing(a1, b1)
-    assert rt.half.shape == (1, 0, 0) and rt.rows.shape == (1, 50, 16)
+    assert rt.half.shape == (1, 0, 0, 0) and rt.rows.shape == (1, 50, 16)
     q = rng.normal(size=(30, 16)).astype(np.float32)
     batch, alone, _, _ = _alone_and_batched(rt, q, 7)
     np.testing.assert_array_equal(batch, alone)
@@ -95,13 +98,25 @@ def test_softmax_probabilities_are_the_same_alone_and_batched():
     assert ((pb > 0) & (pb <= 1)).all() and (np.diff(pb, axis=2) <= 0).all()
 
 
+@pytest.mark.parametrize("b", [1, 40, 64, 130])
+def test_tiles_hold_every_column_of_the_layer_and_zeros_past_it(b):
+    rng = np.random.default_rng(b)
+    a = rng.normal(size=(2, 7, b)).astype(np.float32)
+    t = tile_layer(a)
+    assert t.shape == (2, -(-b // TILE), 7, TILE) and t.flags.c_contiguous and t.dtype == np.float32
+    back = t.transpose(0, 2, 1, 3).reshape(2, 7, -1)
+    np.testing.assert_array_equal(back[:, :, :b], a)
+    assert (back[:, :, b:] == 0).all()
+
+
 def test_two_layer_routers_hold_no_one_query_tables():
     rng = np.random.default_rng(1)
     a1, b1 = rng.normal(size=(1, 8, 16)).astype(np.float32), np.zeros((1, 16), np.float32)
     # 40 buckets: two 16-bucket tiles and 8 buckets past them; 37 queries: blocks of 32 and 8
     a2, b2 = rng.normal(size=(1, 16, 40)).astype(np.float32), rng.normal(size=(1, 40)).astype(np.float32)
     rt = Routing(a1, b1, a2, b2)  # a2 (R, H, B)
-    assert rt.rows.shape == (1, 0, 0) and rt.half.shape == (1, 0, 0) and rt.n_buckets == 40
+    assert rt.rows.shape == (1, 0, 0) and rt.half.shape == (1, 0, 0, 0) and rt.n_buckets == 40
+    assert rt.tiles.shape == (1, 1, 16, TILE)  # a2 tiled
     q = rng.normal(size=(37, 8)).astype(np.float32)
     batch, alone, _, _ = _alone_and_batched(rt, q, 4)
     np.testing.assert_array_equal(batch, alone)
@@ -114,8 +129,8 @@ def test_small_tables_route_in_float32(monkeypatch):
     rng = np.random.default_rng(2)
     small, large = (_routing(rng.normal(size=(1, d, b)).astype(np.float32), np.zeros((1, b), np.float32))
                     for d, b in ((50, 1024), (64, 1024)))
-    assert small.half.shape == (1, 0, 0) and small.rows.shape == (1, 1024, 50)
-    assert large.half.shape == (1, 64, 1024)
+    assert small.half.shape == (1, 0, 0, 0) and small.rows.shape == (1, 1024, 50)
+    assert large.half.shape == (1, 1024 // TILE, 64, TILE)
 
 
 @pytest.mark.parametrize("preset", ["fast", "ivf"])

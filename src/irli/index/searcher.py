@@ -85,6 +85,15 @@ class SearchMixin:
         if (type(queries) is np.ndarray and queries.dtype == np.float32 and queries.ndim == 1
                 and queries.shape[0] == st.dim and queries.flags.c_contiguous):
             q = queries.reshape(1, st.dim)  # one query per request: the common case, checked in the kernel
+            if (st.codes is not None and allow is min_votes is top_c is threads is None and batch_size == 4096
+                    and type(k) is int and (probes is None or type(probes) is int)
+                    and (refine is None or type(refine) is int)):  # the settings checked once (_plan)
+                plan = st.plans.get((k, probes, refine)) or self._plan(st, k, probes, refine)
+                outs = (np.empty((1, plan[2]), np.int64), np.empty((1, plan[2]), np.float32), np.empty(1, np.int64),
+                        np.empty(1, np.int64))
+                if pq_block(q, 0, 1, *plan, *outs) >= 0:
+                    raise query_error(q, 0)
+                return SearchResult(*outs)
         else:
             q = self._raw_queries(queries)
         k, m, votes, cut, refine = self._params(st, k, probes, min_votes, top_c, refine)
@@ -129,16 +138,32 @@ class SearchMixin:
         return SearchParams.resolve(self.config, st.vectors.shape[0], st.n_buckets, k, probes, min_votes, top_c,
                                     refine, codes=st.codes is not None)
 
+    def _plan(self, st: "State", k, probes, refine) -> tuple:
+        """pq_block's arguments after q, lo, hi and before the outputs for
+        one query searched with these arguments (checked here), kept in
+        st.plans."""
+        k_, m, _, _, factor = self._params(st, k, probes, None, None, refine)
+        plan = (*self._pq_head(st, k_, m, factor), *st.kernel_args)
+        if len(st.plans) < 64:  # a few settings are in use at a time; a sweep of them is not kept
+            st.plans[(k, probes, refine)] = plan
+        return plan
+
+    @staticmethod
+    def _pq_head(st: "State", k, m, refine) -> tuple:
+        """pq_block's (m, n_rerank, k, stop_w, m0, budget): the routing
+        width, the distinct items re-ranked, k and the probe budget."""
+        n_rerank = max(1, min(refine * k, st.n_live))
+        if st.budget is None:
+            return (m, n_rerank, k, *FIXED)
+        stop_w, first, budget, width = st.budget.args(m, st.n_buckets)
+        return (width, n_rerank, k, stop_w, first, budget)
+
     def _block(self, st: "State", q, lo, hi, k, m, votes, cut, refine, outs) -> int:
         """Raw queries lo .. hi - 1, unfiltered, into rows lo .. hi - 1 of
         outs = (ids, scores, candidates, entries read): one compiled call.
         Returns -1, or the first row holding NaN or inf."""
         if st.codes is not None:  # approximate scan of codes, exact re-rank of the best refine x k distinct
-            n_rerank = max(1, min(refine * k, st.n_live))
-            if st.budget is None:
-                return pq_block(q, lo, hi, m, n_rerank, k, *FIXED, *st.kernel_args, *outs)
-            stop_w, first, budget, width = st.budget.args(m, st.n_buckets)
-            return pq_block(q, lo, hi, width, n_rerank, k, stop_w, first, budget, *st.kernel_args, *outs)
+            return pq_block(q, lo, hi, *self._pq_head(st, k, m, refine), *st.kernel_args, *outs)
         # exact scan of the lists; removed items are skipped
         dedup = st.routing.n_reps > 1 or cut is not None or st.copies > 1
         _, mark, cnt, stamp0 = marks(dedup, False, st.vectors.shape[0], hi - lo)

@@ -305,14 +305,13 @@ def embed_texts(texts: list[str], path: str | os.PathLike, embedder, dim: int, c
                 return np.ascontiguousarray(x)
         except (ValueError, OSError, EOFError):
             pass  # unreadable: computed again below
-    embed = embedder
-    try:
-        import inspect
+    import inspect
 
-        if not inspect.signature(embedder).parameters:  # a factory: build the model now
-            embed = embedder()
-    except (TypeError, ValueError):
-        pass
+    try:
+        factory = not inspect.signature(embedder).parameters
+    except (TypeError, ValueError):  # no signature to read: a callable of texts
+        factory = False
+    embed = embedder() if factory else embedder  # a factory builds the model now; its errors reach the caller
     out = np.empty((len(texts), dim), dtype=np.float32)
     report(callback, "embed", 0, len(texts))
     for s in range(0, len(texts), chunk):

@@ -312,7 +312,7 @@ class PQIndexArgs(NamedTuple):
     n_sub: int
     a1: np.ndarray
     b1: np.ndarray
-    a2: np.ndarray
+    tiles: np.ndarray
     b2: np.ndarray
     rows: np.ndarray
     half: np.ndarray
@@ -330,12 +330,12 @@ class PQIndexArgs(NamedTuple):
 
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True)
-def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual, n_sub, a1, b1, a2, b2, rows, half,
+def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual, n_sub, a1, b1, tiles, b2, rows, half,
              slack, centroids, books, blocks, block_pos, bstart, bsizes, x, sqn, keep, ids, out_ids, out_score,
              out_ncand, out_scanned):
     """The whole compressed search of queries lo .. hi - 1 of raw q float32
     (n, d): check and prepare them (normalised for cosine), route them with
-    the layers a1, b1, a2, b2 and the one-layer tables rows, half, slack
+    the layers a1, b1, tiles, b2 and the one-layer tables rows, half, slack
     (irli.model.routers.Routing) to m buckets per repetition, scan, re-rank
     the best n_rerank distinct items, keep k and map positions to `ids`
     int64 (N,), into rows lo .. hi - 1 of out_ids int64 (n, k), out_score
@@ -367,7 +367,7 @@ def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual
     learned = stop_w.shape[0] > 0
     probed = np.empty((reps, n, m), dtype=np.int32)
     top = np.empty((reps, n, m) if learned else (reps, 0, 0), dtype=np.float32)
-    route_rows(qb, 0, n, a1, b1, a2, b2, rows, half, slack, probed, top, 0, True)
+    route_rows(qb, 0, n, a1, b1, tiles, b2, rows, half, slack, probed, top, 0, True)
     first = min(m0, m) if learned else m
     m2 = n_sub + (n_sub & 1)
     npairs = m2 // 2

@@ -23,30 +23,54 @@ _BLOCK = 64
 _ROUNDING = 4.0 * 2.0 ** -24
 
 
+#: buckets per tile of a layer's weights as the kernels read them (see tile_layer)
+TILE = 64
+
+
+def tile_layer(a: np.ndarray) -> np.ndarray:
+    """A stack of layers a (R, i, B) (float32, or uint16 half-precision
+    bits) tile-major, as `_layer` reads it: (R, T, i, TILE), T = ceil(B /
+    TILE), the columns c0 .. c0 + TILE - 1 of every input row contiguous
+    (zero-padded past B). Read in (i, B) order, a tile's 64 columns sit
+    4 KB apart per input at B = 1,024: every row of a tile lands in the
+    same L1 set, and one query's pass ran 3x slower (issue 24)."""
+    reps, i, b = a.shape
+    t = -(-b // TILE)
+    out = np.zeros((reps, t, i, TILE), dtype=a.dtype)
+    for s in range(t):
+        c0 = s * TILE
+        out[:, s, :, : min(TILE, b - c0)] = a[:, :, c0 : c0 + TILE]
+    return out
+
+
 @numba.njit(inline="always")
-def _layer(x, lo, n, a, b, out):
-    """out[t] = b + x[lo + t] a for t < n (x (·, i), a (i, B) float32 or
-    uint16 half-precision bits, out (G, B)): 16 buckets at a time for every
-    row of the block (simd.fma16x8), 64 for one row alone, each sum in the
-    same order alone and in a group."""
+def _layer(x, lo, n, w, b, out):
+    """out[t, c] = b[c] + x[lo + t] a[:, c] for t < n, c < B = b.shape[0],
+    the weights a (i, B) tile-major in w (T, i, TILE) (tile_layer; float32
+    or uint16 half-precision bits), out (G, B): 16 buckets at a time for
+    every row of the block (simd.fma16x8), 64 for one row alone, each sum
+    in the same order alone and in a group."""
     h = x.shape[1]
-    width = a.shape[1]
+    width = b.shape[0]
     wide = width - width % 16
+    full = width - width % TILE
+    tile = h * TILE
     if n == 1:
-        for c0 in range(0, width - width % 64, 64):
-            fma64x1(x, lo * h, h, h, a, c0, width, b, c0, out, c0, width, 1)
-        for c0 in range(width - width % 64, wide, 16):
-            fma16x1(x, lo * h, h, h, a, c0, width, b, c0, out, c0, width, 1)
+        for c0 in range(0, full, TILE):
+            fma64x1(x, lo * h, h, h, w, (c0 // TILE) * tile, TILE, b, c0, out, c0, width, 1)
+        for c0 in range(full, wide, 16):
+            fma16x1(x, lo * h, h, h, w, (c0 // TILE) * tile + c0 % TILE, TILE, b, c0, out, c0, width, 1)
     else:
         for c0 in range(0, wide, 16):
+            at = (c0 // TILE) * tile + c0 % TILE
             for s in range(0, n, FMA_ROWS):
-                fma16x8(x, (lo + s) * h, h, h, a, c0, width, b, c0, out, s * width + c0, width,
+                fma16x8(x, (lo + s) * h, h, h, w, at, TILE, b, c0, out, s * width + c0, width,
                         min(FMA_ROWS, n - s))
     for c in range(wide, width):
         for t in range(n):
             acc = b[c]
             for j in range(h):
-                acc += x[lo + t, j] * as_float(a[j, c])
+                acc += x[lo + t, j] * as_float(w[c // TILE, j, c % TILE])
             out[t, c] = acc
 
 
@@ -72,40 +96,44 @@ def _fix_top(qv, row, m, slack_q, rows, b, bv, bi, cv, ci, out_idx, out_val):
 
 
 @numba.njit(inline="always")
-def route_rows(q, lo, hi, a1, b1, a2, b2, rows, half, slack, probed, probs, plo, raw):
+def route_rows(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, probed, probs, plo, raw):
     """Route rows lo .. hi - 1 of q into rows plo .. of probed / probs
     (probs: softmax probabilities of the probed buckets, or with `raw` their
     router scores; not written when probs has no columns).
 
+    The layers (irli.model.routers.Routing): a1 float32 (R, d, H) and b1
+    (R, H) the first, b2 (R, B) the second's biases (R, 0) for one-layer
+    routers, tiles the last layer's weights tile-major (R, T, ·, TILE)
+    (tile_layer: a2, or a1 for one-layer routers).
     One-layer routers carry rows float32 (R, B, d) (a1 transposed), half
-    uint16 (R, B, d) (the same in half precision, or (R, 0, 0)) and slack
+    uint16 (R, T, d, TILE) (a1 in half precision, tiled, or (R, 0, 0, 0)) and slack
     float32 (R, 2) (the largest |row - half| and |a_b| + |b_b| over the
     buckets): their scores are computed in bulk (BLAS-like over a group of
     queries, or for one query alone over the half-precision rows, half the
     bytes), then the buckets that could be among the best m are re-scored
     exactly (`_fix_top`), so a query is routed the same alone and in a
     batch. Two-layer routers pass rows (R, 0, 0)."""
-    two = a2.shape[1] > 0
-    width = a2.shape[2] if two else a1.shape[2]
+    two = b2.shape[1] > 0
+    width = b2.shape[1] if two else b1.shape[1]
     fix = rows.shape[1] > 0
     n_rows = min(_BLOCK, hi - lo)
-    hidden = np.empty((n_rows, a1.shape[2]), dtype=np.float32)
+    hidden = np.empty((n_rows, b1.shape[1]), dtype=np.float32)
     logits = np.empty((n_rows, width), dtype=np.float32) if two else hidden
-    _route_into(q, lo, hi, a1, b1, a2, b2, rows, half, slack, probed, probs, plo, raw, hidden, logits,
+    _route_into(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, probed, probs, plo, raw, hidden, logits,
                 np.empty(probed.shape[2], dtype=np.float32), np.empty(width, dtype=np.float32),
                 np.empty(width, dtype=np.int32), np.empty(width if fix else 0, dtype=np.float32),
                 np.empty(width if fix else 0, dtype=np.int32))
 
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True, _nrt=False)  # allocates nothing: no reference counts
-def _route_into(q, lo, hi, a1, b1, a2, b2, rows, half, slack, probed, probs, plo, raw, hidden, logits, val, buf_v,
+def _route_into(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, probed, probs, plo, raw, hidden, logits, val, buf_v,
                 buf_i, cv, ci):
     """route_rows with its scratch: hidden (G, H) and logits (G, width)
     (the same array for one-layer routers), val (m,), buf_v / buf_i
     (width,), cv / ci (width,) or (0,) without the exact re-score."""
     reps = a1.shape[0]
-    two = a2.shape[1] > 0
-    width = a2.shape[2] if two else a1.shape[2]
+    two = b2.shape[1] > 0
+    width = b2.shape[1] if two else b1.shape[1]
     d = q.shape[1]
     m = probed.shape[2]
     fix = rows.shape[1] > 0
@@ -119,9 +147,9 @@ def _route_into(q, lo, hi, a1, b1, a2, b2, rows, half, slack, probed, probs, plo
                 _layer(q, g, 1, half[r], b1[r], hidden)  # approximate: re-scored exactly below
             elif two:
                 affine(q, g, n, a1[r], b1[r], hidden, True)
-                _layer(hidden, 0, n, a2[r], b2[r], logits)
+                _layer(hidden, 0, n, tiles[r], b2[r], logits)
             else:
-                _layer(q, g, n, a1[r], b1[r], logits)
+                _layer(q, g, n, tiles[r], b1[r], logits)
             for t in range(n):
                 row = logits[t, :width]
                 at = plo + g - lo + t
@@ -147,5 +175,5 @@ def _route_into(q, lo, hi, a1, b1, a2, b2, rows, half, slack, probed, probs, plo
 
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True)
-def route_kernel(q, lo, hi, a1, b1, a2, b2, rows, half, slack, probed, probs, raw):
-    route_rows(q, lo, hi, a1, b1, a2, b2, rows, half, slack, probed, probs, lo, raw)
+def route_kernel(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, probed, probs, raw):
+    route_rows(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, probed, probs, lo, raw)

@@ -21,7 +21,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import IndexFormatError
-from ..kernels.route import route_kernel
+from ..kernels.route import route_kernel, tile_layer
 from ..threads import run_blocks
 
 
@@ -214,13 +214,15 @@ HALF_ROWS_FROM = 1 << 16  # B x d from which one query alone scans half-precisio
 class Routing:
     """The R routers as stacked affine layers (see Router.layers): a1
     float32 (R, d, H), b1 (R, H), a2 (R, H, B) and b2 (R, B) for two-layer (MLP)
-    routers, else empty (R, 0, 0) / (R, 0).
+    routers, else empty (R, 0, 0) / (R, 0). tiles: the last layer (a2, or
+    a1) tile-major, as the kernels read it (irli.kernels.route.tile_layer).
 
     One-layer routers also hold what routing one query alone reads (see
     irli.kernels.route.route_rows): rows float32 (R, B, d), a1 bucket-major
-    for the exact re-score of the best buckets; half uint16 (R, d, B), a1
-    in half precision (bits), scanned by a query routed alone (empty
-    below HALF_ROWS_FROM weights, or when a weight does not fit a half); slack float32 (R, 2), per
+    for the exact re-score of the best buckets; half uint16 (R, T, d,
+    TILE), a1 in half precision (bits) and tiled, scanned by a query routed
+    alone (empty below HALF_ROWS_FROM weights, or when a weight does not
+    fit a half); slack float32 (R, 2), per
     repetition the largest |row - half| and |row| + |b1| over the buckets.
     Two-layer routers hold them empty."""
 
@@ -228,6 +230,7 @@ class Routing:
     b1: np.ndarray
     a2: np.ndarray
     b2: np.ndarray
+    tiles: np.ndarray = field(init=False, repr=False, compare=False)
     rows: np.ndarray = field(init=False, repr=False, compare=False)
     half: np.ndarray = field(init=False, repr=False, compare=False)
     slack: np.ndarray = field(init=False, repr=False, compare=False)
@@ -235,9 +238,11 @@ class Routing:
     def __post_init__(self):
         reps = self.a1.shape[0]
         self.slack = np.zeros((reps, 2), np.float32)
-        if self.a2.shape[1] > 0:
+        two = self.a2.shape[1] > 0
+        self.tiles = tile_layer(self.a2 if two else self.a1)
+        if two:
             self.rows = np.zeros((reps, 0, 0), np.float32)
-            self.half = np.zeros((reps, 0, 0), np.uint16)
+            self.half = np.zeros((reps, 0, 0, 0), np.uint16)
             return
         rows = np.ascontiguousarray(self.a1.transpose(0, 2, 1), dtype=np.float32)
         self.rows = rows
@@ -245,12 +250,12 @@ class Routing:
         self.slack[:, 1] = norms.max(axis=1) * (1 + 1e-6)
         if rows.shape[1] * rows.shape[2] < HALF_ROWS_FROM or not np.abs(rows).max(initial=0.0) < 6.0e4:
             # a small table is read as fast in float32; half precision reaches 65,504
-            self.half = np.zeros((reps, 0, 0), np.uint16)
+            self.half = np.zeros((reps, 0, 0, 0), np.uint16)
             return
         half = rows.astype(np.float16)
         err = np.linalg.norm(rows.astype(np.float64) - half.astype(np.float64), axis=2)
         self.slack[:, 0] = err.max(axis=1) * (1 + 1e-6)
-        self.half = np.ascontiguousarray(half.transpose(0, 2, 1)).view(np.uint16)  # (R, d, B), as a1
+        self.half = tile_layer(np.ascontiguousarray(half.transpose(0, 2, 1)).view(np.uint16))
 
     @classmethod
     def from_routers(cls, routers: list[Router]) -> "Routing":
@@ -279,8 +284,8 @@ class Routing:
         rows lo .. hi - 1 of probed int32 (R, n, m) and, when probs is (R, n,
         m) rather than (R, 0, 0), their softmax probabilities (with `raw`,
         their router scores)."""
-        route_kernel(q, lo, hi, self.a1, self.b1, self.a2, self.b2, self.rows, self.half, self.slack, probed, probs,
-                     raw)
+        route_kernel(q, lo, hi, self.a1, self.b1, self.tiles, self.b2, self.rows, self.half, self.slack, probed,
+                     probs, raw)
 
 
 def route(routers: list[Router] | Routing, q: np.ndarray, probes: int, with_probs: bool = False,
