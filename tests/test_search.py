@@ -5,6 +5,7 @@ import pytest
 from conftest import FAST, fitted
 
 import irli
+from irli.errors import InvalidInputError
 from irli.kernels.exact import exact_knn
 from irli.metrics import recall_at_k
 from irli.model.routers import route
@@ -107,13 +108,38 @@ def test_threads_agree_with_one_thread(data, preset, kw):
         np.testing.assert_array_equal(one.candidates, many.candidates)
 
 
-@pytest.mark.parametrize("m", [1, 5, 24, 64, 65, 200])
-def test_top_m_selection_matches_a_full_sort(m):
+@pytest.mark.parametrize("m,width", [(1, 256), (5, 256), (24, 256), (64, 256), (65, 256), (200, 256), (20, 1024),
+                                     (27, 1000), (17, 16 * 17), (18, 16 * 17), (3, 40), (7, 7)])
+def test_top_m_selection_matches_a_full_sort(m, width):
+    """Widths that are and are not multiples of the 16-bucket groups, m
+    from one to more groups than there are (no group threshold then)."""
     from irli.kernels.topk import top_m
 
-    s = np.random.default_rng(m).normal(size=(300, 256)).astype(np.float32)
+    s = np.random.default_rng(m).normal(size=(300, width)).astype(np.float32)
     s[:20] = np.round(s[:20] * 2)  # ties
+    s[20:30] = 0.5  # all equal
     idx, val = top_m(s, m)
     want = np.argsort(-s, axis=1, kind="stable")[:, :m]
     np.testing.assert_array_equal(val, np.take_along_axis(s, want, axis=1))  # the same scores, best first
     np.testing.assert_array_equal(idx, want)  # ties go to the lower bucket
+
+
+def test_a_query_per_call_reuses_its_checked_settings(data):
+    """The lean path of one float32 vector per call (Index._plan) answers
+    as a batch does, and still refuses what a first call would."""
+    index = fitted("fast", data)
+    q = data[1][:12]
+    batch = index.search(q, k=7, probes=3, refine=2)
+    for _ in range(2):  # the second round reads the kept settings
+        for i, v in enumerate(q):
+            one = index.search(v, k=7, probes=3, refine=2)
+            np.testing.assert_array_equal(one.ids[0], batch.ids[i])
+            np.testing.assert_array_equal(one.scores[0], batch.scores[i])
+    with pytest.raises(InvalidInputError, match="k"):
+        index.search(q[0], k=7.0, probes=3, refine=2)
+    with pytest.raises(InvalidInputError, match="threads"):
+        index.search(q[0], k=7, probes=3, refine=2, threads=0)
+    bad = q[0].copy()
+    bad[1] = np.nan
+    with pytest.raises(InvalidInputError, match="NaN"):
+        index.search(bad, k=7, probes=3, refine=2)

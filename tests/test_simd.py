@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from irli.kernels.simd import (HAVE_AVX2, HAVE_AVX512, ctz32, fma16x1, fma16x8, fma64x1, lut16_avx2, lut16_avx512,
-                               lut16_scalar, max16)
+                               lut16_scalar, ge16, max16)
 
 
 @numba.njit
@@ -134,3 +134,18 @@ def test_max16_is_the_largest_of_its_span():
         if lo > 0:
             b[lo - 1] = 600.0  # before it: ignored
         assert _max16(b, lo, count) == 99.0
+
+
+@numba.njit
+def _ge16(a, lo, thr):
+    return ge16(a, lo, thr)
+
+
+def test_ge16_marks_the_lanes_at_or_above_the_threshold():
+    rng = np.random.default_rng(6)
+    a = rng.normal(size=70).astype(np.float32)
+    a[30] = np.nan  # never at or above anything
+    for lo in (0, 5, 20, 54):
+        for thr in (np.float32(-np.inf), np.float32(0.0), a[lo + 3], np.float32(10.0)):
+            want = sum(1 << t for t in range(16) if a[lo + t] >= thr)
+            assert _ge16(a, lo, thr) == want

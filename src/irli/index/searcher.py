@@ -88,10 +88,10 @@ class SearchMixin:
             if (st.codes is not None and allow is min_votes is top_c is threads is None and batch_size == 4096
                     and type(k) is int and (probes is None or type(probes) is int)
                     and (refine is None or type(refine) is int)):  # the settings checked once (_plan)
-                plan = st.plans.get((k, probes, refine)) or self._plan(st, k, probes, refine)
+                kernel, plan = st.plans.get((k, probes, refine)) or self._plan(st, q, k, probes, refine)
                 outs = (np.empty((1, plan[2]), np.int64), np.empty((1, plan[2]), np.float32), np.empty(1, np.int64),
                         np.empty(1, np.int64))
-                if pq_block(q, 0, 1, *plan, *outs) >= 0:
+                if kernel(q, 0, 1, *plan, *outs) >= 0:
                     raise query_error(q, 0)
                 return SearchResult(*outs)
         else:
@@ -138,15 +138,28 @@ class SearchMixin:
         return SearchParams.resolve(self.config, st.vectors.shape[0], st.n_buckets, k, probes, min_votes, top_c,
                                     refine, codes=st.codes is not None)
 
-    def _plan(self, st: "State", k, probes, refine) -> tuple:
-        """pq_block's arguments after q, lo, hi and before the outputs for
-        one query searched with these arguments (checked here), kept in
-        st.plans."""
+    def _plan(self, st: "State", q, k, probes, refine) -> tuple:
+        """(kernel, its arguments after q, lo, hi and before the outputs) for
+        one query q float32 (1, d) searched with these arguments (checked
+        here), kept in st.plans. The kernel is pq_block's compiled entry
+        for these argument types: what a call needs is then fixed (the
+        query's shape and dtype are checked by the caller, the rest is the
+        state's), and the dispatcher's typing of 38 arguments (about 1.2
+        µs) is paid once."""
         k_, m, _, _, factor = self._params(st, k, probes, None, None, refine)
         plan = (*self._pq_head(st, k_, m, factor), *st.kernel_args)
+        outs = (np.empty((1, k_), np.int64), np.empty((1, k_), np.float32), np.empty(1, np.int64),
+                np.empty(1, np.int64))
+        args = (q, 0, 1, *plan, *outs)
+        pq_block(*args)  # compiled (or loaded) for these types
+        kernel = pq_block
+        try:
+            kernel = pq_block.overloads[tuple(pq_block.typeof_pyval(a) for a in args)].entry_point
+        except (AttributeError, KeyError, TypeError):  # a numba without these: the dispatcher
+            pass
         if len(st.plans) < 64:  # a few settings are in use at a time; a sweep of them is not kept
-            st.plans[(k, probes, refine)] = plan
-        return plan
+            st.plans[(k, probes, refine)] = (kernel, plan)
+        return kernel, plan
 
     @staticmethod
     def _pq_head(st: "State", k, m, refine) -> tuple:

@@ -314,6 +314,26 @@ def max16(typingctx, arr, lo, count):
 
 
 @intrinsic
+def ge16(typingctx, arr, lo, thr):
+    """uint32 mask of the lanes t < 16 with arr[lo + t] >= thr (a C
+    float32 array), compared 16 at a time."""
+    if not (_c_arrays(arr) and arr.dtype == types.float32):
+        return None
+    sig = types.uint32(arr, lo, types.float32)
+
+    def codegen(context, builder, signature, args):
+        a_v, lo_v, t_v = args
+        p = builder.gep(context.make_array(signature.args[0])(context, builder, a_v).data, [lo_v])
+        v = builder.load(builder.bitcast(p, _F32x16.as_pointer()), align=4)
+        tv = builder.insert_element(ir.Constant(_F32x16, None), t_v, ir.Constant(ir.IntType(32), 0))
+        tv = builder.shuffle_vector(tv, tv, _const_vec(ir.VectorType(ir.IntType(32), 16), [0] * 16))
+        bits = builder.bitcast(builder.fcmp_ordered(">=", v, tv), ir.IntType(16))
+        return builder.zext(bits, ir.IntType(32))
+
+    return sig, codegen
+
+
+@intrinsic
 def ctz32(typingctx, x):
     """Trailing zero bits of a non-zero uint32."""
     sig = types.uint32(types.uint32)

@@ -13,14 +13,61 @@ import numba
 import numpy as np
 
 from .scoring import FAST
-from .simd import max16
+from .simd import ctz32, ge16, max16
+
+
+@numba.njit(inline="always")
+def _insert_best(v, i, m, size, out_idx, out_val):
+    """Insert (v, i) into out_val / out_idx (size entries, best first, at
+    most m kept; a strict > keeps ties in arrival order). Returns the new size."""
+    if size == m and v <= out_val[m - 1]:
+        return size
+    j = size if size < m else m - 1
+    while j > 0 and out_val[j - 1] < v:
+        out_val[j] = out_val[j - 1]
+        out_idx[j] = out_idx[j - 1]
+        j -= 1
+    out_val[j] = v
+    out_idx[j] = i
+    return size + 1 if size < m else size
+
+
+@numba.njit(inline="always")
+def _nth_best(v, n, r):
+    """The value of rank r (0: the largest) among v[:n] (float32, no NaN),
+    by selection in place (v[:n] is reordered)."""
+    lo, hi = 0, n - 1
+    while lo < hi:
+        mid = (lo + hi) // 2  # median of three as the pivot
+        a, b, c = v[lo], v[mid], v[hi]
+        pivot = max(min(a, b), min(max(a, b), c))
+        i, j = lo, hi
+        while i <= j:  # descending: larger values to the left
+            while v[i] > pivot:
+                i += 1
+            while v[j] < pivot:
+                j -= 1
+            if i <= j:
+                v[i], v[j] = v[j], v[i]
+                i += 1
+                j -= 1
+        if r <= j:
+            hi = j
+        elif r >= i:
+            lo = i
+        else:
+            return v[r]
+    return v[r]
 
 
 @numba.njit(inline="always")
 def top_row(row, m, bv, bi, out_idx, out_val):
     """The m largest of row float32 (B,), best first, ties to the lower
-    bucket, into out_idx / out_val: group maxima give a threshold that at
-    least m scores reach; the few that do are insertion-sorted."""
+    bucket, into out_idx / out_val (bv, bi: scratch (B,)). The m-th best of
+    the maxima of 16-bucket groups is a threshold that at least m scores
+    reach (one per group), and few more: the groups' scores that reach it
+    are insertion-sorted (the m-th best of m group maxima let 3x as many
+    through, and cost 2.5 us a row at m = 20, issue 24)."""
     width = row.shape[0]
     if m > 64:  # insertion costs O(m^2): a heap of the best m by (score, -bucket) in bv / bi, emptied worst first
         size = 0
@@ -31,36 +78,35 @@ def top_row(row, m, bv, bi, out_idx, out_val):
             out_val[t] = bv[0]
             size = drop_root(bv, bi, size, True)
         return
-    thr = np.inf
-    for g in range(m):
-        lo = g * width // m
-        hi = (g + 1) * width // m
-        full = (hi - lo) // 16
-        mx = max16(row, lo, full) if full > 0 else -np.inf
-        for b in range(lo + 16 * full, hi):
-            mx = max(mx, row[b])
-        thr = min(thr, mx)
+    full = width // 16
+    groups = full + (width > 16 * full)
+    thr = np.float32(-np.inf)
+    if groups >= m:  # enough groups: the m-th best of their maxima (held in bv for now)
+        for g in range(full):
+            bv[g] = max16(row, 16 * g, 1)
+        if groups > full:
+            mx = row[16 * full]
+            for b in range(16 * full + 1, width):
+                mx = max(mx, row[b])
+            bv[full] = mx
+        thr = _nth_best(bv, groups, m - 1)
     cnt = 0
-    for b in range(width):
+    for g in range(full):
+        mask = ge16(row, 16 * g, thr)
+        while mask != 0:
+            b = 16 * g + ctz32(mask)
+            mask &= mask - np.uint32(1)
+            bv[cnt] = row[b]
+            bi[cnt] = b
+            cnt += 1
+    for b in range(16 * full, width):
         if row[b] >= thr:
             bv[cnt] = row[b]
             bi[cnt] = b
             cnt += 1
     size = 0
-    for t in range(cnt):  # a strict > keeps ties in bucket order
-        v = bv[t]
-        if size == m and v <= out_val[m - 1]:
-            continue
-        j = size if size < m else m - 1
-        while j > 0 and out_val[j - 1] < v:
-            out_val[j] = out_val[j - 1]
-            out_idx[j] = out_idx[j - 1]
-            j -= 1
-        out_val[j] = v
-        out_idx[j] = bi[t]
-        if size < m:
-            size += 1
-
+    for t in range(cnt):  # in bucket order: ties stay in it
+        size = _insert_best(bv[t], bi[t], m, size, out_idx, out_val)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FAST)
