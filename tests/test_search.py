@@ -143,3 +143,6 @@ def test_a_query_per_call_reuses_its_checked_settings(data):
     bad[1] = np.nan
     with pytest.raises(InvalidInputError, match="NaN"):
         index.search(bad, k=7, probes=3, refine=2)
+    for k in range(1, 70):  # a sweep of settings: the kept ones stay few
+        assert index.search(q[0], k=k, probes=2).ids.shape == (1, k)
+    assert 0 < len(index._snapshot().plans) <= 64

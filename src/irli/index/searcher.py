@@ -157,8 +157,9 @@ class SearchMixin:
             kernel = pq_block.overloads[tuple(pq_block.typeof_pyval(a) for a in args)].entry_point
         except (AttributeError, KeyError, TypeError):  # a numba without these: the dispatcher
             pass
-        if len(st.plans) < 64:  # a few settings are in use at a time; a sweep of them is not kept
-            st.plans[(k, probes, refine)] = (kernel, plan)
+        if len(st.plans) >= 64:  # a few settings are in use at a time; a sweep of them starts afresh
+            st.plans.clear()
+        st.plans[(k, probes, refine)] = (kernel, plan)
         return kernel, plan
 
     @staticmethod
