@@ -274,3 +274,16 @@ def test_demo_preset_specs_carry_overrides():
         parse_spec("fast:no_such_knob=1")
     with pytest.raises(ConfigError):
         parse_spec("fastest")
+
+
+def test_heartbeat_speaks_while_a_silent_step_runs_and_stops_after(capsys):
+    import time
+
+    from irli.cli.bars import Heartbeat
+
+    with Heartbeat("compiling", every=0.05):
+        time.sleep(0.3)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) >= 2 and all(line.startswith("  ... compiling (") for line in lines)
+    time.sleep(0.15)
+    assert capsys.readouterr().out == ""  # the thread ended with the step

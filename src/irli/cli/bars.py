@@ -81,3 +81,33 @@ def _is_terminal(stream) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+class Heartbeat:
+    """A line on stdout every `every` seconds while a step that reports
+    nothing runs (the first search compiling the kernels, which numba
+    cannot report on), so a log never falls silent for long:
+
+        with Heartbeat("compiling the search kernels"):
+            first_search()
+    """
+
+    def __init__(self, what: str, every: float = 10.0) -> None:
+        import threading
+
+        self.what, self.every = what, every
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        t0 = time.monotonic()
+        while not self._done.wait(self.every):
+            print(f"  ... {self.what} ({time.monotonic() - t0:.0f} s)", flush=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()

@@ -26,7 +26,7 @@ from cyclopts import Parameter
 from ..index.index import Index
 from ..io.datasets import glove_split, ground_truth, load_glove
 from ..threads import cpu_count
-from .bars import Bars
+from .bars import Bars, Heartbeat
 from .evaluation import format_table, single_queries, sweep, timed_search
 from .options import List, Positive, Quiet, probe_list
 
@@ -127,7 +127,11 @@ def run_demo(presets: list[str], probes: list[int], words: list[str], n_test: in
         indexes[spec] = index
         default = index.config.probes
         for m in probes:
-            row = sweep(index, queries, truth, 10, [m], threads=1)[0]
+            if not rows:  # the first search compiles the kernels on a fresh install: say so while it runs
+                with Heartbeat("the first search, compiling the kernels"):
+                    row = sweep(index, queries, truth, 10, [m], threads=1)[0]
+            else:
+                row = sweep(index, queries, truth, 10, [m], threads=1)[0]
             rows.append({"preset": spec, **row, "build s": build})
             print(f"  {spec} probes {row['probes']}: recall@10 {row['recall@10']:.3f}, "
                   f"{row['QPS']:,.0f} QPS, {row['candidates']:,.0f} scored exactly, {row['scanned']:,.0f} scanned",
