@@ -78,7 +78,7 @@ def main() -> int:
         q = rng.normal(size=(n, d)).astype(np.float32)
         a1 = rng.normal(size=(1, d, b)).astype(np.float32)
         rt = Routing(a1, np.zeros((1, b), np.float32), np.zeros((1, 0, 0), np.float32), np.zeros((1, 0), np.float32))
-        args = (q, rt.a1, rt.b1, rt.tiles, rt.b2, rt.rows, rt.half, rt.slack, np.empty((1, n, m), np.int32),
+        args = (q, rt.first_tiles, rt.b1, rt.tiles, rt.b2, rt.rows, rt.half, rt.slack, np.empty((1, n, m), np.int32),
                 np.empty((1, 0, 0), np.float32))
         single = _per_query(one_by_one, *args, n=n)
         batch = _per_query(batched, *args, n=n)

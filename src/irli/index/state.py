@@ -98,7 +98,7 @@ class StateMixin(UpdateLock):
             if self.codes_ is not None:
                 args = self.codes_.kernel_args(cosine, r, self.vectors_, self.sqnorms_, keep, ids)
             else:
-                args = ExactIndexArgs(cosine=cosine, l2=l2, a1=r.a1, b1=r.b1, tiles=r.tiles, b2=r.b2, rows=r.rows,
+                args = ExactIndexArgs(cosine=cosine, l2=l2, a1=r.first_tiles, b1=r.b1, tiles=r.tiles, b2=r.b2, rows=r.rows,
                                       half=r.half, slack=r.slack, x=self.vectors_, sqn=self.sqnorms_,
                                       offsets=self.lists_.offsets, lists=self.lists_.lists, keep=keep, ids=ids)
             args = type(args)(*(read_only(a) for a in args))

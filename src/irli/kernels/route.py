@@ -8,7 +8,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .scoring import FAST, affine, dot
+from .scoring import FAST, dot
 from .simd import FMA_ROWS, as_float, ctz32, fma16x1, fma16x8, fma64x1, ge16
 from .topk import top_row
 
@@ -111,10 +111,11 @@ def route_rows(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, probed, probs, p
     (probs: softmax probabilities of the probed buckets, or with `raw` their
     router scores; not written when probs has no columns).
 
-    The layers (irli.model.routers.Routing): a1 float32 (R, d, H) and b1
-    (R, H) the first, b2 (R, B) the second's biases (R, 0) for one-layer
-    routers, tiles the last layer's weights tile-major (R, T, ·, TILE)
-    (tile_layer: a2, or a1 for one-layer routers).
+    The layers (irli.model.routers.Routing), tile-major (tile_layer):
+    a1 float32 (R, T1, d, TILE) the first layer's weights and b1 (R, H)
+    its biases, tiles (R, T, ·, TILE) the last layer's weights (the same
+    array as a1 for one-layer routers) and b2 (R, B) its biases ((R, 0)
+    for one-layer routers).
     One-layer routers carry rows float32 (R, B, d) (a1 transposed), half
     uint16 (R, T, d, TILE) (a1 in half precision, tiled, or (R, 0, 0, 0)) and slack
     float32 (R, 2) (the largest |row - half| and |a_b| + |b_b| over the
@@ -156,7 +157,10 @@ def _route_into(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, probed, probs, 
             if alone:
                 _layer(q, g, 1, half[r], b1[r], hidden)  # approximate: re-scored exactly below
             elif two:
-                affine(q, g, n, a1[r], b1[r], hidden, True)
+                _layer(q, g, n, a1[r], b1[r], hidden)
+                for t in range(n):
+                    for c in range(hidden.shape[1]):
+                        hidden[t, c] = max(hidden[t, c], np.float32(0.0))
                 _layer(hidden, 0, n, tiles[r], b2[r], logits)
             else:
                 _layer(q, g, n, tiles[r], b1[r], logits)

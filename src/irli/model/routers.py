@@ -215,7 +215,8 @@ class Routing:
     """The R routers as stacked affine layers (see Router.layers): a1
     float32 (R, d, H), b1 (R, H), a2 (R, H, B) and b2 (R, B) for two-layer (MLP)
     routers, else empty (R, 0, 0) / (R, 0). tiles: the last layer (a2, or
-    a1) tile-major, as the kernels read it (irli.kernels.route.tile_layer).
+    a1) tile-major, as the kernels read it (irli.kernels.route.tile_layer);
+    first_tiles: a1 tile-major (the same array as tiles for one layer).
 
     One-layer routers also hold what routing one query alone reads (see
     irli.kernels.route.route_rows): rows float32 (R, B, d), a1 bucket-major
@@ -231,6 +232,7 @@ class Routing:
     a2: np.ndarray
     b2: np.ndarray
     tiles: np.ndarray = field(init=False, repr=False, compare=False)
+    first_tiles: np.ndarray = field(init=False, repr=False, compare=False)
     rows: np.ndarray = field(init=False, repr=False, compare=False)
     half: np.ndarray = field(init=False, repr=False, compare=False)
     slack: np.ndarray = field(init=False, repr=False, compare=False)
@@ -240,6 +242,7 @@ class Routing:
         self.slack = np.zeros((reps, 2), np.float32)
         two = self.a2.shape[1] > 0
         self.tiles = tile_layer(self.a2 if two else self.a1)
+        self.first_tiles = tile_layer(self.a1) if two else self.tiles
         if two:
             self.rows = np.zeros((reps, 0, 0), np.float32)
             self.half = np.zeros((reps, 0, 0, 0), np.uint16)
@@ -284,7 +287,7 @@ class Routing:
         rows lo .. hi - 1 of probed int32 (R, n, m) and, when probs is (R, n,
         m) rather than (R, 0, 0), their softmax probabilities (with `raw`,
         their router scores)."""
-        route_kernel(q, lo, hi, self.a1, self.b1, self.tiles, self.b2, self.rows, self.half, self.slack, probed,
+        route_kernel(q, lo, hi, self.first_tiles, self.b1, self.tiles, self.b2, self.rows, self.half, self.slack, probed,
                      probs, raw)
 
 
