@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -127,10 +128,8 @@ def run_demo(presets: list[str], probes: list[int], words: list[str], n_test: in
         indexes[spec] = index
         default = index.config.probes
         for m in probes:
-            if not rows:  # the first search compiles the kernels on a fresh install: say so while it runs
-                with Heartbeat("the first search, compiling the kernels"):
-                    row = sweep(index, queries, truth, 10, [m], threads=1)[0]
-            else:
+            # the first search compiles the kernels on a fresh install: say so while it runs
+            with Heartbeat("the first search, compiling the kernels") if not rows else nullcontext():
                 row = sweep(index, queries, truth, 10, [m], threads=1)[0]
             rows.append({"preset": spec, **row, "build s": build})
             print(f"  {spec} probes {row['probes']}: recall@10 {row['recall@10']:.3f}, "

@@ -65,8 +65,8 @@ class State(NamedTuple):
     n_buckets: int
     kernel_args: PQIndexArgs | ExactIndexArgs  # the index's arguments of its search kernel
     budget: ProbeBudget | None  # the learned probe budget (learned_probes), or None: fixed probes
-    # (k, probes, refine) -> pq_block's arguments before the outputs, checked and resolved once
-    # (SearchMixin._plan): a query per call skips the checks it has passed before
+    # (k, probes, refine) -> (pq_block's compiled entry, its arguments before the outputs), checked
+    # and resolved once (SearchMixin._plan): a query per call skips the checks it has passed before
     plans: dict
 
 
@@ -98,8 +98,8 @@ class StateMixin(UpdateLock):
             if self.codes_ is not None:
                 args = self.codes_.kernel_args(cosine, r, self.vectors_, self.sqnorms_, keep, ids)
             else:
-                args = ExactIndexArgs(cosine=cosine, l2=l2, a1=r.first_tiles, b1=r.b1, tiles=r.tiles, b2=r.b2, rows=r.rows,
-                                      half=r.half, slack=r.slack, x=self.vectors_, sqn=self.sqnorms_,
+                args = ExactIndexArgs(cosine=cosine, l2=l2, a1=r.first_tiles, b1=r.b1, tiles=r.tiles, b2=r.b2,
+                                      rows=r.rows, half=r.half, slack=r.slack, x=self.vectors_, sqn=self.sqnorms_,
                                       offsets=self.lists_.offsets, lists=self.lists_.lists, keep=keep, ids=ids)
             args = type(args)(*(read_only(a) for a in args))
             st = State(self.vectors_, self.sqnorms_, self.ids_, self.live_, keep, self.lists_, self.codes_,

@@ -9,8 +9,8 @@ import numba
 import numpy as np
 
 from .scoring import FAST, dot
-from .simd import FMA_ROWS, as_float, ctz32, fma16x1, fma16x8, fma64x1, ge16
-from .topk import top_row
+from .simd import FMA_ROWS, as_float, fma16x1, fma16x8, fma64x1
+from .topk import at_least, top_row
 
 # _BLOCK queries pass over each 16-bucket slice of a layer's weights (8 KB at 128 inputs, kept in
 # L1) eight at a time (simd.fma16x8, the sums in registers), instead of the whole layer streaming
@@ -83,23 +83,10 @@ def _fix_top(qv, row, m, slack_q, rows, b, bv, bi, cv, ci, out_idx, out_val):
     best first, ties to the lower bucket) are the same whichever way `row`
     was computed."""
     top_row(row, m, bv, bi, out_idx, out_val)
-    floor = out_val[m - 1] - 2 * slack_q
-    width = row.shape[0]
-    full = width - width % 16
-    cnt = 0
-    for c0 in range(0, full, 16):  # 16 compares at a time: the buckets at or above the floor are few
-        mask = ge16(row, c0, floor)
-        while mask != 0:
-            c = c0 + ctz32(mask)
-            mask &= mask - np.uint32(1)
-            cv[cnt] = dot(qv, rows[c]) + b[c]
-            ci[cnt] = c
-            cnt += 1
-    for c in range(full, width):
-        if row[c] >= floor:
-            cv[cnt] = dot(qv, rows[c]) + b[c]
-            ci[cnt] = c
-            cnt += 1
+    cnt = at_least(row, out_val[m - 1] - 2 * slack_q, cv, ci)  # the few buckets at or above the floor
+    for t in range(cnt):
+        c = ci[t]
+        cv[t] = dot(qv, rows[c]) + b[c]
     top_row(cv[:cnt], m, bv, bi, out_idx, out_val)
     for j in range(m):
         out_idx[j] = ci[out_idx[j]]

@@ -61,6 +61,30 @@ def _nth_best(v, n, r):
 
 
 @numba.njit(inline="always")
+def at_least(row, thr, vals, idx):
+    """The scores of row float32 (B,) at or above thr, and their positions,
+    in order into vals / idx (scratch (B,)), 16 compares at a time
+    (simd.ge16). Returns how many."""
+    width = row.shape[0]
+    full = width - width % 16
+    cnt = 0
+    for c0 in range(0, full, 16):
+        mask = ge16(row, c0, thr)
+        while mask != 0:
+            b = c0 + ctz32(mask)
+            mask &= mask - np.uint32(1)
+            vals[cnt] = row[b]
+            idx[cnt] = b
+            cnt += 1
+    for b in range(full, width):
+        if row[b] >= thr:
+            vals[cnt] = row[b]
+            idx[cnt] = b
+            cnt += 1
+    return cnt
+
+
+@numba.njit(inline="always")
 def top_row(row, m, bv, bi, out_idx, out_val):
     """The m largest of row float32 (B,), best first, ties to the lower
     bucket, into out_idx / out_val (bv, bi: scratch (B,)). The m-th best of
@@ -90,20 +114,7 @@ def top_row(row, m, bv, bi, out_idx, out_val):
                 mx = max(mx, row[b])
             bv[full] = mx
         thr = _nth_best(bv, groups, m - 1)
-    cnt = 0
-    for g in range(full):
-        mask = ge16(row, 16 * g, thr)
-        while mask != 0:
-            b = 16 * g + ctz32(mask)
-            mask &= mask - np.uint32(1)
-            bv[cnt] = row[b]
-            bi[cnt] = b
-            cnt += 1
-    for b in range(16 * full, width):
-        if row[b] >= thr:
-            bv[cnt] = row[b]
-            bi[cnt] = b
-            cnt += 1
+    cnt = at_least(row, thr, bv, bi)
     size = 0
     for t in range(cnt):  # in bucket order: ties stay in it
         size = _insert_best(bv[t], bi[t], m, size, out_idx, out_val)

@@ -287,8 +287,8 @@ class Routing:
         rows lo .. hi - 1 of probed int32 (R, n, m) and, when probs is (R, n,
         m) rather than (R, 0, 0), their softmax probabilities (with `raw`,
         their router scores)."""
-        route_kernel(q, lo, hi, self.first_tiles, self.b1, self.tiles, self.b2, self.rows, self.half, self.slack, probed,
-                     probs, raw)
+        route_kernel(q, lo, hi, self.first_tiles, self.b1, self.tiles, self.b2, self.rows, self.half, self.slack,
+                     probed, probs, raw)
 
 
 def route(routers: list[Router] | Routing, q: np.ndarray, probes: int, with_probs: bool = False,
