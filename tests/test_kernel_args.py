@@ -45,3 +45,28 @@ def test_label_args_are_predict_block_parameters_in_order():
 
     assert _span(predict_block, LabelModelArgs) == list(LabelModelArgs._fields)
     assert _params(predict_block)[-3:] == ["out_ids", "out_scores", "out_ncand"]
+
+
+def test_residual_terms_come_from_the_routing_scores_when_the_router_is_the_centroids(data, truth):
+    """A centroid router without bias scores each bucket q.c_b, the residual
+    codes' bucket term: the kernel adds that score instead of a second dot
+    product (route_base). The answers match computing it again; l2 (tables
+    per bucket) and direct codes do not take the shortcut."""
+    from irli.metrics import recall_at_k
+
+    index = fitted("fast", data, pq_residual=True)
+    st = index._snapshot()
+    assert st.kernel_args.route_base and st.kernel_args.residual
+    q = data[1]
+    res = index.search(q, k=10, probes=4, threads=1)
+    index._state = st._replace(kernel_args=st.kernel_args._replace(route_base=False), plans={})
+    try:
+        slow = index.search(q, k=10, probes=4, threads=1)
+        one = index.search(q[0], k=10, probes=4)
+    finally:
+        index._state = st
+    np.testing.assert_array_equal(one.ids[0], slow.ids[0])
+    assert np.mean(np.all(res.ids == slow.ids, axis=1)) >= 0.99
+    assert abs(recall_at_k(res.ids, truth, 10) - recall_at_k(slow.ids, truth, 10)) <= 0.005
+    assert not fitted("fast", data, pq_residual=False)._snapshot().kernel_args.route_base
+    assert not fitted("fast", data, metric="l2", pq_residual=True)._snapshot().kernel_args.route_base

@@ -124,6 +124,27 @@ def test_two_layer_routers_hold_no_one_query_tables():
     np.testing.assert_array_equal(batch[0], np.argsort(-want, axis=1, kind="stable")[:, :4])
 
 
+@pytest.mark.parametrize("d,b,m", [(50, 1024, 20), (16, 1000, 27), (7, 90, 9)])
+def test_float32_tables_route_alone_as_in_a_batch_without_a_re_score(monkeypatch, d, b, m):
+    """Without half-precision rows nothing is re-scored: the tiles sum each
+    score in the same order for one query and for a group, so the buckets
+    and the raw scores agree bit for bit (full tiles, 16-bucket slices and
+    a remainder past them), and the buckets are the exact top m."""
+    monkeypatch.setattr(routers, "HALF_ROWS_FROM", 1 << 30)
+    rng = np.random.default_rng(d * b)
+    a1 = (rng.normal(size=(2, d, b)) / np.sqrt(d)).astype(np.float32)
+    b1 = (rng.normal(size=(2, b)) * 0.01).astype(np.float32)
+    q = rng.normal(size=(150, d)).astype(np.float32)
+    rt = _routing(a1, b1)
+    assert rt.half.shape == (2, 0, 0, 0)
+    batch, alone, sb, sa = _alone_and_batched(rt, q, m)
+    np.testing.assert_array_equal(batch, alone)
+    np.testing.assert_array_equal(sb, sa)
+    np.testing.assert_array_equal(batch, _exact_top(a1, b1, q, m))
+    exact = np.einsum("nd,rdb->rnb", q, a1) + b1[:, None, :]
+    np.testing.assert_allclose(sb, np.take_along_axis(exact, batch, axis=2), rtol=1e-5, atol=1e-5)
+
+
 def test_small_tables_route_in_float32(monkeypatch):
     monkeypatch.setattr(routers, "HALF_ROWS_FROM", 1 << 16)
     rng = np.random.default_rng(2)

@@ -349,7 +349,11 @@ class PQ4Codes:
     # -- searching -----------------------------------------------------------------
     def kernel_args(self, cosine: bool, routing, x, sqnorms, keep, ids) -> PQIndexArgs:
         """The index's arguments of pq_scan.pq_block."""
-        return PQIndexArgs(cosine=cosine, l2=self.l2, residual=self.residual, n_sub=self.n_sub, a1=routing.first_tiles,
+        rows = routing.rows
+        route_base = (self.residual and not self.l2 and rows.shape == self.centroids.shape
+                      and not routing.b1.any() and np.array_equal(rows, self.centroids))
+        return PQIndexArgs(cosine=cosine, l2=self.l2, residual=self.residual, route_base=bool(route_base),
+                           n_sub=self.n_sub, a1=routing.first_tiles,
                            b1=routing.b1, tiles=routing.tiles, b2=routing.b2, rows=routing.rows, half=routing.half,
                            slack=routing.slack, centroids=self.centroids, books=self.books,
                            blocks=self.blocks, block_pos=self.block_pos, bstart=self.bstart, bsizes=self.bsizes,

@@ -132,14 +132,18 @@ def _scan_bucket(blocks, block_pos, pos_col, stride, npairs, b0, b1, lut, sums, 
 
 
 @numba.njit(inline="always")
-def _bucket_base(qv, r, b, base0, scale0, book, n_sub, centroids, residual, per_bucket, rq, lutf, lut, maxv):
+def _bucket_base(qv, r, b, base0, scale0, book, n_sub, centroids, residual, per_bucket, rq, lutf, lut, maxv,
+                 route_base, routed):
     """(base, scale) of bucket b for query qv: the shared tables' with the
-    bucket's exact term q.c_b for residual codes, or (l2, residual) the
-    bucket's own tables, built into lutf / lut."""
+    bucket's exact term q.c_b for residual codes (its routing score `routed`
+    when route_base: the router's rows are the centroids, without bias), or
+    (l2, residual) the bucket's own tables, built into lutf / lut."""
     if per_bucket:
         for t in range(qv.shape[0]):
             rq[t] = qv[t] - centroids[r, b, t]
         return _tables(rq, book, n_sub, True, lutf, lut, maxv)
+    if route_base:
+        return base0 + routed, scale0
     if residual:
         return base0 + dot(qv, centroids[r, b]), scale0
     return base0, scale0
@@ -215,11 +219,13 @@ def _budget(hs, size, top, m, m0, stop_w, budget, ex):
 # which cost a fifth of a batch's time and made two threads contend for the same cache lines.
 # These functions allocate nothing; their callers own the arrays.
 @numba.njit(nogil=True, fastmath=FAST, cache=True, _nrt=False)
-def _scan_major(r, c0, cn, jlo, jhi, probed, count, who, nb, qb, book, n_sub, centroids, residual, per_bucket, rq,
-                lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col, stride, npairs, bstart, keep, has_keep,
-                hs, hid, size, n_rerank, seen, sums):
+def _scan_major(r, c0, cn, jlo, jhi, probed, top, route_base, count, who, nb, qb, book, n_sub, centroids, residual,
+                per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col, stride, npairs, bstart,
+                keep, has_keep, hs, hid, size, n_rerank, seen, sums):
     """Probes jlo .. jhi[t] - 1 of the chunk's queries t, bucket-major: the
-    queries of each probed bucket together (a counting sort by bucket)."""
+    queries of each probed bucket together (a counting sort by bucket; who
+    holds t x width + j)."""
+    width = probed.shape[2]
     count[:] = 0
     for t in range(cn):
         for j in range(jlo, jhi[t]):
@@ -229,16 +235,17 @@ def _scan_major(r, c0, cn, jlo, jhi, probed, count, who, nb, qb, book, n_sub, ce
     for t in range(cn):
         for j in range(jlo, jhi[t]):
             b = probed[r, c0 + t, j]
-            who[count[b]] = t
+            who[count[b]] = t * width + j
             count[b] += 1
     start = 0
     for b in range(nb):  # count[b] is now the end of bucket b's queries
         end = count[b]
         for w in range(start, end):
-            t = who[w]
+            t = who[w] // width
             qv = qb[c0 + t]
+            routed = top[r, c0 + t, who[w] - t * width] if route_base else np.float32(0.0)
             base, scale = _bucket_base(qv, r, b, base0[t], scale0[t], book, n_sub, centroids, residual,
-                                       per_bucket, rq, lutf, luts[t], maxv)
+                                       per_bucket, rq, lutf, luts[t], maxv, route_base, routed)
             size[t] = _scan_bucket(blocks, block_pos, pos_col, stride, npairs, bstart[r, b],
                                    bstart[r, b + 1], luts[t], sums, base, scale, keep, has_keep, hs[t],
                                    hid[t], size[t], n_rerank, seen[t])
@@ -246,8 +253,8 @@ def _scan_major(r, c0, cn, jlo, jhi, probed, count, who, nb, qb, book, n_sub, ce
 
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True, _nrt=False)
-def _scan_chunks(lo, n, chunk, m, first, learned, stop_w, budget, qb, probed, top, reps, books, n_sub, l2, per_bucket,
-                 lutf, luts, maxv, base0, scale0, centroids, residual, rq, blocks, block_pos, pos_col, stride, npairs,
+def _scan_chunks(lo, n, chunk, m, first, learned, stop_w, budget, qb, probed, top, route_base, reps, books, n_sub, l2,
+                 per_bucket, lutf, luts, maxv, base0, scale0, centroids, residual, rq, blocks, block_pos, pos_col, stride, npairs,
                  bstart, bsizes, keep, has_keep, hs, hid, size, n_rerank, seen, sums, count, who, nb, mq, ex, x, sqn,
                  ids, ks, ki, k, out_ids, out_score, out_ncand, out_scanned):
     """pq_block's scan, re-rank and output of its prepared, routed queries
@@ -273,8 +280,9 @@ def _scan_chunks(lo, n, chunk, m, first, learned, stop_w, budget, qb, probed, to
                         nxt = bstart[r, probed[r, c0, j + 1]] * stride
                         for off in range(0, min(_AHEAD * stride, blocks.shape[0] - nxt), 64):
                             prefetch(blocks, nxt + off)
+                    routed = top[r, c0, j] if route_base else np.float32(0.0)
                     base, scale = _bucket_base(qv, r, b, base0[0], scale0[0], book, n_sub, centroids, residual,
-                                               per_bucket, rq, lutf, luts[0], maxv)
+                                               per_bucket, rq, lutf, luts[0], maxv, route_base, routed)
                     size[0] = _scan_bucket(blocks, block_pos, pos_col, stride, npairs, bstart[r, b],
                                            bstart[r, b + 1], luts[0], sums, base, scale, keep, has_keep, hs[0],
                                            hid[0], size[0], n_rerank, seen[0])
@@ -282,14 +290,14 @@ def _scan_chunks(lo, n, chunk, m, first, learned, stop_w, budget, qb, probed, to
                     if learned and j == first:
                         mq[0] = _budget(hs[0], size[0], top[r, c0], m, first, stop_w, budget, ex)
             else:
-                _scan_major(r, c0, cn, 0, mq, probed, count, who, nb, qb, book, n_sub, centroids, residual,
-                            per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col, stride,
+                _scan_major(r, c0, cn, 0, mq, probed, top, route_base, count, who, nb, qb, book, n_sub, centroids,
+                            residual, per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col, stride,
                             npairs, bstart, keep, has_keep, hs, hid, size, n_rerank, seen, sums)
                 if learned:
                     for t in range(cn):
                         mq[t] = _budget(hs[t], size[t], top[r, c0 + t], m, first, stop_w, budget, ex)
-                    _scan_major(r, c0, cn, first, mq, probed, count, who, nb, qb, book, n_sub, centroids, residual,
-                                per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col,
+                    _scan_major(r, c0, cn, first, mq, probed, top, route_base, count, who, nb, qb, book, n_sub,
+                                centroids, residual, per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col,
                                 stride, npairs, bstart, keep, has_keep, hs, hid, size, n_rerank, seen, sums)
             for t in range(cn):
                 for j in range(mq[t]):
@@ -309,6 +317,7 @@ class PQIndexArgs(NamedTuple):
     cosine: bool
     l2: bool
     residual: bool
+    route_base: bool
     n_sub: int
     a1: np.ndarray
     b1: np.ndarray
@@ -330,7 +339,7 @@ class PQIndexArgs(NamedTuple):
 
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True)
-def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual, n_sub, a1, b1, tiles, b2, rows, half,
+def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual, route_base, n_sub, a1, b1, tiles, b2, rows, half,
              slack, centroids, books, blocks, block_pos, bstart, bsizes, x, sqn, keep, ids, out_ids, out_score,
              out_ncand, out_scanned):
     """The whole compressed search of queries lo .. hi - 1 of raw q float32
@@ -347,7 +356,9 @@ def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual
     (irli.learn.budget), each query scans its first m0 buckets, then as many as
     `_budget` gives it (at most m, the routing width); empty: m buckets.
 
-    centroids float32 (R, B, d); books float32 (R, M, 16, dsub) codebooks,
+    centroids float32 (R, B, d), whose residual term q.c_b is the bucket's
+    routing score when route_base (one-layer routers whose rows are the
+    centroids, without bias: no second dot product a bucket); books float32 (R, M, 16, dsub) codebooks,
     n_sub = M; blocks uint8 (nblocks * stride,) flat code blocks and
     block_pos int32 (nblocks, stride / 4), whose columns from 4 * M2 hold the
     32 item positions of each block (-1 padding); bstart int64 (R, B + 1)
@@ -366,7 +377,7 @@ def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual
     reps = a1.shape[0]
     learned = stop_w.shape[0] > 0
     probed = np.empty((reps, n, m), dtype=np.int32)
-    top = np.empty((reps, n, m) if learned else (reps, 0, 0), dtype=np.float32)
+    top = np.empty((reps, n, m) if learned or route_base else (reps, 0, 0), dtype=np.float32)
     route_rows(qb, 0, n, a1, b1, tiles, b2, rows, half, slack, probed, top, 0, True)
     first = min(m0, m) if learned else m
     m2 = n_sub + (n_sub & 1)
@@ -394,8 +405,8 @@ def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual
     nb = bstart.shape[1] - 1
     count = np.zeros(nb + 1 if n > 1 else 0, dtype=np.int64)  # one query needs no bucket-major order
     who = np.empty(chunk * m if n > 1 else 0, dtype=np.int64)
-    _scan_chunks(lo, n, chunk, m, first, learned, stop_w, budget, qb, probed, top, reps, books, n_sub, l2, per_bucket,
-                 lutf, luts, maxv, base0, scale0, centroids, residual, rq, blocks, block_pos, pos_col, stride, npairs,
+    _scan_chunks(lo, n, chunk, m, first, learned, stop_w, budget, qb, probed, top, route_base, reps, books, n_sub, l2,
+                 per_bucket, lutf, luts, maxv, base0, scale0, centroids, residual, rq, blocks, block_pos, pos_col, stride, npairs,
                  bstart, bsizes, keep, has_keep, hs, hid, size, n_rerank, seen, sums, count, who, nb, mq, ex, x, sqn,
                  ids, ks, ki, k, out_ids, out_score, out_ncand, out_scanned)
     return -1

@@ -106,14 +106,15 @@ def route_rows(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, probed, probs, p
     One-layer routers carry rows float32 (R, B, d) (a1 transposed), half
     uint16 (R, T, d, TILE) (a1 in half precision, tiled, or (R, 0, 0, 0)) and slack
     float32 (R, 2) (the largest |row - half| and |a_b| + |b_b| over the
-    buckets): their scores are computed in bulk (BLAS-like over a group of
-    queries, or for one query alone over the half-precision rows, half the
-    bytes), then the buckets that could be among the best m are re-scored
-    exactly (`_fix_top`), so a query is routed the same alone and in a
-    batch. Two-layer routers pass rows (R, 0, 0)."""
+    buckets). With half-precision rows, one query alone scores them (half
+    the bytes) and a group in float32, then the buckets that could be among
+    the best m are re-scored exactly (`_fix_top`), so a query is routed the
+    same alone and in a batch; without them, `_layer` sums every score in
+    the same order alone and in a group, and nothing is re-scored. Two-layer
+    routers pass rows (R, 0, 0)."""
     two = b2.shape[1] > 0
     width = b2.shape[1] if two else b1.shape[1]
-    fix = rows.shape[1] > 0
+    fix = half.shape[1] > 0
     n_rows = min(_BLOCK, hi - lo)
     hidden = np.empty((n_rows, b1.shape[1]), dtype=np.float32)
     logits = np.empty((n_rows, width), dtype=np.float32) if two else hidden
@@ -134,9 +135,9 @@ def _route_into(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, probed, probs, 
     width = b2.shape[1] if two else b1.shape[1]
     d = q.shape[1]
     m = probed.shape[2]
-    fix = rows.shape[1] > 0
+    fix = half.shape[1] > 0  # half-precision rows: the best buckets are re-scored exactly (see route_rows)
     with_probs = probs.shape[1] > 0
-    alone = fix and hi - lo == 1 and half.shape[1] > 0 and not (with_probs and not raw)
+    alone = fix and hi - lo == 1 and not (with_probs and not raw)
     group = hidden.shape[0]
     for r in range(reps):
         for g in range(lo, hi, group):
