@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from irli.kernels.simd import (HAVE_AVX2, HAVE_AVX512, ctz32, fma16x1, fma16x8, fma64x1, lut16_avx2, lut16_avx512,
-                               lut16_scalar, ge16, max16)
+                               lut16_scalar, ge16, max16, min16)
 
 
 @numba.njit
@@ -149,3 +149,24 @@ def test_ge16_marks_the_lanes_at_or_above_the_threshold():
         for thr in (np.float32(-np.inf), np.float32(0.0), a[lo + 3], np.float32(10.0)):
             want = sum(1 << t for t in range(16) if a[lo + t] >= thr)
             assert _ge16(a, lo, thr) == want
+
+
+@numba.njit
+def _min16(a, lo, count):
+    return min16(a, lo, count)
+
+
+def test_min16_is_the_smallest_of_its_span_and_nothing_outside_it():
+    rng = np.random.default_rng(6)
+    a = rng.normal(size=100).astype(np.float32)
+    for lo, count in [(0, 1), (5, 2), (36, 4)]:
+        assert _min16(a, lo, count) == a[lo:lo + 16 * count].min()
+        b = a.copy()
+        b[lo + 16 * count - 1] = -99.0
+        assert _min16(b, lo, count) == -99.0
+        b[lo + 16 * count - 1] = 0.0
+        if lo > 0:
+            b[lo - 1] = -600.0
+        if lo + 16 * count < b.shape[0]:
+            b[lo + 16 * count] = -500.0
+        assert _min16(b, lo, count) == b[lo:lo + 16 * count].min() > -99.0

@@ -1,11 +1,13 @@
 """Spilled buckets and the 4-bit PQ scan with exact re-rank."""
 
+import numba
 import numpy as np
 import pytest
 from conftest import B, N, fitted
 
 import irli
 from irli import ConfigError, InvalidInputError
+from irli.kernels.pq_scan import _tables, table_books
 from irli.metrics import recall_at_k
 
 
@@ -157,3 +159,35 @@ def test_one_dimension_per_sub_quantiser_has_the_same_anisotropic_codes(data):
         ah_encode(target, xdir, book, eta, 4, fast)
         _ah_encode_any(target, xdir, book, eta, 4, every)
         assert (fast == every).mean() > 0.999
+
+
+@numba.njit
+def _tables_of(v, book, n_sub, l2, m2, maxv):
+    lutf = np.empty((m2, 16), np.float32)
+    lut = np.empty(16 * m2, np.uint8)
+    lo, scale = _tables(v, book, n_sub, l2, lutf, lut, maxv)
+    return lo, scale, lutf, lut
+
+
+@pytest.mark.parametrize("m,dsub", [(50, 1), (7, 4), (24, 2)])
+@pytest.mark.parametrize("l2", [False, True])
+def test_lookup_tables_give_every_code_its_score(m, dsub, l2):
+    """A code's approximate score, the tables' minima plus its 8-bit
+    entries over the scale, is its exact inner product (or negative squared
+    distance) with the vector, within the 8-bit rounding; the float tables
+    are the scores less each row's minimum (0 in every row's best code)."""
+    rng = np.random.default_rng(m + dsub)
+    books = rng.normal(size=(1, m, 16, dsub)).astype(np.float32)
+    v = rng.normal(size=m * dsub).astype(np.float32)
+    m2 = m + (m & 1)
+    maxv = min(255, 65535 // m2)
+    lo, scale, lutf, lut = _tables_of(v, table_books(books, l2)[0], m, l2, m2, maxv)
+    part = v.reshape(m, 1, dsub)
+    exact = -np.square(part - books[0]).sum(2) if l2 else (part * books[0]).sum(2)  # (m, 16)
+    np.testing.assert_allclose(lutf[:m], exact - exact.min(1, keepdims=True), rtol=1e-4, atol=1e-4)
+    assert (lutf[m:] == 0).all() and (lutf.min(1) == 0).all()
+    codes = rng.integers(0, 16, size=(200, m))
+    want = exact[np.arange(m), codes].sum(1)
+    t8 = lut.reshape(m2 // 2, 2, 16)  # per pair of sub-quantisers: 16 entries of each
+    got = lo + t8[np.arange(m) // 2, np.arange(m) % 2, codes].astype(np.float64).sum(1) / scale
+    np.testing.assert_allclose(got, want, atol=0.5 * m / scale + 1e-3)

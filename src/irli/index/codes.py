@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import IndexFormatError, InvalidInputError
 from ..io.storage import release
 from ..kernels.pq_encode import ah_encode, ah_update
-from ..kernels.pq_scan import PQIndexArgs
+from ..kernels.pq_scan import PQIndexArgs, table_books
 
 
 def default_pq_m(d: int) -> int:
@@ -355,7 +355,7 @@ class PQ4Codes:
         return PQIndexArgs(cosine=cosine, l2=self.l2, residual=self.residual, route_base=bool(route_base),
                            n_sub=self.n_sub, a1=routing.first_tiles,
                            b1=routing.b1, tiles=routing.tiles, b2=routing.b2, rows=routing.rows, half=routing.half,
-                           slack=routing.slack, centroids=self.centroids, books=self.books,
+                           slack=routing.slack, centroids=self.centroids, books=table_books(self.books, self.l2),
                            blocks=self.blocks, block_pos=self.block_pos, bstart=self.bstart, bsizes=self.bsizes,
                            x=x, sqn=sqnorms, keep=keep, ids=ids)
 

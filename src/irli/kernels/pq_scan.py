@@ -34,47 +34,59 @@ import numpy as np
 
 from .route import route_rows
 from .scoring import FAST, dot, prepare_rows, score
-from .simd import ctz32, lut16, prefetch
+from .simd import ctz32, fma16x1, lut16, max16, min16, prefetch
 from .topk import beats, pop_best_first, push_lex, sift_lex
 
 _SEEN = 1 << 10
 _AHEAD = 2  # code blocks prefetched ahead of the scan
 
 
+def table_books(books: np.ndarray, l2: bool) -> np.ndarray:
+    """Codebooks books float32 (R, M, 16, dsub) as `_tables` reads them:
+    float32 (R, M, dsub + 1, 16), per sub-quantiser its dsub input rows
+    of 16 centroid coordinates (doubled for l2) and a last row of biases
+    (-|w_c|^2 for l2, zeros otherwise): a table row is then bias + v . rows,
+    16 codes at once (for l2, -|v - w_c|^2 = 2 v.w_c - |w_c|^2 - |v|^2,
+    the last term the same for every code)."""
+    reps, m, _, dsub = books.shape
+    out = np.zeros((reps, m, dsub + 1, 16), dtype=np.float32)
+    out[:, :, :dsub, :] = books.transpose(0, 1, 3, 2) * (2.0 if l2 else 1.0)
+    if l2:
+        out[:, :, dsub, :] = -np.square(books.astype(np.float64)).sum(axis=3)
+    return out
+
+
 @numba.njit(inline="always")
 def _tables(v, book, n_sub, l2, lutf, lut, maxv):
     """Tables of vector v (float32 (d,)) against one repetition's codebook
-    (float32 (M, 16, dsub)): float scores into lutf (M2, 16), 8-bit into lut
-    (32 M2 / 2,) in the block order of simd.lut16. Returns (the summed row
-    minima, the scale): approx = minima + sum(lut) / scale."""
-    dsub = book.shape[2]
+    (float32 (M, dsub + 1, 16), `table_books`): float scores into lutf (M2,
+    16), 8-bit into lut (32 M2 / 2,) in the block order of simd.lut16.
+    Returns (the summed row minima, the scale): approx = minima + sum(lut)
+    / scale."""
+    dsub = book.shape[1] - 1
     m2 = lutf.shape[0]
+    per = (dsub + 1) * 16
     lo_sum = np.float32(0.0)
     span = np.float32(0.0)
     for j in range(m2):
-        lo = np.float32(np.inf)
-        hi = np.float32(-np.inf)
-        for c in range(16):
-            s = np.float32(0.0)
-            if j < n_sub:
-                for t in range(dsub):
-                    w = book[j, c, t]
-                    a = v[j * dsub + t]
-                    if l2:
-                        s -= (a - w) * (a - w)
-                    else:
-                        s += a * w
-            lutf[j, c] = s
-            lo = min(lo, s)
-            hi = max(hi, s)
+        if j < n_sub:  # 16 sums of dsub fused multiply-adds, in registers
+            fma16x1(v, j * dsub, 0, dsub, book, j * per, 16, book, j * per + dsub * 16, lutf, j * 16, 16, 1)
+        else:
+            for c in range(16):
+                lutf[j, c] = np.float32(0.0)
+        lo = min16(lutf, j * 16, 1)
+        span = max(span, max16(lutf, j * 16, 1) - lo)
         for c in range(16):
             lutf[j, c] -= lo
+        if l2 and j < n_sub:
+            for t in range(dsub):
+                lo -= v[j * dsub + t] * v[j * dsub + t]
         lo_sum += lo
-        span = max(span, hi - lo)
     scale = np.float32(maxv) / span if span > 0 else np.float32(1.0)
     for p in range(m2 // 2):
         for c in range(16):
             lut[32 * p + c] = np.uint8(lutf[2 * p, c] * scale + np.float32(0.5))
+        for c in range(16):
             lut[32 * p + 16 + c] = np.uint8(lutf[2 * p + 1, c] * scale + np.float32(0.5))
     return lo_sum, scale
 
@@ -358,8 +370,8 @@ def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual
 
     centroids float32 (R, B, d), whose residual term q.c_b is the bucket's
     routing score when route_base (one-layer routers whose rows are the
-    centroids, without bias: no second dot product a bucket); books float32 (R, M, 16, dsub) codebooks,
-    n_sub = M; blocks uint8 (nblocks * stride,) flat code blocks and
+    centroids, without bias: no second dot product a bucket); books float32 (R, M, dsub + 1, 16)
+    the codebooks as table_books lays them out, n_sub = M; blocks uint8 (nblocks * stride,) flat code blocks and
     block_pos int32 (nblocks, stride / 4), whose columns from 4 * M2 hold the
     32 item positions of each block (-1 padding); bstart int64 (R, B + 1)
     each bucket's first block; bsizes int64 (R, B) entries per bucket; x

@@ -283,13 +283,8 @@ def _as_float(v):
     return lambda v: v
 
 
-@intrinsic
-def max16(typingctx, arr, lo, count):
-    """The largest of arr[lo : lo + 16 count] (a C float32 array, count >=
-    1), read 16 at a time (LLVM leaves the plain loop's max scalar)."""
-    if not (_c_arrays(arr) and arr.dtype == types.float32):
-        return None
-    sig = types.float32(arr, lo, count)
+def _extreme16_codegen(op):
+    """Code of max16 (op ">") or min16 (op "<")."""
 
     def codegen(context, builder, signature, args):
         a_v, lo_v, n_v = args
@@ -299,7 +294,7 @@ def max16(typingctx, arr, lo, count):
         with cgutils.for_range(builder, builder.sub(n_v, ir.Constant(n_v.type, 1))) as loop:
             v = builder.load(builder.gep(vp, [builder.add(loop.index, ir.Constant(n_v.type, 1))]), align=4)
             a = builder.load(acc)
-            builder.store(builder.select(builder.fcmp_ordered(">", v, a), v, a), acc)
+            builder.store(builder.select(builder.fcmp_ordered(op, v, a), v, a), acc)
         v = builder.load(acc)
         width = 16
         i32 = ir.IntType(32)
@@ -307,10 +302,27 @@ def max16(typingctx, arr, lo, count):
             width //= 2
             hi = builder.shuffle_vector(v, v, _const_vec(ir.VectorType(i32, 16), [t + width if t < width else t
                                                                                    for t in range(16)]))
-            v = builder.select(builder.fcmp_ordered(">", hi, v), hi, v)
+            v = builder.select(builder.fcmp_ordered(op, hi, v), hi, v)
         return builder.extract_element(v, ir.Constant(i32, 0))
 
-    return sig, codegen
+    return codegen
+
+
+@intrinsic
+def max16(typingctx, arr, lo, count):
+    """The largest of arr[lo : lo + 16 count] (a C float32 array, count >=
+    1), read 16 at a time (LLVM leaves the plain loop's max scalar)."""
+    if not (_c_arrays(arr) and arr.dtype == types.float32):
+        return None
+    return types.float32(arr, lo, count), _extreme16_codegen(">")
+
+
+@intrinsic
+def min16(typingctx, arr, lo, count):
+    """The smallest of arr[lo : lo + 16 count], as max16."""
+    if not (_c_arrays(arr) and arr.dtype == types.float32):
+        return None
+    return types.float32(arr, lo, count), _extreme16_codegen("<")
 
 
 @intrinsic
