@@ -35,7 +35,7 @@ import numpy as np
 from .route import route_rows
 from .scoring import FAST, dot, prepare_rows, score
 from .simd import ctz32, fma16x1, lut16, max16, min16, prefetch
-from .topk import beats, pop_best_first, push_lex, sift_lex
+from .topk import nth_best, beats, pop_best_first, push_lex, sift_lex
 
 _SEEN = 1 << 10
 _AHEAD = 2  # code blocks prefetched ahead of the scan
@@ -204,17 +204,11 @@ def _budget(hs, size, top, m, m0, stop_w, budget, ex):
     best = top[0]
     kth = top[0]
     if size > 0:
+        best = hs[0]
         for h in range(size):
             ex[h] = hs[h]
-        want = min(_FEATURE_K, size)
-        for j in range(want):  # the best `want` to the front, in order (partial selection sort)
-            at = j
-            for h in range(j + 1, size):
-                if ex[h] > ex[at]:
-                    at = h
-            ex[j], ex[at] = ex[at], ex[j]
-        best = ex[0]
-        kth = ex[want - 1]
+            best = max(best, hs[h])
+        kth = nth_best(ex, size, min(_FEATURE_K, size) - 1)  # selection in place, in the copy
     ns = stop_w.shape[0] - 3
     pred = stop_w[ns + 2] + stop_w[ns] * kth + stop_w[ns + 1] * best
     for j in range(ns):

@@ -33,7 +33,7 @@ def _insert_best(v, i, m, size, out_idx, out_val):
 
 
 @numba.njit(inline="always")
-def _nth_best(v, n, r):
+def nth_best(v, n, r):
     """The value of rank r (0: the largest) among v[:n] (float32, no NaN),
     by selection in place (v[:n] is reordered)."""
     lo, hi = 0, n - 1
@@ -113,7 +113,7 @@ def top_row(row, m, bv, bi, out_idx, out_val):
             for b in range(16 * full + 1, width):
                 mx = max(mx, row[b])
             bv[full] = mx
-        thr = _nth_best(bv, groups, m - 1)
+        thr = nth_best(bv, groups, m - 1)
     cnt = at_least(row, thr, bv, bi)
     size = 0
     for t in range(cnt):  # in bucket order: ties stay in it
