@@ -60,3 +60,24 @@ def test_report_picks_best_point_reaching_recall():
     assert at_recall(pts, 0.95, "candidates", "recall@10")["candidates"] == 90
     assert at_recall(pts, 0.99, "qps", "recall@10") is None
     assert [p["qps"] for p in frontier(pts, "qps", "recall@10")] == [500, 100, 90]
+
+
+def test_single_ab_times_two_configurations_in_rounds(tmp_path):
+    """benchmarks/single_ab.py: every setting once a round, one line each;
+    the indexes it builds are reused by the next call (loaded, same recall)."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "single_ab.py"), "--dataset", "synthetic:2000:16",
+           "--buckets", "16", "--n", "40", "--rounds", "2", "--cache", str(tmp_path / "cache"),
+           "--index-dir", str(tmp_path / "idx"), "--system", "fast:4/2,8/2", "--system", "fast:spill=0:4/1"]
+    lines = []
+    for _ in range(2):
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-2000:]
+        lines.append([json.loads(line) for line in p.stdout.splitlines()])
+    first, again = lines
+    assert [(r["system"], r["probes"], r["refine"]) for r in first] == [("fast", 4, 2), ("fast", 8, 2),
+                                                                        ("fast:spill=0", 4, 1)]
+    for r in first:
+        assert 0 < r["recall@10"] <= 1 and r["qps_best"] >= r["qps_median"] > 0 and r["rounds"] == 2
+    assert first[1]["recall@10"] >= first[0]["recall@10"]  # more probes find at least as much
+    assert [r["recall@10"] for r in again] == [r["recall@10"] for r in first]
+    assert sorted(p.name for p in (tmp_path / "idx" / "synthetic_2000_16").iterdir()) == ["fast", "fast_spill-0"]

@@ -1,0 +1,93 @@
+"""One query per call, two irli configurations timed in alternation.
+
+bench.py times each system's settings one after the other, minutes apart;
+on a shared 2-core machine the memory bandwidth a query's scan gets moves
+by ±10-20 % over minutes, and a single-mode ratio between two systems moves
+with it. This script times the given settings in rounds, every setting
+once per round, all queries one call each (as bench.py's single mode), and
+keeps each setting's fastest round: both systems see the same machine.
+
+    python benchmarks/single_ab.py --dataset glove \
+        --system fast:20/3,24/2 --system fast:learned_probes=1:18/2,16/3,20/2
+
+Each --system is an irli preset with overrides (as bench.py's irli:<spec>,
+without the prefix) and its probes/refine settings. Indexes are built once
+into --index-dir and loaded from there afterwards. Prints, per setting,
+recall@10, QPS (fastest round) and the median over rounds, as JSON lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402  (the data preparation bench.py uses)
+
+import irli  # noqa: E402
+from irli.metrics import recall_at_k  # noqa: E402
+
+
+def _index(spec: str, data_dir: Path, metric: str, index_dir: Path, buckets: int | None) -> irli.Index:
+    path = index_dir / spec.replace(":", "_").replace("=", "-")
+    if path.exists():
+        return irli.Index.load(path, mmap=False)
+    preset, _, rest = spec.partition(":")
+    over = irli.IndexConfig.parse_overrides([kv for kv in rest.split(":") if kv]) if rest else {}
+    x = np.load(data_dir / "items.npy")
+    kw = {"n_buckets": buckets} if buckets else {}
+    index = irli.Index(preset, metric=metric, **kw, **over).fit(x)
+    index.save(path)
+    return irli.Index.load(path, mmap=False)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="glove")
+    p.add_argument("--system", action="append", required=True,
+                   help="<preset>[:key=value...]:<probes>/<refine>[,<probes>/<refine>...]")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--n", type=int, default=10_000, help="queries per round, spread through the test set")
+    p.add_argument("--buckets", type=int, default=1024)
+    p.add_argument("--cache", default=str(Path.home() / ".cache" / "irli-bench"))
+    p.add_argument("--index-dir", default=str(Path.home() / ".cache" / "irli-bench" / "ab-indexes"))
+    a = p.parse_args()
+    data_dir, metric = bench.prepare(a.dataset, Path(a.cache), 10_000)
+    q = np.load(data_dir / "queries.npy")
+    truth = np.load(data_dir / "truth.npy")
+    one = np.linspace(0, q.shape[0] - 1, min(a.n, q.shape[0])).round().astype(np.int64)
+    index_dir = Path(a.index_dir) / a.dataset.replace(":", "_").replace("/", "_")
+    runs = []
+    for s in a.system:
+        spec, _, settings = s.rpartition(":")
+        index = _index(spec, data_dir, metric, index_dir, a.buckets)
+        for pr in settings.split(","):
+            probes, refine = (int(v) for v in pr.split("/"))
+            runs.append((spec, probes, refine, index))
+    times = {i: [] for i in range(len(runs))}
+    found = {}
+    for _ in range(a.rounds):
+        for i, (spec, probes, refine, index) in enumerate(runs):
+            ids = np.empty((one.shape[0], 10), np.int64)
+            for j in one[:64]:
+                index.search(q[j], k=10, probes=probes, refine=refine)  # warm-up: compile, caches
+            t0 = time.perf_counter()
+            for r, j in enumerate(one):
+                ids[r] = index.search(q[j], k=10, probes=probes, refine=refine).ids[0]
+            times[i].append(time.perf_counter() - t0)
+            found[i] = ids
+    for i, (spec, probes, refine, _) in enumerate(runs):
+        t = np.array(times[i])
+        print(json.dumps({"system": spec, "probes": probes, "refine": refine,
+                          "recall@10": round(recall_at_k(found[i], truth[one], 10), 4),
+                          "qps_best": round(one.shape[0] / t.min()), "qps_median": round(one.shape[0] / np.median(t)),
+                          "rounds": a.rounds}))
+
+
+if __name__ == "__main__":
+    main()
