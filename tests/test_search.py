@@ -109,7 +109,8 @@ def test_threads_agree_with_one_thread(data, preset, kw):
 
 
 @pytest.mark.parametrize("m,width", [(1, 256), (5, 256), (24, 256), (64, 256), (65, 256), (200, 256), (20, 1024),
-                                     (27, 1000), (17, 16 * 17), (18, 16 * 17), (3, 40), (7, 7)])
+                                     (27, 1000), (17, 16 * 17), (18, 16 * 17), (3, 40), (7, 7), (20, 4800), (2, 20),
+                                     (1, 10)])
 def test_top_m_selection_matches_a_full_sort(m, width):
     """Widths that are and are not multiples of the 16-bucket groups, m
     from one to more groups than there are (no group threshold then)."""

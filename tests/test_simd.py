@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from irli.kernels.simd import (HAVE_AVX2, HAVE_AVX512, ctz32, fma16x1, fma16x8, fma64x1, lut16_avx2, lut16_avx512,
-                               lut16_scalar, ge16, max16, min16)
+                               lut16_scalar, ge16, max16, min16, popc32)
 
 
 @numba.njit
@@ -170,3 +170,17 @@ def test_min16_is_the_smallest_of_its_span_and_nothing_outside_it():
         if lo + 16 * count < b.shape[0]:
             b[lo + 16 * count] = -500.0
         assert _min16(b, lo, count) == b[lo:lo + 16 * count].min() > -99.0
+
+
+@numba.njit
+def _popc(v):
+    out = np.empty(v.shape[0], np.int64)
+    for i in range(v.shape[0]):
+        out[i] = popc32(v[i])
+    return out
+
+
+def test_popc32_counts_the_set_bits():
+    v = np.random.default_rng(8).integers(0, 2**32, size=500, dtype=np.uint64).astype(np.uint32)
+    v[:3] = [0, 0xFFFFFFFF, 1 << 31]
+    assert _popc(v).tolist() == [bin(int(a)).count("1") for a in v]

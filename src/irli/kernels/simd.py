@@ -346,6 +346,19 @@ def ge16(typingctx, arr, lo, thr):
 
 
 @intrinsic
+def popc32(typingctx, x):
+    """Set bits of a uint32 (one popcnt)."""
+    sig = types.uint32(types.uint32)
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(32), [ir.IntType(32)]), "llvm.ctpop.i32")
+        return builder.call(fn, [args[0]])
+
+    return sig, codegen
+
+
+@intrinsic
 def ctz32(typingctx, x):
     """Trailing zero bits of a non-zero uint32."""
     sig = types.uint32(types.uint32)

@@ -13,7 +13,7 @@ import numba
 import numpy as np
 
 from .scoring import FAST
-from .simd import ctz32, ge16, max16
+from .simd import ctz32, ge16, max16, popc32
 
 
 @numba.njit(inline="always")
@@ -58,6 +58,26 @@ def nth_best(v, n, r):
         else:
             return v[r]
     return v[r]
+
+
+@numba.njit(inline="always")
+def _mth_by_counts(v, n, m):
+    """The m-th largest of v[:n] (float32, no NaN; v holds at least n
+    rounded up to 16 entries, those past n overwritten with -inf): the
+    largest value that at least m values reach, each value's count taken
+    16 compares at a time (simd.ge16). Without branches on the data: the
+    selection it replaces (nth_best) mispredicted its way to 0.8 us over
+    64 group maxima (issue 24)."""
+    n16 = n + (-n) % 16
+    for i in range(n, n16):
+        v[i] = -np.inf
+    thr = np.float32(-np.inf)
+    for i in range(n):
+        c = np.uint32(0)
+        for s in range(0, n16, 16):
+            c += popc32(ge16(v, s, v[i]))
+        thr = max(thr, v[i] if c >= m else np.float32(-np.inf))
+    return thr
 
 
 @numba.njit(inline="always")
@@ -113,7 +133,10 @@ def top_row(row, m, bv, bi, out_idx, out_val):
             for b in range(16 * full + 1, width):
                 mx = max(mx, row[b])
             bv[full] = mx
-        thr = nth_best(bv, groups, m - 1)
+        if groups <= 256 and groups + (-groups) % 16 <= bv.shape[0]:  # O(groups^2 / 16) compares
+            thr = _mth_by_counts(bv, groups, m)
+        else:
+            thr = nth_best(bv, groups, m - 1)
     cnt = at_least(row, thr, bv, bi)
     size = 0
     for t in range(cnt):  # in bucket order: ties stay in it
