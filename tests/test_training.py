@@ -196,3 +196,29 @@ def test_irli_preset_on_fewer_buckets_than_its_choices():
     index = irli.Index("irli", n_buckets=4, epochs=2, n_train=300).fit(x)
     sizes = np.diff(index.lists_.offsets, axis=1)
     assert sizes.max() <= np.ceil(1.2 * len(x) / 4)  # balanced under the preset's cap
+
+
+def test_repartition_on_the_cpu_routes_through_the_compiled_kernels(data):
+    """The exported routers, run by the search's routing kernels, rank each
+    item's buckets as the torch routers do (up to float rounding between
+    near-equal scores), and the re-partition puts items where power-of-K
+    on torch's ranking puts them."""
+    import torch
+
+    from irli.learn.loop import _Trainer
+    from irli.model.partition import fallback_width
+
+    x = data[0] / np.linalg.norm(data[0], axis=1, keepdims=True)
+    cfg = IndexConfig.from_preset("irli", **FAST["irli"])
+    trainer = _Trainer(x.shape[1], 32, cfg, None, sample=x[:500])
+    with torch.no_grad():  # untrained weights: any ranking will do
+        trainer.params["w2"].mul_(5.0)
+    assert trainer.device.type == "cpu"
+    new = trainer.repartition(x, seed=3)
+    width = fallback_width(cfg.k_choices, 32)
+    with torch.no_grad():
+        top = torch.topk(trainer.forward(torch.from_numpy(x)), width, dim=2).indices.numpy().astype(np.int32)
+    want = np.stack([power_of_k(top[r], cfg.k_choices, 32, cfg.max_load, 3 + r) for r in range(cfg.n_reps)])
+    assert new.shape == want.shape == (cfg.n_reps, x.shape[0]) and new.dtype == want.dtype
+    assert (new == want).mean() >= 0.99
+    assert (new == want).mean(axis=1).min() >= 0.98

@@ -26,7 +26,7 @@ from ..model.partition import (
     power_of_k,
     soar_spill,
 )
-from ..model.routers import CentroidRouter, LinearRouter, MLPRouter, Router
+from ..model.routers import CentroidRouter, LinearRouter, MLPRouter, Router, route
 from ..progress import Callback, report
 
 
@@ -487,16 +487,22 @@ class _Trainer:
     def repartition(self, x: np.ndarray, seed: int, batch: int = 8192) -> np.ndarray:
         """Each item into the least loaded of its routers' top-K buckets, per
         repetition, using the item itself as the router input (see
-        `power_of_k` for the load cap). int32 (R, N)."""
+        `power_of_k` for the load cap). int32 (R, N). On the CPU the routers
+        are exported and run through the search's compiled routing on every
+        core (irli.model.routers.route): on GloVe, torch's forward pass and
+        top-k took 10 s of a re-partition's 12.8 (issue 24)."""
         torch = self.torch
         cfg = self.cfg
         width = fallback_width(cfg.k_choices, self.n_buckets)
-        choices = np.empty((cfg.n_reps, x.shape[0], width), dtype=np.int32)
-        with torch.no_grad():
-            for s in range(0, x.shape[0], batch):
-                part = torch.from_numpy(np.ascontiguousarray(x[s : s + batch])).to(self.device)
-                top = torch.topk(self.forward(part), width, dim=2).indices
-                choices[:, s : s + part.shape[0]] = top.cpu().numpy()
+        if self.device.type == "cpu":
+            choices = route(self.export(), np.ascontiguousarray(x, dtype=np.float32), width)[0][:cfg.n_reps]
+        else:
+            choices = np.empty((cfg.n_reps, x.shape[0], width), dtype=np.int32)
+            with torch.no_grad():
+                for s in range(0, x.shape[0], batch):
+                    part = torch.from_numpy(np.ascontiguousarray(x[s : s + batch])).to(self.device)
+                    top = torch.topk(self.forward(part), width, dim=2).indices
+                    choices[:, s : s + part.shape[0]] = top.cpu().numpy()
         return np.stack([power_of_k(choices[r], cfg.k_choices, self.n_buckets, cfg.max_load, seed + r)
                          for r in range(cfg.n_reps)])
 
