@@ -120,20 +120,26 @@ def _max16(a, lo, count):
     return max16(a, lo, count)
 
 
-def test_max16_is_the_largest_of_its_span():
+@numba.njit
+def _min16(a, lo, count):
+    return min16(a, lo, count)
+
+
+@pytest.mark.parametrize("extreme,sign", [(_max16, 1.0), (_min16, -1.0)])
+def test_max16_and_min16_read_their_span_and_nothing_outside_it(extreme, sign):
     rng = np.random.default_rng(5)
     a = rng.normal(size=100).astype(np.float32)
     for lo, count in [(0, 1), (3, 2), (20, 5), (0, 6)]:
         span = a[lo:lo + 16 * count]
-        assert _max16(a, lo, count) == span.max()
+        assert extreme(a, lo, count) == (span.max() if sign > 0 else span.min())
         b = a.copy()
-        b[lo + 16 * count - 1] = 99.0  # the last lane of the last vector counts
-        assert _max16(b, lo, count) == 99.0
+        b[lo + 16 * count - 1] = sign * 99.0  # the last lane of the last vector counts
+        assert extreme(b, lo, count) == sign * 99.0
         if lo + 16 * count < a.shape[0]:
-            b[lo + 16 * count] = 500.0  # past the span: ignored
+            b[lo + 16 * count] = sign * 500.0  # past the span: ignored
         if lo > 0:
-            b[lo - 1] = 600.0  # before it: ignored
-        assert _max16(b, lo, count) == 99.0
+            b[lo - 1] = sign * 600.0  # before it: ignored
+        assert extreme(b, lo, count) == sign * 99.0
 
 
 @numba.njit
@@ -149,27 +155,6 @@ def test_ge16_marks_the_lanes_at_or_above_the_threshold():
         for thr in (np.float32(-np.inf), np.float32(0.0), a[lo + 3], np.float32(10.0)):
             want = sum(1 << t for t in range(16) if a[lo + t] >= thr)
             assert _ge16(a, lo, thr) == want
-
-
-@numba.njit
-def _min16(a, lo, count):
-    return min16(a, lo, count)
-
-
-def test_min16_is_the_smallest_of_its_span_and_nothing_outside_it():
-    rng = np.random.default_rng(6)
-    a = rng.normal(size=100).astype(np.float32)
-    for lo, count in [(0, 1), (5, 2), (36, 4)]:
-        assert _min16(a, lo, count) == a[lo:lo + 16 * count].min()
-        b = a.copy()
-        b[lo + 16 * count - 1] = -99.0
-        assert _min16(b, lo, count) == -99.0
-        b[lo + 16 * count - 1] = 0.0
-        if lo > 0:
-            b[lo - 1] = -600.0
-        if lo + 16 * count < b.shape[0]:
-            b[lo + 16 * count] = -500.0
-        assert _min16(b, lo, count) == b[lo:lo + 16 * count].min() > -99.0
 
 
 @numba.njit

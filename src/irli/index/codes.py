@@ -243,6 +243,7 @@ class PQ4Codes:
         self.metric = metric
         self.l2 = metric == "l2"
         self.residual = bool(residual)
+        self.tables = table_books(self.books, self.l2)  # the codebooks as the search kernel's tables read them
         self._pqs: list[faiss.ProductQuantizer] | None = None
         if lists is not None:
             self._layout(lists, assign)
@@ -355,7 +356,7 @@ class PQ4Codes:
         return PQIndexArgs(cosine=cosine, l2=self.l2, residual=self.residual, route_base=bool(route_base),
                            n_sub=self.n_sub, a1=routing.first_tiles,
                            b1=routing.b1, tiles=routing.tiles, b2=routing.b2, rows=routing.rows, half=routing.half,
-                           slack=routing.slack, centroids=self.centroids, books=table_books(self.books, self.l2),
+                           slack=routing.slack, centroids=self.centroids, books=self.tables,
                            blocks=self.blocks, block_pos=self.block_pos, bstart=self.bstart, bsizes=self.bsizes,
                            x=x, sqn=sqnorms, keep=keep, ids=ids)
 

@@ -260,9 +260,9 @@ def _scan_major(r, c0, cn, jlo, jhi, probed, top, route_base, count, who, nb, qb
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True, _nrt=False)
 def _scan_chunks(lo, n, chunk, m, first, learned, stop_w, budget, qb, probed, top, route_base, reps, books, n_sub, l2,
-                 per_bucket, lutf, luts, maxv, base0, scale0, centroids, residual, rq, blocks, block_pos, pos_col, stride, npairs,
-                 bstart, bsizes, keep, has_keep, hs, hid, size, n_rerank, seen, sums, count, who, nb, mq, ex, x, sqn,
-                 ids, ks, ki, k, out_ids, out_score, out_ncand, out_scanned):
+                 per_bucket, lutf, luts, maxv, base0, scale0, centroids, residual, rq, blocks, block_pos, pos_col,
+                 stride, npairs, bstart, bsizes, keep, has_keep, hs, hid, size, n_rerank, seen, sums, count, who, nb,
+                 mq, ex, x, sqn, ids, ks, ki, k, out_ids, out_score, out_ncand, out_scanned):
     """pq_block's scan, re-rank and output of its prepared, routed queries
     qb (n, d) in chunks of `chunk`, with the scratch pq_block allocates."""
     for c0 in range(0, n, chunk):
@@ -297,14 +297,15 @@ def _scan_chunks(lo, n, chunk, m, first, learned, stop_w, budget, qb, probed, to
                         mq[0] = _budget(hs[0], size[0], top[r, c0], m, first, stop_w, budget, ex)
             else:
                 _scan_major(r, c0, cn, 0, mq, probed, top, route_base, count, who, nb, qb, book, n_sub, centroids,
-                            residual, per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col, stride,
-                            npairs, bstart, keep, has_keep, hs, hid, size, n_rerank, seen, sums)
+                            residual, per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col,
+                            stride, npairs, bstart, keep, has_keep, hs, hid, size, n_rerank, seen, sums)
                 if learned:
                     for t in range(cn):
                         mq[t] = _budget(hs[t], size[t], top[r, c0 + t], m, first, stop_w, budget, ex)
                     _scan_major(r, c0, cn, first, mq, probed, top, route_base, count, who, nb, qb, book, n_sub,
-                                centroids, residual, per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks, block_pos, pos_col,
-                                stride, npairs, bstart, keep, has_keep, hs, hid, size, n_rerank, seen, sums)
+                                centroids, residual, per_bucket, rq, lutf, luts, maxv, base0, scale0, blocks,
+                                block_pos, pos_col, stride, npairs, bstart, keep, has_keep, hs, hid, size, n_rerank,
+                                seen, sums)
             for t in range(cn):
                 for j in range(mq[t]):
                     out_scanned[lo + c0 + t] += bsizes[r, probed[r, c0 + t, j]]
@@ -345,9 +346,9 @@ class PQIndexArgs(NamedTuple):
 
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True)
-def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual, route_base, n_sub, a1, b1, tiles, b2, rows, half,
-             slack, centroids, books, blocks, block_pos, bstart, bsizes, x, sqn, keep, ids, out_ids, out_score,
-             out_ncand, out_scanned):
+def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual, route_base, n_sub, a1, b1, tiles, b2,
+             rows, half, slack, centroids, books, blocks, block_pos, bstart, bsizes, x, sqn, keep, ids, out_ids,
+             out_score, out_ncand, out_scanned):
     """The whole compressed search of queries lo .. hi - 1 of raw q float32
     (n, d): check and prepare them (normalised for cosine), route them with
     the layers a1, b1, tiles, b2 and the one-layer tables rows, half, slack
@@ -364,8 +365,9 @@ def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual
 
     centroids float32 (R, B, d), whose residual term q.c_b is the bucket's
     routing score when route_base (one-layer routers whose rows are the
-    centroids, without bias: no second dot product a bucket); books float32 (R, M, dsub + 1, 16)
-    the codebooks as table_books lays them out, n_sub = M; blocks uint8 (nblocks * stride,) flat code blocks and
+    centroids, without bias: no second dot product a bucket); books
+    float32 (R, M, dsub + 1, 16) the codebooks as table_books lays them
+    out, n_sub = M; blocks uint8 (nblocks * stride,) flat code blocks and
     block_pos int32 (nblocks, stride / 4), whose columns from 4 * M2 hold the
     32 item positions of each block (-1 padding); bstart int64 (R, B + 1)
     each bucket's first block; bsizes int64 (R, B) entries per bucket; x
@@ -412,7 +414,7 @@ def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual
     count = np.zeros(nb + 1 if n > 1 else 0, dtype=np.int64)  # one query needs no bucket-major order
     who = np.empty(chunk * m if n > 1 else 0, dtype=np.int64)
     _scan_chunks(lo, n, chunk, m, first, learned, stop_w, budget, qb, probed, top, route_base, reps, books, n_sub, l2,
-                 per_bucket, lutf, luts, maxv, base0, scale0, centroids, residual, rq, blocks, block_pos, pos_col, stride, npairs,
-                 bstart, bsizes, keep, has_keep, hs, hid, size, n_rerank, seen, sums, count, who, nb, mq, ex, x, sqn,
-                 ids, ks, ki, k, out_ids, out_score, out_ncand, out_scanned)
+                 per_bucket, lutf, luts, maxv, base0, scale0, centroids, residual, rq, blocks, block_pos, pos_col,
+                 stride, npairs, bstart, bsizes, keep, has_keep, hs, hid, size, n_rerank, seen, sums, count, who, nb,
+                 mq, ex, x, sqn, ids, ks, ki, k, out_ids, out_score, out_ncand, out_scanned)
     return -1

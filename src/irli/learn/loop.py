@@ -495,7 +495,7 @@ class _Trainer:
         cfg = self.cfg
         width = fallback_width(cfg.k_choices, self.n_buckets)
         if self.device.type == "cpu":
-            choices = route(self.export(), np.ascontiguousarray(x, dtype=np.float32), width)[0][:cfg.n_reps]
+            choices = route(self.export(), np.ascontiguousarray(x, dtype=np.float32), width)[0]
         else:
             choices = np.empty((cfg.n_reps, x.shape[0], width), dtype=np.int32)
             with torch.no_grad():
