@@ -63,13 +63,13 @@ def main() -> int:
     from irli.model.routers import Routing
 
     @numba.njit
-    def one_by_one(q, a1, b1, tiles, b2, rows, half, slack, probed, probs):
+    def one_by_one(q, a1, b1, tiles, b2, rows, half, slack, t8, s8, probed, probs):
         for i in range(q.shape[0]):
-            route_kernel(q, i, i + 1, a1, b1, tiles, b2, rows, half, slack, probed, probs, True)
+            route_kernel(q, i, i + 1, a1, b1, tiles, b2, rows, half, slack, t8, s8, probed, probs, True)
 
     @numba.njit
-    def batched(q, a1, b1, tiles, b2, rows, half, slack, probed, probs):
-        route_kernel(q, 0, q.shape[0], a1, b1, tiles, b2, rows, half, slack, probed, probs, True)
+    def batched(q, a1, b1, tiles, b2, rows, half, slack, t8, s8, probed, probs):
+        route_kernel(q, 0, q.shape[0], a1, b1, tiles, b2, rows, half, slack, t8, s8, probed, probs, True)
 
     rng = np.random.default_rng(0)
     n, b, m = 3000, 1024, 24
@@ -78,7 +78,8 @@ def main() -> int:
         q = rng.normal(size=(n, d)).astype(np.float32)
         a1 = rng.normal(size=(1, d, b)).astype(np.float32)
         rt = Routing(a1, np.zeros((1, b), np.float32), np.zeros((1, 0, 0), np.float32), np.zeros((1, 0), np.float32))
-        args = (q, rt.first_tiles, rt.b1, rt.tiles, rt.b2, rt.rows, rt.half, rt.slack, np.empty((1, n, m), np.int32),
+        args = (q, rt.first_tiles, rt.b1, rt.tiles, rt.b2, rt.rows, rt.half, rt.slack, rt.tiles8, rt.scale8,
+                np.empty((1, n, m), np.int32),
                 np.empty((1, 0, 0), np.float32))
         single = _per_query(one_by_one, *args, n=n)
         batch = _per_query(batched, *args, n=n)

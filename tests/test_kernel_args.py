@@ -70,3 +70,29 @@ def test_residual_terms_come_from_the_routing_scores_when_the_router_is_the_cent
     assert abs(recall_at_k(res.ids, truth, 10) - recall_at_k(slow.ids, truth, 10)) <= 0.005
     assert not fitted("fast", data, pq_residual=False)._snapshot().kernel_args.route_base
     assert not fitted("fast", data, metric="l2", pq_residual=True)._snapshot().kernel_args.route_base
+
+
+def test_repetitions_share_one_codebook_and_its_tables_are_built_once(data):
+    """A multi-repetition index trains one codebook for all repetitions and
+    hands the kernel one set of tables; the answers are those of the same
+    tables given once per repetition (each built again), alone and in a
+    batch, and for l2's per-bucket tables."""
+    for metric in ("cosine", "l2"):
+        index = fitted("irli", data, metric=metric)
+        codes = index.codes_
+        assert codes.books.shape[0] == index.n_reps > 1
+        assert all(np.array_equal(codes.books[0], b) for b in codes.books[1:])
+        st = index._snapshot()
+        assert st.kernel_args.books.shape[0] == 1
+        q = data[1][:50]
+        once = index.search(q, k=10, probes=4, threads=1)
+        every = np.ascontiguousarray(np.repeat(st.kernel_args.books, index.n_reps, axis=0))
+        index._state = st._replace(kernel_args=st.kernel_args._replace(books=every), plans={})
+        try:
+            again = index.search(q, k=10, probes=4, threads=1)
+            one = index.search(q[3], k=10, probes=4)
+        finally:
+            index._state = st
+        np.testing.assert_array_equal(once.ids, again.ids)
+        np.testing.assert_array_equal(once.scores, again.scores)
+        np.testing.assert_array_equal(one.ids[0], once.ids[3])

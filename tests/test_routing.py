@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from irli.model import routers
-from irli.kernels.route import TILE, tile_layer
+from irli.kernels.route import TILE, tile_layer, tile_layer8
 from irli.model.routers import Routing
 
 
@@ -165,3 +165,93 @@ def test_indexes_route_one_query_alone_as_in_a_batch(data, preset):
     q = data[1][:80]
     assert_alone_equals_batch(index, q, probes=4)
     np.testing.assert_array_equal(index.route(q[:1], probes=4)[:, 0], index.route(q, probes=4)[:, 0])
+
+
+@pytest.mark.parametrize("h,b", [(16, 40), (30, 130)])
+def test_8bit_tiles_hold_every_weight_to_half_a_step(h, b):
+    rng = np.random.default_rng(h + b)
+    a = rng.normal(size=(2, h, b)).astype(np.float32)
+    a[1, :, 3] = 0.0  # a bucket without weights
+    bias = rng.normal(size=(2, b)).astype(np.float32)
+    t, sb = tile_layer8(a, bias)
+    g = -(-h // 4)
+    assert t.shape == (2, -(-b // TILE), g, 4 * TILE) and t.dtype == np.int8 and t.flags.c_contiguous
+    assert sb.shape == (2, 2, t.shape[1] * TILE) and sb.dtype == np.float32
+    back = t.reshape(2, -1, g, TILE, 4).transpose(0, 2, 4, 1, 3).reshape(2, 4 * g, -1)  # (R, 4G, T TILE)
+    assert (back[:, h:] == 0).all() and (back[:, :, b:] == 0).all()
+    approx = back[:, :h, :b] * sb[:, None, 0, :b]
+    assert (np.abs(approx - a) <= sb[:, None, 0, :b] / 2 * 1.0001).all()
+    np.testing.assert_array_equal(sb[:, 1, :b], bias)
+    assert (sb[:, :, b:] == 0).all()
+
+
+def _mlp(rng, reps, d, h, b):
+    a1 = (rng.normal(size=(reps, d, h)) / np.sqrt(d)).astype(np.float32)
+    b1 = (rng.normal(size=(reps, h)) * 0.1).astype(np.float32)
+    a2 = (rng.normal(size=(reps, h, b)) / np.sqrt(h)).astype(np.float32)
+    b2 = (rng.normal(size=(reps, b)) * 0.1).astype(np.float32)
+    return a1, b1, a2, b2
+
+
+@pytest.mark.parametrize("d,h,b,m", [(50, 128, 1024, 12), (20, 30, 130, 9)])
+def test_8bit_last_layer_routes_alike_alone_and_batched_within_its_rounding(d, h, b, m):
+    """The 8-bit last layer: one query alone and in a batch get the same
+    buckets and scores bit for bit, every score is within the rounding of
+    its bytes (half a step of the hidden row times the column's absolute
+    sum, plus half a weight step times the row's sum) of the float64 one,
+    and nearly all the float32 router's buckets are kept."""
+    rng = np.random.default_rng(h + b)
+    a1, b1, a2, b2 = _mlp(rng, 2, d, h, b)
+    rt = Routing(a1, b1, a2, b2, int8=True)
+    assert rt.tiles8.shape[1] > 0
+    q = rng.normal(size=(150, d)).astype(np.float32)
+    batch, alone, sb, sa = _alone_and_batched(rt, q, m)
+    np.testing.assert_array_equal(batch, alone)
+    np.testing.assert_array_equal(sb, sa)
+    hid = np.maximum(np.einsum("nd,rdh->rnh", q.astype(np.float64), a1) + b1[:, None, :], 0)
+    exact = np.einsum("rnh,rhb->rnb", hid, a2) + b2[:, None, :]
+    step_h = hid.max(axis=2) / 255  # (R, n)
+    step_w = rt.scale8[:, 0, :b]  # (R, B)
+    bound = (step_h[:, :, None] / 2 * np.abs(a2).sum(axis=1)[:, None, :]
+             + step_w[:, None, :] / 2 * hid.sum(axis=2)[:, :, None] * (1 + 1 / 255))
+    got_bound = np.take_along_axis(bound, batch, axis=2) * 1.001 + 1e-4
+    assert (np.abs(sb - np.take_along_axis(exact, batch, axis=2)) <= got_bound).all()
+    floats = Routing(a1, b1, a2, b2, int8=False)
+    assert floats.tiles8.shape[1] == 0
+    fb, _, _, _ = _alone_and_batched(floats, q[:20], m)
+    kept = np.mean([len(set(fb[r, i]) & set(batch[r, i])) / m for r in range(2) for i in range(20)])
+    assert kept >= 0.9
+
+
+def test_8bit_routing_is_chosen_for_large_two_layer_routers_where_the_cpu_has_vnni(monkeypatch):
+    rng = np.random.default_rng(3)
+    a1, b1, a2, b2 = _mlp(rng, 1, 8, 64, 1024)
+    monkeypatch.setattr(routers, "HAVE_VNNI", True)
+    assert Routing(a1, b1, a2, b2).tiles8.shape[1] > 0
+    assert Routing(a1, b1, a2[:, :, :512], b2[:, :512]).tiles8.shape[1] == 0  # 64 x 512 < INT8_FROM
+    one = _routing(rng.normal(size=(1, 128, 1024)).astype(np.float32), np.zeros((1, 1024), np.float32))
+    assert one.tiles8.shape[1] == 0  # one layer: no 8-bit copy
+    monkeypatch.setattr(routers, "HAVE_VNNI", False)
+    assert Routing(a1, b1, a2, b2).tiles8.shape[1] == 0
+
+
+def test_an_irli_index_searches_alike_alone_and_batched_through_8bit_routing(data, truth, monkeypatch, tmp_path):
+    """A whole search with the 8-bit last layer (forced for these small
+    routers; the plain vector code where the CPU lacks VNNI): alone =
+    batched, and the recall of the float32 routers."""
+    import irli
+    from conftest import FAST, assert_alone_equals_batch
+    from irli.metrics import recall_at_k
+
+    index = irli.Index("irli", **FAST["irli"]).fit(data[0])
+    assert index.routing_.tiles8.shape[1] == 0  # 64 x 64 weights: below INT8_FROM
+    q = data[1]
+    floats = recall_at_k(index.search(q, k=10, threads=1).ids, truth, 10)
+    index.save(tmp_path / "ix")
+    monkeypatch.setattr(routers, "INT8_FROM", 0)
+    monkeypatch.setattr(routers, "HAVE_VNNI", True)
+    eight = irli.Index.load(tmp_path / "ix")
+    assert eight.routing_.tiles8.shape[1] > 0
+    batch = assert_alone_equals_batch(eight, q[:60])
+    assert recall_at_k(batch.ids, truth[:60], 10) >= recall_at_k(index.search(q[:60], k=10).ids, truth[:60], 10) - 0.03
+    assert abs(recall_at_k(eight.search(q, k=10, threads=1).ids, truth, 10) - floats) <= 0.01

@@ -7,7 +7,8 @@ import numba
 import numpy as np
 import pytest
 
-from irli.kernels.simd import (HAVE_AVX2, HAVE_AVX512, ctz32, fma16x1, fma16x8, fma64x1, lut16_avx2, lut16_avx512,
+from irli.kernels.simd import (HAVE_AVX2, HAVE_AVX512, ctz32, dot8x8, dot8x8_plain, dot8x64, fma16x1, fma16x8, fma64x1,
+                               lut16_avx2, lut16_avx512,
                                lut16_scalar, ge16, max16, min16, popc32)
 
 
@@ -169,3 +170,49 @@ def test_popc32_counts_the_set_bits():
     v = np.random.default_rng(8).integers(0, 2**32, size=500, dtype=np.uint64).astype(np.uint32)
     v[:3] = [0, 0xFFFFFFFF, 1 << 31]
     assert _popc(v).tolist() == [bin(int(a)).count("1") for a in v]
+
+
+@numba.njit
+def _dot8_group(x, n, w, sc, b, xs, out, plain):
+    """out[:n] for 16 lanes from 8-bit rows x (·, 4 ng) and tiles w (ng, 64), 8 rows per call."""
+    h4, ng = x.shape[1], w.shape[0]
+    for s in range(0, n, 8):
+        if plain:
+            dot8x8_plain(x, s * h4, h4, ng, w, 0, 64, sc, b, 0, xs[s:], out, s * 16, 16, min(8, n - s))
+        else:
+            dot8x8(x, s * h4, h4, ng, w, 0, 64, sc, b, 0, xs[s:], out, s * 16, 16, min(8, n - s))
+
+
+@numba.njit
+def _dot8_one(x, i, w, sc, b, xs, out):
+    """Row i alone, 64 lanes."""
+    h4, ng = x.shape[1], w.shape[0]
+    dot8x64(x, i * h4, h4, ng, w, 0, 256, sc, b, 0, xs[i:], out, 0, 64, 1)
+
+
+@pytest.mark.parametrize("n", [1, 5, 8, 13])
+def test_dot8_tiles_sum_bytes_exactly_alike_alone_in_groups_and_without_vnni(n):
+    """The 8-bit tiles: b + (xs_t sc_c) (x_t . w_c) from exact integer sums
+    (the extremes of both byte ranges included), the same numbers bit for
+    bit for one row of 64 lanes, a group of 8 and the plain vector code."""
+    rng = np.random.default_rng(n)
+    ng = 9
+    x = rng.integers(0, 256, size=(16, 4 * ng)).astype(np.uint8)
+    x[0] = 255
+    w64 = rng.integers(-128, 128, size=(ng, 64, 4)).astype(np.int8)
+    w64[:, 0] = -128
+    sc = rng.random(64).astype(np.float32)
+    b = rng.normal(size=64).astype(np.float32)
+    xs = rng.random(16).astype(np.float32)
+    w = np.ascontiguousarray(w64[:, :16]).reshape(ng, 64)  # the first 16 lanes as a 16-lane tile
+    sums = np.einsum("tgu,gcu->tc", x.reshape(16, ng, 4).astype(np.int64), w64.astype(np.int64))
+    want = b + (xs[:, None] * sc) * sums.astype(np.float32)
+    for plain in (False, True):
+        out = np.full((16, 16), 7.0, np.float32)
+        _dot8_group(x, n, w, sc, b, xs, out, plain)
+        np.testing.assert_array_equal(out[:n], want[:n, :16])
+        assert (out[n:] == 7.0).all()
+    for i in range(n):
+        one = np.zeros((1, 64), np.float32)
+        _dot8_one(x, i, w64.reshape(ng, 256), sc, b, xs, one)
+        np.testing.assert_array_equal(one[0], want[i])

@@ -226,7 +226,8 @@ def _pack(codes, assign, lists, offsets, n_sub):
 class PQ4Codes:
     """4-bit PQ codes of all R repetitions and their scan layout.
 
-    books float32 (R, M, 16, d / M): codebooks; codes uint8 (R, C, N,
+    books float32 (R, M, 16, d / M): codebooks (built with one codebook for
+    every repetition, `build`); codes uint8 (R, C, N,
     ceil(M / 2)): item codes, two per byte (low nibble first), C = copies
     for residual codes, else 1; centroids float32 (R, B, d); residual bool;
     eta: the anisotropic weight (0: plain PQ). Built by `build`, grown by
@@ -243,7 +244,9 @@ class PQ4Codes:
         self.metric = metric
         self.l2 = metric == "l2"
         self.residual = bool(residual)
-        self.tables = table_books(self.books, self.l2)  # the codebooks as the search kernel's tables read them
+        # the codebooks as the search kernel's tables read them: one when every repetition shares it
+        shared = all(np.array_equal(self.books[0], b) for b in self.books[1:])
+        self.tables = table_books(self.books[:1] if shared else self.books, self.l2)
         self._pqs: list[faiss.ProductQuantizer] | None = None
         if lists is not None:
             self._layout(lists, assign)
@@ -289,7 +292,10 @@ class PQ4Codes:
         every item. `residual` None chooses by `choose_residual` on
         repetition 0 (with `queries`, float32 (m, d), when given).
         `anisotropic`: ScaNN's threshold T for score-aware codes (ip and
-        cosine; None or 0: plain PQ)."""
+        cosine; None or 0: plain PQ). Every repetition shares repetition
+        0's codebook (trained on its residuals): a query then builds its
+        lookup tables once, not R times (the `irli` preset on GloVe: 2.4 µs
+        of a query's 50 saved at the same recall, BENCHMARKS.md)."""
         n, d = x.shape
         m = pq_m or default_pq_m(d)
         if d % m:
@@ -304,6 +310,9 @@ class PQ4Codes:
                                                     eta=eta)
             first = 1
         for r in range(first, reps):
+            if r > 0:
+                books[r] = books[0]
+                continue
             rows = np.sort(np.random.default_rng([seed + r, 0x9C4]).choice(n, size=min(n, train_size),
                                                                           replace=False))
             sample = np.asarray(x[rows], dtype=np.float32)
@@ -356,7 +365,8 @@ class PQ4Codes:
         return PQIndexArgs(cosine=cosine, l2=self.l2, residual=self.residual, route_base=bool(route_base),
                            n_sub=self.n_sub, a1=routing.first_tiles,
                            b1=routing.b1, tiles=routing.tiles, b2=routing.b2, rows=routing.rows, half=routing.half,
-                           slack=routing.slack, centroids=self.centroids, books=self.tables,
+                           slack=routing.slack, tiles8=routing.tiles8, scale8=routing.scale8,
+                           centroids=self.centroids, books=self.tables,
                            blocks=self.blocks, block_pos=self.block_pos, bstart=self.bstart, bsizes=self.bsizes,
                            x=x, sqn=sqnorms, keep=keep, ids=ids)
 

@@ -99,7 +99,8 @@ class StateMixin(UpdateLock):
                 args = self.codes_.kernel_args(cosine, r, self.vectors_, self.sqnorms_, keep, ids)
             else:
                 args = ExactIndexArgs(cosine=cosine, l2=l2, a1=r.first_tiles, b1=r.b1, tiles=r.tiles, b2=r.b2,
-                                      rows=r.rows, half=r.half, slack=r.slack, x=self.vectors_, sqn=self.sqnorms_,
+                                      rows=r.rows, half=r.half, slack=r.slack, tiles8=r.tiles8,
+                                      scale8=r.scale8, x=self.vectors_, sqn=self.sqnorms_,
                                       offsets=self.lists_.offsets, lists=self.lists_.lists, keep=keep, ids=ids)
             args = type(args)(*(read_only(a) for a in args))
             st = State(self.vectors_, self.sqnorms_, self.ids_, self.live_, keep, self.lists_, self.codes_,

@@ -202,6 +202,8 @@ class ExactIndexArgs(NamedTuple):
     rows: np.ndarray
     half: np.ndarray
     slack: np.ndarray
+    tiles8: np.ndarray
+    scale8: np.ndarray
     x: np.ndarray
     sqn: np.ndarray
     offsets: np.ndarray
@@ -212,7 +214,7 @@ class ExactIndexArgs(NamedTuple):
 
 @numba.njit(cache=True, nogil=True, fastmath=FAST)
 def exact_block(q, lo, hi, m, k, min_votes, top_c, dedup, mark, cnt, stamp0, cosine, l2, a1, b1, tiles, b2, rows, half,
-                slack, x, sqn, offsets, lists, keep, ids, out_ids, out_scores, out_ncand, out_scanned):
+                slack, tiles8, scale8, x, sqn, offsets, lists, keep, ids, out_ids, out_scores, out_ncand, out_scanned):
     """The whole exact search of queries lo .. hi - 1 of raw q float32 (n,
     d): check and prepare (normalise for cosine), route to m buckets per
     repetition, scan, keep the top k and map positions to `ids`, into rows
@@ -229,7 +231,7 @@ def exact_block(q, lo, hi, m, k, min_votes, top_c, dedup, mark, cnt, stamp0, cos
     reps = a1.shape[0]
     probed = np.empty((reps, n, m), dtype=np.int32)
     probs = np.empty((reps, n, m) if with_probs else (reps, 0, 0), dtype=np.float32)
-    route_rows(qb, 0, n, a1, b1, tiles, b2, rows, half, slack, probed, probs, 0, False)
+    route_rows(qb, 0, n, a1, b1, tiles, b2, rows, half, slack, tiles8, scale8, probed, probs, 0, False)
     hs = np.empty(k, dtype=np.float32)
     hid = np.empty(k, dtype=np.int64)
     none = np.zeros(0, dtype=np.int64)

@@ -272,9 +272,9 @@ def _scan_chunks(lo, n, chunk, m, first, learned, stop_w, budget, qb, probed, to
         for t in range(cn):
             out_scanned[lo + c0 + t] = 0
         for r in range(reps):
-            book = books[r]
+            book = books[min(r, books.shape[0] - 1)]
             for t in range(cn):
-                if not per_bucket:
+                if not per_bucket and r < books.shape[0]:  # a shared codebook's tables serve every repetition
                     base0[t], scale0[t] = _tables(qb[c0 + t], book, n_sub, l2, lutf, luts[t], maxv)
                 mq[t] = first
             if cn == 1:  # one query: its buckets best first, so its floor rises fast
@@ -333,6 +333,8 @@ class PQIndexArgs(NamedTuple):
     rows: np.ndarray
     half: np.ndarray
     slack: np.ndarray
+    tiles8: np.ndarray
+    scale8: np.ndarray
     centroids: np.ndarray
     books: np.ndarray
     blocks: np.ndarray
@@ -347,12 +349,12 @@ class PQIndexArgs(NamedTuple):
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True)
 def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual, route_base, n_sub, a1, b1, tiles, b2,
-             rows, half, slack, centroids, books, blocks, block_pos, bstart, bsizes, x, sqn, keep, ids, out_ids,
+             rows, half, slack, tiles8, scale8, centroids, books, blocks, block_pos, bstart, bsizes, x, sqn, keep, ids, out_ids,
              out_score, out_ncand, out_scanned):
     """The whole compressed search of queries lo .. hi - 1 of raw q float32
     (n, d): check and prepare them (normalised for cosine), route them with
-    the layers a1, b1, tiles, b2 and the one-layer tables rows, half, slack
-    (irli.model.routers.Routing) to m buckets per repetition, scan, re-rank
+    the layers a1, b1, tiles, b2, the one-layer tables rows, half, slack
+    and the 8-bit last layer tiles8, scale8 (irli.model.routers.Routing) to m buckets per repetition, scan, re-rank
     the best n_rerank distinct items, keep k and map positions to `ids`
     int64 (N,), into rows lo .. hi - 1 of out_ids int64 (n, k), out_score
     float32 (n, k) (similarity, or squared distance for l2; padding -1 /
@@ -367,7 +369,8 @@ def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual
     routing score when route_base (one-layer routers whose rows are the
     centroids, without bias: no second dot product a bucket); books
     float32 (R, M, dsub + 1, 16) the codebooks as table_books lays them
-    out, n_sub = M; blocks uint8 (nblocks * stride,) flat code blocks and
+    out (R, or 1 when every repetition shares one codebook: its tables are
+    then built once a query), n_sub = M; blocks uint8 (nblocks * stride,) flat code blocks and
     block_pos int32 (nblocks, stride / 4), whose columns from 4 * M2 hold the
     32 item positions of each block (-1 padding); bstart int64 (R, B + 1)
     each bucket's first block; bsizes int64 (R, B) entries per bucket; x
@@ -386,7 +389,7 @@ def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual
     learned = stop_w.shape[0] > 0
     probed = np.empty((reps, n, m), dtype=np.int32)
     top = np.empty((reps, n, m) if learned or route_base else (reps, 0, 0), dtype=np.float32)
-    route_rows(qb, 0, n, a1, b1, tiles, b2, rows, half, slack, probed, top, 0, True)
+    route_rows(qb, 0, n, a1, b1, tiles, b2, rows, half, slack, tiles8, scale8, probed, top, 0, True)
     first = min(m0, m) if learned else m
     m2 = n_sub + (n_sub & 1)
     npairs = m2 // 2

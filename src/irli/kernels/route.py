@@ -9,7 +9,7 @@ import numba
 import numpy as np
 
 from .scoring import FAST, dot
-from .simd import FMA_ROWS, as_float, fma16x1, fma16x8, fma64x1
+from .simd import FMA_ROWS, as_float, dot8x8, dot8x64, fma16x1, fma16x8, fma64x1
 from .topk import at_least, top_row
 
 # _BLOCK queries pass over each 16-bucket slice of a layer's weights (8 KB at 128 inputs, kept in
@@ -74,6 +74,73 @@ def _layer(x, lo, n, w, b, out):
             out[t, c] = acc
 
 
+def tile_layer8(a: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A stack of last layers a float32 (R, H, B) with biases (R, B) in 8
+    bits, as `_layer8` reads them: int8 (R, T, G, 4 TILE) with G = ceil(H /
+    4), and float32 (R, 2, T TILE): per bucket c a scale s_c = max_j
+    |a[j, c]| / 127 (row 0) and the bias (row 1), its weights
+    round(a[j, c] / s_c); tile t, group g holds, for each of its TILE
+    buckets, the 4 weights of inputs 4 g .. 4 g + 3 (zero-padded past H and
+    B)."""
+    reps, h, b = a.shape
+    scale = np.abs(a).max(axis=1) / np.float32(127.0)
+    scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+    g = -(-h // 4)
+    q = np.zeros((reps, 4 * g, b), dtype=np.int8)
+    q[:, :h, :] = np.clip(np.rint(a / scale[:, None, :]), -127, 127)
+    t = -(-b // TILE)
+    out = np.zeros((reps, t, g, TILE, 4), dtype=np.int8)
+    grouped = q.reshape(reps, g, 4, b).transpose(0, 1, 3, 2)  # (R, G, B, 4)
+    for s in range(t):
+        c0 = s * TILE
+        out[:, s, :, : min(TILE, b - c0), :] = grouped[:, :, c0 : c0 + TILE, :]
+    sb = np.zeros((reps, 2, t * TILE), dtype=np.float32)
+    sb[:, 0, :b] = scale
+    sb[:, 1, :b] = bias
+    return out.reshape(reps, t, g, 4 * TILE), sb
+
+
+@numba.njit(inline="always")
+def _quantize(h, n, hq, hsc):
+    """Rows t < n of h float32 (G, H) (non-negative: after the ReLU) as
+    unsigned bytes hq uint8 (G, 4 ceil(H / 4)) (zero-padded) with one
+    scale each, hsc float32 (G,): h[t] ~ hsc[t] hq[t]."""
+    width = h.shape[1]
+    for t in range(n):
+        mx = np.float32(0.0)
+        for j in range(width):
+            mx = max(mx, h[t, j])
+        inv = np.float32(255.0) / mx if mx > 0 else np.float32(0.0)
+        hsc[t] = mx / np.float32(255.0)
+        for j in range(width):
+            hq[t, j] = np.uint8(h[t, j] * inv + np.float32(0.5))
+        for j in range(width, hq.shape[1]):
+            hq[t, j] = 0
+
+
+@numba.njit(inline="always")
+def _layer8(hq, n, w8, sc, hsc, b, out):
+    """out[t, c] ~ b[c] + h[t] . a[:, c] for t < n, c < B from the 8-bit
+    rows hq uint8 (G, 4 ng) with scales hsc (G,) (`_quantize`) and the
+    layer's 8-bit tiles w8 int8 (T, ng, 4 TILE) with scales sc float32
+    (T TILE,) and biases b float32 (T TILE,) (both zero-padded past B),
+    out float32 (G, T TILE). Integer sums (simd.dot8x8, dot8x64 for one
+    row), so a row gets the same numbers alone and in a group."""
+    ng = w8.shape[1]
+    h4 = hq.shape[1]
+    width = out.shape[1]
+    tile = ng * 4 * TILE
+    if n == 1:
+        for c0 in range(0, width, TILE):
+            dot8x64(hq, 0, h4, ng, w8, (c0 // TILE) * tile, 4 * TILE, sc, b, c0, hsc, out, c0, width, 1)
+        return
+    for c0 in range(0, width, 16):
+        at = (c0 // TILE) * tile + 4 * (c0 % TILE)
+        for s in range(0, n, FMA_ROWS):
+            dot8x8(hq, s * h4, h4, ng, w8, at, 4 * TILE, sc, b, c0, hsc[s:], out, s * width + c0, width,
+                   min(FMA_ROWS, n - s))
+
+
 @numba.njit(inline="always")
 def _fix_top(qv, row, m, slack_q, rows, b, bv, bi, cv, ci, out_idx, out_val):
     """The exact top m of a one-layer router, from approximate scores row
@@ -93,7 +160,7 @@ def _fix_top(qv, row, m, slack_q, rows, b, bv, bi, cv, ci, out_idx, out_val):
 
 
 @numba.njit(inline="always")
-def route_rows(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, probed, probs, plo, raw):
+def route_rows(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, tiles8, scale8, probed, probs, plo, raw):
     """Route rows lo .. hi - 1 of q into rows plo .. of probed / probs
     (probs: softmax probabilities of the probed buckets, or with `raw` their
     router scores; not written when probs has no columns).
@@ -111,25 +178,33 @@ def route_rows(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, probed, probs, p
     the best m are re-scored exactly (`_fix_top`), so a query is routed the
     same alone and in a batch; without them, `_layer` sums every score in
     the same order alone and in a group, and nothing is re-scored. Two-layer
-    routers pass rows (R, 0, 0)."""
+    routers pass rows (R, 0, 0), and may carry their last layer in 8 bits,
+    tiles8 int8 (R, T, G, 4 TILE) and scale8 float32 (R, 2, T TILE), scales
+    and biases (tile_layer8; (R, 0, 0, 0) and (R, 0, 0) without): the hidden rows are
+    then rounded to bytes and scored by integer dot products (`_layer8`)."""
     two = b2.shape[1] > 0
     width = b2.shape[1] if two else b1.shape[1]
     fix = half.shape[1] > 0
     n_rows = min(_BLOCK, hi - lo)
     hidden = np.empty((n_rows, b1.shape[1]), dtype=np.float32)
-    logits = np.empty((n_rows, width), dtype=np.float32) if two else hidden
-    _route_into(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, probed, probs, plo, raw, hidden, logits,
+    q8 = tiles8.shape[1] > 0
+    logits = np.empty((n_rows, scale8.shape[2] if q8 else width), dtype=np.float32) if two else hidden
+    hq = np.empty((n_rows if q8 else 0, 4 * tiles8.shape[2]), dtype=np.uint8)
+    _route_into(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, tiles8, scale8, probed, probs, plo, raw, hidden,
+                logits, hq, np.empty(n_rows, dtype=np.float32),
                 np.empty(probed.shape[2], dtype=np.float32), np.empty(width, dtype=np.float32),
                 np.empty(width, dtype=np.int32), np.empty(width if fix else 0, dtype=np.float32),
                 np.empty(width if fix else 0, dtype=np.int32))
 
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True, _nrt=False)  # allocates nothing: no reference counts
-def _route_into(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, probed, probs, plo, raw, hidden, logits, val, buf_v,
-                buf_i, cv, ci):
-    """route_rows with its scratch: hidden (G, H) and logits (G, width)
-    (the same array for one-layer routers), val (m,), buf_v / buf_i
-    (width,), cv / ci (width,) or (0,) without the exact re-score."""
+def _route_into(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, tiles8, scale8, probed, probs, plo, raw, hidden,
+                logits, hq, hsc, val, buf_v, buf_i, cv, ci):
+    """route_rows with its scratch: hidden (G, H) and logits (G, width),
+    (G, T TILE) in 8 bits (the same array as hidden for one-layer routers),
+    hq (G, 4 ceil(H / 4)) or (0, ·) and hsc (G,) the hidden rows in 8 bits, val (m,),
+    buf_v / buf_i (width,), cv / ci (width,) or (0,) without the exact
+    re-score."""
     reps = a1.shape[0]
     two = b2.shape[1] > 0
     width = b2.shape[1] if two else b1.shape[1]
@@ -137,6 +212,7 @@ def _route_into(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, probed, probs, 
     m = probed.shape[2]
     fix = half.shape[1] > 0  # half-precision rows: the best buckets are re-scored exactly (see route_rows)
     with_probs = probs.shape[1] > 0
+    q8 = tiles8.shape[1] > 0
     alone = fix and hi - lo == 1 and not (with_probs and not raw)
     group = hidden.shape[0]
     for r in range(reps):
@@ -149,7 +225,11 @@ def _route_into(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, probed, probs, 
                 for t in range(n):
                     for c in range(hidden.shape[1]):
                         hidden[t, c] = max(hidden[t, c], np.float32(0.0))
-                _layer(hidden, 0, n, tiles[r], b2[r], logits)
+                if q8:
+                    _quantize(hidden, n, hq, hsc)
+                    _layer8(hq, n, tiles8[r], scale8[r, 0], hsc, scale8[r, 1], logits)
+                else:
+                    _layer(hidden, 0, n, tiles[r], b2[r], logits)
             else:
                 _layer(q, g, n, tiles[r], b1[r], logits)
             for t in range(n):
@@ -177,5 +257,5 @@ def _route_into(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, probed, probs, 
 
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True)
-def route_kernel(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, probed, probs, raw):
-    route_rows(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, probed, probs, lo, raw)
+def route_kernel(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, tiles8, scale8, probed, probs, raw):
+    route_rows(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, tiles8, scale8, probed, probs, lo, raw)

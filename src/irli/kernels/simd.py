@@ -41,6 +41,8 @@ def _host_features() -> set[str]:
 
 HAVE_AVX2 = "avx2" in _host_features()
 HAVE_AVX512 = HAVE_AVX2 and "avx512bw" in _host_features()
+#: 8-bit dot products in one instruction (vpdpbusd): where routing through 8-bit weights pays
+HAVE_VNNI = HAVE_AVX512 and "avx512vnni" in _host_features()
 
 _I16x32 = ir.VectorType(ir.IntType(16), 32)
 _I16x16 = ir.VectorType(ir.IntType(16), 16)
@@ -269,6 +271,122 @@ fma64x1 = _fma_intrinsic(1, 4)
 fma64x1.__doc__ = "fma16x8 for one row (n = 1) and 64 lanes (four 16-lane sums side by side)."
 fma16x1 = _fma_intrinsic(1, 1)
 fma16x1.__doc__ = "fma16x8 for one row (n = 1)."
+
+
+_I32x16 = ir.VectorType(ir.IntType(32), 16)
+
+
+def _dot8_codegen(rows, vecs, vnni):
+    """Code of the 8-bit tiles: rows x vecs accumulators of 16 int32 lanes,
+    each step adding, per lane, the 4 products of 4 unsigned bytes of a row
+    of x (broadcast) by the lane's 4 signed bytes of w (one vpdpbusd with
+    VNNI, else the same integer sums in plain vector code); at the end each
+    sum is scaled to float32 and the bias added, in registers."""
+
+    def codegen(context, builder, signature, args):
+        x_v, x0, xstride, ng, w_v, woff, wstride, sc_v, b_v, boff, xs_v, out_v, o0, ostride, n = args
+        ty = signature.args
+        i8p = ir.IntType(8).as_pointer()
+
+        def data(k, v):
+            return context.make_array(ty[k])(context, builder, v).data
+
+        xp = builder.bitcast(data(0, x_v), i8p)
+        wp = builder.bitcast(data(4, w_v), i8p)
+        scp, bp, xsp, op = data(7, sc_v), data(8, b_v), data(10, xs_v), data(11, out_v)
+        i64 = x0.type
+        if vnni:
+            dp = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_I32x16, [_I32x16] * 3), "llvm.x86.avx512.vpdpbusd.512")
+
+            def dot_call(acc, a, b):
+                return builder.call(dp, [acc, a, b])
+        else:
+            i8x64 = ir.VectorType(ir.IntType(8), 64)
+            i32x64 = ir.VectorType(ir.IntType(32), 64)
+
+            def dot_call(acc, a, b):
+                prod = builder.mul(builder.zext(builder.bitcast(a, i8x64), i32x64),
+                                   builder.sext(builder.bitcast(b, i8x64), i32x64))
+                for k in range(4):
+                    pick = _const_vec(ir.VectorType(ir.IntType(32), 16), [4 * t + k for t in range(16)])
+                    acc = builder.add(acc, builder.shuffle_vector(prod, prod, pick))
+                return acc
+
+        last = builder.sub(n, ir.Constant(n.type, 1))
+        xrows, rowsel = [], []  # row t reads row min(t, n - 1)
+        for t in range(rows):
+            tt = ir.Constant(i64, t)
+            r = builder.select(builder.icmp_signed("<", tt, last), tt, last)
+            rowsel.append(r)
+            xrows.append(builder.gep(xp, [builder.add(x0, builder.mul(r, xstride))]))
+        wbase = builder.gep(wp, [woff])
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(_I32x16, None)) for _ in range(vecs)]
+                for _ in range(rows)]
+        zeros = _const_vec(_I32x16, [0] * 16)
+        with cgutils.for_range(builder, ng) as loop:
+            j = loop.index
+            wj = builder.gep(wbase, [builder.mul(j, wstride)])
+            wvs = [builder.load(builder.bitcast(builder.gep(wj, [ir.Constant(i64, 64 * v)]), _I32x16.as_pointer()),
+                                align=1) for v in range(vecs)]
+            for row_accs, xr in zip(accs, xrows):
+                four = builder.load(builder.bitcast(builder.gep(xr, [builder.mul(j, ir.Constant(i64, 4))]),
+                                                    ir.IntType(32).as_pointer()), align=1)
+                xv = builder.insert_element(ir.Constant(_I32x16, None), four, ir.Constant(ir.IntType(32), 0))
+                xv = builder.shuffle_vector(xv, xv, zeros)
+                for acc, wv in zip(row_accs, wvs):
+                    builder.store(dot_call(builder.load(acc), xv, wv), acc)
+
+        def vec_at(p, off):
+            return builder.load(builder.bitcast(builder.gep(p, [off]), _F32x16.as_pointer()), align=4)
+
+        scs = [vec_at(scp, builder.add(boff, ir.Constant(i64, 16 * v))) for v in range(vecs)]
+        biases = [vec_at(bp, builder.add(boff, ir.Constant(i64, 16 * v))) for v in range(vecs)]
+        for t, row_accs in enumerate(accs):
+            xs = builder.load(builder.gep(xsp, [rowsel[t]]))
+            xsv = builder.insert_element(ir.Constant(_F32x16, None), xs, ir.Constant(ir.IntType(32), 0))
+            xsv = builder.shuffle_vector(xsv, xsv, zeros)
+            row0 = builder.add(o0, builder.mul(ir.Constant(i64, t), ostride))
+            ptrs = [builder.bitcast(builder.gep(op, [builder.add(row0, ir.Constant(i64, 16 * v))]),
+                                    _F32x16.as_pointer()) for v in range(vecs)]
+            vals = [builder.fadd(bias, builder.fmul(builder.fmul(xsv, sc), builder.sitofp(builder.load(acc), _F32x16)))
+                    for acc, sc, bias in zip(row_accs, scs, biases)]
+            if t == 0:
+                for v, ptr in zip(vals, ptrs):
+                    builder.store(v, ptr, align=4)
+            else:
+                with cgutils.if_likely(builder, builder.icmp_signed(">", n, ir.Constant(n.type, t))):
+                    for v, ptr in zip(vals, ptrs):
+                        builder.store(v, ptr, align=4)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _dot8_intrinsic(rows, vecs, vnni):
+    def typer(typingctx, x, x0, xstride, ng, w, woff, wstride, sc, b, boff, xs, out, o0, ostride, n):
+        if (not _c_arrays(x, w, sc, b, xs, out) or x.dtype != types.uint8 or w.dtype != types.int8
+                or not sc.dtype == b.dtype == xs.dtype == out.dtype == types.float32):
+            return None
+        sig = types.void(x, x0, xstride, ng, w, woff, wstride, sc, b, boff, xs, out, o0, ostride, n)
+        return sig, _dot8_codegen(rows, vecs, vnni)
+
+    return intrinsic(typer)
+
+
+dot8x8 = _dot8_intrinsic(FMA_ROWS, 1, HAVE_VNNI)
+dot8x8.__doc__ = """dot8x8(x, x0, xstride, ng, w, woff, wstride, sc, b, boff, xs, out, o0, ostride, n):
+for rows t < n (1 to 8) and lanes c < 16, x uint8, w int8 and sc, b, xs,
+out float32 C arrays read flat (offsets and strides in elements),
+out[o0 + t ostride + c] = b[boff + c] + (xs[t] sc[boff + c]) s,
+s = sum over g < ng, u < 4 of x[x0 + t xstride + 4 g + u] w[woff + g wstride + 4 c + u],
+an exact integer sum (vpdpbusd where the CPU has AVX-512 VNNI), so a row
+gets the same numbers alone and in any group (rows past n repeat row
+n - 1 and are not stored)."""
+dot8x64 = _dot8_intrinsic(1, 4, HAVE_VNNI)
+dot8x64.__doc__ = "dot8x8 for one row (n = 1) and 64 lanes (four 16-lane sums side by side)."
+dot8x8_plain = _dot8_intrinsic(FMA_ROWS, 1, False)
+dot8x8_plain.__doc__ = "dot8x8 without VNNI instructions (the same numbers; for tests)."
 
 
 def as_float(v):

@@ -26,7 +26,7 @@ from ..model.partition import (
     power_of_k,
     soar_spill,
 )
-from ..model.routers import CentroidRouter, LinearRouter, MLPRouter, Router, route
+from ..model.routers import CentroidRouter, LinearRouter, MLPRouter, Router, Routing, route
 from ..progress import Callback, report
 
 
@@ -495,7 +495,8 @@ class _Trainer:
         cfg = self.cfg
         width = fallback_width(cfg.k_choices, self.n_buckets)
         if self.device.type == "cpu":
-            choices = route(self.export(), np.ascontiguousarray(x, dtype=np.float32), width)[0]
+            exact = Routing.from_routers(self.export(), int8=False)  # the trained weights, not their 8-bit copy
+            choices = route(exact, np.ascontiguousarray(x, dtype=np.float32), width)[0]
         else:
             choices = np.empty((cfg.n_reps, x.shape[0], width), dtype=np.int32)
             with torch.no_grad():
