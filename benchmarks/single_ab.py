@@ -1,4 +1,5 @@
-"""One query per call, two irli configurations timed in alternation.
+"""One query per call (or a batch on one thread), two irli configurations
+timed in alternation.
 
 bench.py times each system's settings one after the other, minutes apart;
 on a shared 2-core machine the memory bandwidth a query's scan gets moves
@@ -6,6 +7,8 @@ by ±10-20 % over minutes, and a single-mode ratio between two systems moves
 with it. This script times the given settings in rounds, every setting
 once per round, all queries one call each (as bench.py's single mode), and
 keeps each setting's fastest round: both systems see the same machine.
+With --mode batch, each round times one call of all the queries on one
+thread instead (bench.py's batch mode).
 
     python benchmarks/single_ab.py --dataset glove \
         --system fast:20/3,24/2 --system fast:learned_probes=1:18/2,16/3,20/2
@@ -52,6 +55,7 @@ def main() -> None:
     p.add_argument("--system", action="append", required=True,
                    help="<preset>[:key=value...]:<probes>/<refine>[,<probes>/<refine>...]")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--mode", choices=("single", "batch"), default="single")
     p.add_argument("--n", type=int, default=10_000, help="queries per round, spread through the test set")
     p.add_argument("--buckets", type=int, default=1024)
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "irli-bench"))
@@ -74,6 +78,14 @@ def main() -> None:
     for _ in range(a.rounds):
         for i, (spec, probes, refine, index) in enumerate(runs):
             ids = np.empty((one.shape[0], 10), np.int64)
+            if a.mode == "batch":
+                qs = np.ascontiguousarray(q[one])
+                index.search(qs[:64], k=10, probes=probes, refine=refine, threads=1)  # warm-up
+                t0 = time.perf_counter()
+                ids = index.search(qs, k=10, probes=probes, refine=refine, threads=1).ids
+                times[i].append(time.perf_counter() - t0)
+                found[i] = ids
+                continue
             for j in one[:64]:
                 index.search(q[j], k=10, probes=probes, refine=refine)  # warm-up: compile, caches
             t0 = time.perf_counter()
@@ -86,7 +98,7 @@ def main() -> None:
         print(json.dumps({"system": spec, "probes": probes, "refine": refine,
                           "recall@10": round(recall_at_k(found[i], truth[one], 10), 4),
                           "qps_best": round(one.shape[0] / t.min()), "qps_median": round(one.shape[0] / np.median(t)),
-                          "rounds": a.rounds}))
+                          "rounds": a.rounds, "mode": a.mode}))
 
 
 if __name__ == "__main__":

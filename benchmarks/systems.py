@@ -121,7 +121,7 @@ class IrliSystem(System):
     def settings(self):
         probes = [p for p in PROBES if p <= self.index.n_buckets]
         if self.index.codes_:  # the re-rank factor is a query knob too, as FAISS's k_factor
-            fine = sorted(set(probes) | {p for p in (10, 14, 18, 28) if p <= self.index.n_buckets})
+            fine = sorted(set(probes) | {p for p in (10, 14, 18, 22, 28) if p <= self.index.n_buckets})
             return [{"probes": p, "refine": f} for p in fine if p >= 4 for f in (2, 3, 4, 6, 8)]
         if self.index.n_reps > 1 and "min_votes" not in self.overrides:  # the vote filter across repetitions
             return [{"probes": p, "min_votes": v} for p in probes for v in (1, 2)]
