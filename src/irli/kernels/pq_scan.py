@@ -91,7 +91,11 @@ def _tables(v, book, n_sub, l2, lutf, lut, maxv):
     return lo_sum, scale
 
 
-_CHUNK = 256  # queries scanned together, bucket-major, in a batch
+# Queries scanned together, bucket-major, in a batch: each probed bucket's blocks are read once for
+# all the chunk's queries that probe it. 512 rather than 256 (issue 24, batched on one thread, in
+# alternating processes): `irli` on GloVe +8-11 %, `fast` +2-3 % on GloVe and +3-6 % on MiniLM-384;
+# 1,024 gave `irli` what 512 does.
+_CHUNK = 512
 
 
 @numba.njit(inline="always")
