@@ -495,8 +495,8 @@ class _Trainer:
         cfg = self.cfg
         width = fallback_width(cfg.k_choices, self.n_buckets)
         if self.device.type == "cpu":
-            exact = Routing.from_routers(self.export(), int8=False)  # the trained weights, not their 8-bit copy
-            choices = route(exact, np.ascontiguousarray(x, dtype=np.float32), width)[0]
+            # as the search routes (8-bit last layers where it does): items go where their own vector is routed
+            choices = route(Routing.from_routers(self.export()), np.ascontiguousarray(x, dtype=np.float32), width)[0]
         else:
             choices = np.empty((cfg.n_reps, x.shape[0], width), dtype=np.int32)
             with torch.no_grad():
