@@ -77,7 +77,6 @@ def main() -> None:
     found = {}
     for _ in range(a.rounds):
         for i, (spec, probes, refine, index) in enumerate(runs):
-            ids = np.empty((one.shape[0], 10), np.int64)
             if a.mode == "batch":
                 qs = np.ascontiguousarray(q[one])
                 index.search(qs[:64], k=10, probes=probes, refine=refine, threads=1)  # warm-up
@@ -88,6 +87,7 @@ def main() -> None:
                 continue
             for j in one[:64]:
                 index.search(q[j], k=10, probes=probes, refine=refine)  # warm-up: compile, caches
+            ids = np.empty((one.shape[0], 10), np.int64)
             t0 = time.perf_counter()
             for r, j in enumerate(one):
                 ids[r] = index.search(q[j], k=10, probes=probes, refine=refine).ids[0]

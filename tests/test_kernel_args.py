@@ -47,6 +47,17 @@ def test_label_args_are_predict_block_parameters_in_order():
     assert _params(predict_block)[-3:] == ["out_ids", "out_scores", "out_ncand"]
 
 
+def _search_with(index, q, i, **changed):
+    """(batched search of q on one thread, search of q[i] alone) with the
+    index's published kernel arguments `changed`; the index is left as it was."""
+    st = index._snapshot()
+    index._state = st._replace(kernel_args=st.kernel_args._replace(**changed), plans={})
+    try:
+        return index.search(q, k=10, probes=4, threads=1), index.search(q[i], k=10, probes=4)
+    finally:
+        index._state = st
+
+
 def test_residual_terms_come_from_the_routing_scores_when_the_router_is_the_centroids(data, truth):
     """A centroid router without bias scores each bucket q.c_b, the residual
     codes' bucket term: the kernel adds that score instead of a second dot
@@ -59,12 +70,7 @@ def test_residual_terms_come_from_the_routing_scores_when_the_router_is_the_cent
     assert st.kernel_args.route_base and st.kernel_args.residual
     q = data[1]
     res = index.search(q, k=10, probes=4, threads=1)
-    index._state = st._replace(kernel_args=st.kernel_args._replace(route_base=False), plans={})
-    try:
-        slow = index.search(q, k=10, probes=4, threads=1)
-        one = index.search(q[0], k=10, probes=4)
-    finally:
-        index._state = st
+    slow, one = _search_with(index, q, 0, route_base=False)
     np.testing.assert_array_equal(one.ids[0], slow.ids[0])
     assert np.mean(np.all(res.ids == slow.ids, axis=1)) >= 0.99
     assert abs(recall_at_k(res.ids, truth, 10) - recall_at_k(slow.ids, truth, 10)) <= 0.005
@@ -87,12 +93,7 @@ def test_repetitions_share_one_codebook_and_its_tables_are_built_once(data):
         q = data[1][:50]
         once = index.search(q, k=10, probes=4, threads=1)
         every = np.ascontiguousarray(np.repeat(st.kernel_args.books, index.n_reps, axis=0))
-        index._state = st._replace(kernel_args=st.kernel_args._replace(books=every), plans={})
-        try:
-            again = index.search(q, k=10, probes=4, threads=1)
-            one = index.search(q[3], k=10, probes=4)
-        finally:
-            index._state = st
+        again, one = _search_with(index, q, 3, books=every)
         np.testing.assert_array_equal(once.ids, again.ids)
         np.testing.assert_array_equal(once.scores, again.scores)
         np.testing.assert_array_equal(one.ids[0], once.ids[3])

@@ -304,22 +304,17 @@ class PQ4Codes:
         reps = assign.shape[0]
         eta = anisotropic_eta(anisotropic, d) if anisotropic and metric != "l2" else 0.0
         books = np.empty((reps, m, 16, d // m), dtype=np.float32)
-        first = 0
-        if residual is None:  # both kinds are trained to choose; the winner serves repetition 0
+        if residual is None:  # both kinds are trained to choose; the winner serves every repetition
             residual, _, books[0] = choose_residual(x, assign[0, 0], centroids[0], metric, m, seed, queries=queries,
                                                     eta=eta)
-            first = 1
-        for r in range(first, reps):
-            if r > 0:
-                books[r] = books[0]
-                continue
-            rows = np.sort(np.random.default_rng([seed + r, 0x9C4]).choice(n, size=min(n, train_size),
-                                                                          replace=False))
+        else:
+            rows = np.sort(np.random.default_rng([seed, 0x9C4]).choice(n, size=min(n, train_size), replace=False))
             sample = np.asarray(x[rows], dtype=np.float32)
             xdir = _directions(sample) if eta > 1.0 else None
             if residual:
-                sample = sample - centroids[r][assign[r, 0, rows]]
-            books[r] = _train_book(np.ascontiguousarray(sample), xdir, m, seed + r, eta)
+                sample = sample - centroids[0][assign[0, 0, rows]]
+            books[0] = _train_book(np.ascontiguousarray(sample), xdir, m, seed, eta)
+        books[1:] = books[0]
         self = cls(books, None, centroids, metric, residual, eta=eta)
         self.codes = self.encode(x, assign)
         if lists is not None:

@@ -353,13 +353,13 @@ class PQIndexArgs(NamedTuple):
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True)
 def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual, route_base, n_sub, a1, b1, tiles, b2,
-             rows, half, slack, tiles8, scale8, centroids, books, blocks, block_pos, bstart, bsizes, x, sqn, keep, ids, out_ids,
-             out_score, out_ncand, out_scanned):
+             rows, half, slack, tiles8, scale8, centroids, books, blocks, block_pos, bstart, bsizes, x, sqn, keep, ids,
+             out_ids, out_score, out_ncand, out_scanned):
     """The whole compressed search of queries lo .. hi - 1 of raw q float32
     (n, d): check and prepare them (normalised for cosine), route them with
     the layers a1, b1, tiles, b2, the one-layer tables rows, half, slack
-    and the 8-bit last layer tiles8, scale8 (irli.model.routers.Routing) to m buckets per repetition, scan, re-rank
-    the best n_rerank distinct items, keep k and map positions to `ids`
+    and the 8-bit last layer tiles8, scale8 (irli.model.routers.Routing)
+    to m buckets per repetition, scan, re-rank the best n_rerank distinct items, keep k and map positions to `ids`
     int64 (N,), into rows lo .. hi - 1 of out_ids int64 (n, k), out_score
     float32 (n, k) (similarity, or squared distance for l2; padding -1 /
     -inf, +inf for l2), out_ncand (items re-ranked) and
