@@ -8,7 +8,8 @@ with it. This script times the given settings in rounds, every setting
 once per round, all queries one call each (as bench.py's single mode), and
 keeps each setting's fastest round: both systems see the same machine.
 With --mode batch, each round times one call of all the queries on one
-thread instead (bench.py's batch mode).
+thread instead (bench.py's batch mode); with --mode all, one call on every
+core (bench.py's all-cores mode).
 
     python benchmarks/single_ab.py --dataset glove \
         --system fast:20/3,24/2 --system fast:learned_probes=1:18/2,16/3,20/2
@@ -55,7 +56,7 @@ def main() -> None:
     p.add_argument("--system", action="append", required=True,
                    help="<preset>[:key=value...]:<probes>/<refine>[,<probes>/<refine>...]")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--mode", choices=("single", "batch"), default="single")
+    p.add_argument("--mode", choices=("single", "batch", "all"), default="single")
     p.add_argument("--n", type=int, default=10_000, help="queries per round, spread through the test set")
     p.add_argument("--buckets", type=int, default=1024)
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "irli-bench"))
@@ -77,11 +78,12 @@ def main() -> None:
     found = {}
     for _ in range(a.rounds):
         for i, (spec, probes, refine, index) in enumerate(runs):
-            if a.mode == "batch":
+            if a.mode != "single":
                 qs = np.ascontiguousarray(q[one])
-                index.search(qs[:64], k=10, probes=probes, refine=refine, threads=1)  # warm-up
+                threads = 1 if a.mode == "batch" else None  # None: every core
+                index.search(qs[:64], k=10, probes=probes, refine=refine, threads=threads)  # warm-up
                 t0 = time.perf_counter()
-                ids = index.search(qs, k=10, probes=probes, refine=refine, threads=1).ids
+                ids = index.search(qs, k=10, probes=probes, refine=refine, threads=threads).ids
                 times[i].append(time.perf_counter() - t0)
                 found[i] = ids
                 continue

@@ -84,16 +84,18 @@ def test_single_ab_times_two_configurations_in_rounds(tmp_path):
 
 
 def test_single_ab_times_a_batch_on_one_thread_with_the_same_answers(tmp_path):
-    """--mode batch: one call of all the queries a round; the recall is the
-    one query per call's (the two give the same answers)."""
+    """--mode batch: one call of all the queries a round on one thread, --mode
+    all: on every core; the recall is the one query per call's (the three
+    give the same answers)."""
     base = [sys.executable, str(ROOT / "benchmarks" / "single_ab.py"), "--dataset", "synthetic:2000:16",
             "--buckets", "16", "--n", "40", "--rounds", "2", "--cache", str(tmp_path / "cache"),
             "--index-dir", str(tmp_path / "idx"), "--system", "fast:4/2,8/2"]
     out = {}
-    for mode in ("single", "batch"):
+    for mode in ("single", "batch", "all"):
         p = subprocess.run(base + ["--mode", mode], capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, p.stderr[-2000:]
         out[mode] = [json.loads(line) for line in p.stdout.splitlines()]
-    assert [r["mode"] for r in out["batch"]] == ["batch", "batch"]
-    assert [r["recall@10"] for r in out["batch"]] == [r["recall@10"] for r in out["single"]]
-    assert all(r["qps_best"] >= r["qps_median"] > 0 for r in out["batch"])
+    for mode in ("batch", "all"):
+        assert [r["mode"] for r in out[mode]] == [mode, mode]
+        assert [r["recall@10"] for r in out[mode]] == [r["recall@10"] for r in out["single"]]
+        assert all(r["qps_best"] >= r["qps_median"] > 0 for r in out[mode])

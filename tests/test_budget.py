@@ -60,6 +60,21 @@ def test_one_query_per_call_equals_the_batch(setup):
         assert one.scanned[0] == batch.scanned[i]
 
 
+def test_a_batch_of_several_chunks_equals_one_query_per_call(setup):
+    """A batch with the budget runs in chunks of _CHUNK queries (two
+    passes each): one past a chunk boundary gets what it gets alone."""
+    from irli.kernels.pq_scan import _CHUNK
+    x, _, index = setup
+    rng = np.random.default_rng(5)
+    n = _CHUNK + 300
+    q = (x[rng.choice(len(x), n)] + 0.3 * rng.standard_normal((n, D))).astype(np.float32)
+    batch = index.search(q, k=10, probes=6, threads=1)
+    for i in list(range(0, n, 97)) + [_CHUNK - 1, _CHUNK, n - 1]:
+        one = index.search(q[i], k=10, probes=6)
+        np.testing.assert_array_equal(one.ids[0], batch.ids[i])
+        assert one.scanned[0] == batch.scanned[i]
+
+
 def test_recall_against_exact_search(setup):
     x, q, index = setup
     truth = exact_knn(x, q, 10, "cosine")[0]
