@@ -5,8 +5,12 @@ bench.py times each system's settings one after the other, minutes apart;
 on a shared 2-core machine the memory bandwidth a query's scan gets moves
 by ±10-20 % over minutes, and a single-mode ratio between two systems moves
 with it. This script times the given settings in rounds, every setting
-once per round, all queries one call each (as bench.py's single mode), and
-keeps each setting's fastest round: both systems see the same machine.
+once per round (in alternating order), all queries one call each (as
+bench.py's single mode), and keeps each setting's fastest round: both
+systems see the same machine. With --compare RECALL it also pairs the
+systems round by round (each one's fastest setting reaching RECALL) and
+prints the median of the per-round ratios: on a machine whose speed drifts,
+the steadiest figure.
 With --mode batch, each round times one call of all the queries on one
 thread instead (bench.py's batch mode); with --mode all, one call on every
 core (bench.py's all-cores mode).
@@ -61,6 +65,9 @@ def main() -> None:
     p.add_argument("--buckets", type=int, default=1024)
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "irli-bench"))
     p.add_argument("--index-dir", default=str(Path.home() / ".cache" / "irli-bench" / "ab-indexes"))
+    p.add_argument("--compare", type=float, default=None, metavar="RECALL",
+                   help="also print, per round, each system's fastest setting reaching RECALL and the last "
+                        "system's QPS over the first's, with the median of those ratios")
     a = p.parse_args()
     data_dir, metric = bench.prepare(a.dataset, Path(a.cache), 10_000)
     q = np.load(data_dir / "queries.npy")
@@ -76,8 +83,10 @@ def main() -> None:
             runs.append((spec, probes, refine, index))
     times = {i: [] for i in range(len(runs))}
     found = {}
-    for _ in range(a.rounds):
-        for i, (spec, probes, refine, index) in enumerate(runs):
+    for rnd in range(a.rounds):
+        order = list(range(len(runs)))
+        for i in order if rnd % 2 == 0 else order[::-1]:  # alternate the order: a drift favours no one
+            spec, probes, refine, index = runs[i]
             if a.mode != "single":
                 qs = np.ascontiguousarray(q[one])
                 threads = 1 if a.mode == "batch" else None  # None: every core
@@ -95,12 +104,31 @@ def main() -> None:
                 ids[r] = index.search(q[j], k=10, probes=probes, refine=refine).ids[0]
             times[i].append(time.perf_counter() - t0)
             found[i] = ids
+    recall = {}
     for i, (spec, probes, refine, _) in enumerate(runs):
         t = np.array(times[i])
-        print(json.dumps({"system": spec, "probes": probes, "refine": refine,
-                          "recall@10": round(recall_at_k(found[i], truth[one], 10), 4),
+        recall[i] = round(recall_at_k(found[i], truth[one], 10), 4)
+        print(json.dumps({"system": spec, "probes": probes, "refine": refine, "recall@10": recall[i],
                           "qps_best": round(one.shape[0] / t.min()), "qps_median": round(one.shape[0] / np.median(t)),
-                          "rounds": a.rounds, "mode": a.mode}))
+                          "qps_rounds": [round(one.shape[0] / v) for v in t], "rounds": a.rounds, "mode": a.mode}))
+    if a.compare is not None:
+        print(json.dumps(compare(runs, times, recall, a.compare, one.shape[0])))
+
+
+def compare(runs, times, recall, target, n):
+    """Per round, each system's fastest setting at recall >= target; the
+    last system's QPS over the first's per round and their median (None
+    where a system has no such setting)."""
+    specs = list(dict.fromkeys(spec for spec, *_ in runs))
+    rounds = len(next(iter(times.values())))
+    qps = {}
+    for spec in specs:
+        ok = [i for i, r in enumerate(runs) if r[0] == spec and recall[i] >= target]
+        qps[spec] = [round(max(n / times[i][k] for i in ok)) for k in range(rounds)] if ok else None
+    first, last = qps[specs[0]], qps[specs[-1]]
+    ratios = [round(b / f, 4) for f, b in zip(first, last)] if first and last and len(specs) > 1 else None
+    return {"compare_at": target, "systems": specs, "qps_rounds": qps, "ratio_rounds": ratios,
+            "ratio_median": float(np.median(ratios)) if ratios else None}
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("hnswlib")
@@ -69,11 +70,19 @@ def test_single_ab_times_two_configurations_in_rounds(tmp_path):
            "--buckets", "16", "--n", "40", "--rounds", "2", "--cache", str(tmp_path / "cache"),
            "--index-dir", str(tmp_path / "idx"), "--system", "fast:4/2,8/2", "--system", "fast:spill=0:4/1"]
     lines = []
-    for _ in range(2):
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    for extra in ([], ["--compare", "0.0"]):
+        p = subprocess.run(cmd + extra, capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, p.stderr[-2000:]
         lines.append([json.loads(line) for line in p.stdout.splitlines()])
     first, again = lines
+    paired = again.pop()  # --compare: each system's fastest setting a round, the second over the first
+    assert paired["systems"] == ["fast", "fast:spill=0"] and paired["compare_at"] == 0.0
+    for k in range(2):
+        assert paired["qps_rounds"]["fast"][k] == max(r["qps_rounds"][k] for r in again[:2])
+        assert paired["qps_rounds"]["fast:spill=0"][k] == again[2]["qps_rounds"][k]
+        assert paired["ratio_rounds"][k] == pytest.approx(again[2]["qps_rounds"][k] / paired["qps_rounds"]["fast"][k],
+                                                          rel=1e-3)
+    assert paired["ratio_median"] == pytest.approx(float(np.median(paired["ratio_rounds"])))
     assert [(r["system"], r["probes"], r["refine"]) for r in first] == [("fast", 4, 2), ("fast", 8, 2),
                                                                         ("fast:spill=0", 4, 1)]
     for r in first:
