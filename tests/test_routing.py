@@ -1,12 +1,12 @@
-"""Routing one query alone reads half-precision rows, then re-scores
-exactly every bucket that could be among the best: the buckets are the
-ones a batch picks, and the exact ones."""
+"""Routing one query alone reads half-precision (or 8-bit) rows, then
+re-scores exactly every bucket that could be among the best: the buckets
+are the ones a batch picks, and the exact ones."""
 
 import numpy as np
 import pytest
 
 from irli.model import routers
-from irli.kernels.route import TILE, tile_layer, tile_layer8
+from irli.kernels.route import TILE, _quantize_query, tile_layer, tile_layer8, tile_rows8
 from irli.model.routers import Routing
 
 
@@ -15,9 +15,9 @@ def _half_rows_for_small_tables(monkeypatch):
     monkeypatch.setattr(routers, "HALF_ROWS_FROM", 0)  # small tables here: the half rows all the same
 
 
-def _routing(a1, b1):
+def _routing(a1, b1, int8=False):
     reps = a1.shape[0]
-    return Routing(a1, b1, np.zeros((reps, 0, 0), np.float32), np.zeros((reps, 0), np.float32))
+    return Routing(a1, b1, np.zeros((reps, 0, 0), np.float32), np.zeros((reps, 0), np.float32), int8)
 
 
 def _alone_and_batched(rt, q, m, raw=True):
@@ -87,6 +87,68 @@ def test_weights_beyond_half_range_route_exactly_without_the_half_rows():
     np.testing.assert_array_equal(batch, _exact_top(a1, b1, q, 7))
 
 
+@pytest.mark.parametrize("d,b,m", [(8, 64, 5), (50, 300, 12), (384, 128, 24), (30, 40, 40)])
+def test_8bit_rows_alone_equal_batched_equal_exact(d, b, m):
+    """A query alone scores 8-bit rows with its own bytes, then re-scores
+    exactly every bucket the bound admits: the buckets and scores a batch
+    (float32) gets, and the exact ranking; a zero query too."""
+    rng = np.random.default_rng(7 * d + b)
+    a1 = (rng.normal(size=(2, d, b)) / np.sqrt(d)).astype(np.float32)
+    b1 = (rng.normal(size=(2, b)) * 0.01).astype(np.float32)
+    q = rng.normal(size=(120, d)).astype(np.float32)
+    q[0] = 0.0
+    rt = _routing(a1, b1, int8=True)
+    assert rt.tiles8.shape[1] > 0 and rt.half.shape == (2, 0, 0, 0) and (rt.slack[:, 0] > 0).all()
+    batch, alone, sb, sa = _alone_and_batched(rt, q, m)
+    np.testing.assert_array_equal(batch, alone)
+    np.testing.assert_array_equal(sb, sa)
+    np.testing.assert_array_equal(batch, _exact_top(a1, b1, q, m))
+
+
+def test_8bit_rows_and_query_bytes_score_within_their_bound():
+    """tile_rows8 and _quantize_query: the integer dot product, its offset
+    term taken off, is within |q| err + |q - s u| (|a| + err) of q . a."""
+    rng = np.random.default_rng(12)
+    d, b = 50, 130
+    a = (rng.normal(size=(1, d, b)) / np.sqrt(d)).astype(np.float32)
+    a[0, :, 7] = 0.0  # a bucket without weights
+    t, sb, err = tile_rows8(a)
+    g = -(-d // 4)
+    back = t.reshape(1, -1, g, TILE, 4).transpose(0, 2, 4, 1, 3).reshape(1, 4 * g, -1)[0].astype(np.int64)
+    assert (np.linalg.norm(a[0] - back[:d, :b] * sb[0, 0, :b], axis=0) <= err[0]).all()
+    np.testing.assert_allclose(sb[0, 1, :b], sb[0, 0, :b] * 128.0 * back[:d, :b].sum(axis=0), rtol=1e-6)
+    for qv in rng.normal(size=(20, d)).astype(np.float32):
+        hq, hsc = np.empty((1, 4 * g), np.uint8), np.empty(1, np.float32)
+        qerr = _quantize_query(qv, hq, hsc)
+        assert (hq[0, d:] == 0).all() and hsc[0] == pytest.approx(np.abs(qv).max() / 127)
+        u = hq[0, :d].astype(np.int64) - 128
+        assert qerr >= np.linalg.norm(qv - hsc[0] * u) and (np.abs(u) <= 127).all()
+        approx = hsc[0] * sb[0, 0, :b] * (hq[0].astype(np.int64) @ back[:, :b]) - hsc[0] * sb[0, 1, :b]
+        exact = qv.astype(np.float64) @ a[0]
+        bound = np.linalg.norm(qv) * err[0] + qerr * (np.linalg.norm(a[0], axis=0).max() + err[0])
+        assert (np.abs(approx - exact) <= bound * 1.0001 + 1e-6).all()
+
+
+def test_buckets_closer_than_8bit_steps_are_ranked_exactly():
+    """Rows that differ far below one 8-bit step: a query alone still ranks
+    them by their exact scores, as a batch does."""
+    d, b = 64, 32
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=d).astype(np.float32)
+    base /= np.linalg.norm(base)
+    a1 = (rng.normal(size=(1, d, b)) * 0.01).astype(np.float32)
+    for c, step in ((5, 3e-5), (9, 6e-5), (20, 0.0)):
+        a1[0, :, c] = base
+        a1[0, 0, c] += step
+    rt = _routing(a1, np.zeros((1, b), np.float32), int8=True)
+    q = np.tile(base, (4, 1))
+    q[:, 0] += np.array([0.5, 1.0, 2.0, 4.0], np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    batch, alone, _, _ = _alone_and_batched(rt, q, 2)
+    np.testing.assert_array_equal(alone, batch)
+    assert (alone[0, :, 0] == 9).all() and (alone[0, :, 1] == 5).all()
+
+
 def test_softmax_probabilities_are_the_same_alone_and_batched():
     rng = np.random.default_rng(9)
     a1 = rng.normal(size=(2, 24, 80)).astype(np.float32)
@@ -154,14 +216,19 @@ def test_small_tables_route_in_float32(monkeypatch):
     assert large.half.shape == (1, 1024 // TILE, 64, TILE)
 
 
+@pytest.mark.parametrize("vnni", [False, True])
 @pytest.mark.parametrize("preset", ["fast", "ivf"])
-def test_indexes_route_one_query_alone_as_in_a_batch(data, preset):
-    """Through a whole search, and Index.route."""
+def test_indexes_route_one_query_alone_as_in_a_batch(data, preset, vnni, monkeypatch):
+    """Through a whole search, and Index.route: with half-precision rows,
+    and with 8-bit rows (where the CPU has VNNI; forced here, the plain
+    vector code where it lacks it)."""
     import irli
     from conftest import FAST, assert_alone_equals_batch
 
+    monkeypatch.setattr(routers, "HAVE_VNNI", vnni)
     index = irli.Index(preset, **FAST[preset]).fit(data[0])
-    assert index.routing_.half.shape[1] > 0
+    assert (index.routing_.tiles8 if vnni else index.routing_.half).shape[1] > 0
+    assert (index.routing_.half if vnni else index.routing_.tiles8).shape[1] == 0
     q = data[1][:80]
     assert_alone_equals_batch(index, q, probes=4)
     np.testing.assert_array_equal(index.route(q[:1], probes=4)[:, 0], index.route(q, probes=4)[:, 0])
@@ -229,8 +296,8 @@ def test_8bit_routing_is_chosen_for_large_two_layer_routers_where_the_cpu_has_vn
     monkeypatch.setattr(routers, "HAVE_VNNI", True)
     assert Routing(a1, b1, a2, b2).tiles8.shape[1] > 0
     assert Routing(a1, b1, a2[:, :, :512], b2[:, :512]).tiles8.shape[1] == 0  # 64 x 512 < INT8_FROM
-    one = _routing(rng.normal(size=(1, 128, 1024)).astype(np.float32), np.zeros((1, 1024), np.float32))
-    assert one.tiles8.shape[1] == 0  # one layer: no 8-bit copy
+    one = _routing(rng.normal(size=(1, 128, 1024)).astype(np.float32), np.zeros((1, 1024), np.float32), None)
+    assert one.tiles8.shape[1] > 0 and one.half.shape[1] == 0  # one layer: 8-bit rows for a query alone
     monkeypatch.setattr(routers, "HAVE_VNNI", False)
     assert Routing(a1, b1, a2, b2).tiles8.shape[1] == 0
 

@@ -100,6 +100,46 @@ def tile_layer8(a: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return out.reshape(reps, t, g, 4 * TILE), sb
 
 
+def tile_rows8(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One-layer routers' weights a float32 (R, d, B) in 8 bits for a query
+    routed alone (`_quantize_query`): (tiles8, scale8) as tile_layer8 lays
+    them out, with row 1 of scale8 the offset term s_c 128 sum_j w8[j, c]
+    of each bucket (the query's bytes carry +128: vpdpbusd multiplies
+    unsigned by signed bytes) in place of a bias, and err float32 (R,): the
+    largest |a[:, c] - s_c w8[:, c]| over the buckets, for the exact
+    re-score's bound."""
+    scale = np.abs(a).max(axis=1) / np.float32(127.0)
+    scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+    w8 = np.clip(np.rint(a / scale[:, None, :]), -127, 127)
+    offset = (scale.astype(np.float64) * 128.0 * w8.sum(axis=1)).astype(np.float32)
+    tiles8, scale8 = tile_layer8(a, offset)
+    err = np.linalg.norm(a.astype(np.float64) - scale[:, None, :] * w8, axis=1).max(axis=1) * (1 + 1e-6)
+    return tiles8, scale8, err.astype(np.float32)
+
+
+@numba.njit(inline="always")
+def _quantize_query(qv, hq, hsc):
+    """Query qv float32 (d,) as bytes hq[0] (uint8, round(qv / s) + 128,
+    zero-padded) with its scale s = max |qv| / 127 in hsc[0]; returns |qv -
+    s round(qv / s)|, the rounding's norm (for the re-score's bound)."""
+    d = qv.shape[0]
+    mx = np.float32(0.0)
+    for k in range(d):
+        mx = max(mx, abs(qv[k]))
+    s = mx / np.float32(127.0)
+    inv = np.float32(127.0) / mx if mx > 0 else np.float32(0.0)
+    err = np.float32(0.0)
+    for k in range(d):
+        u = min(max(np.rint(qv[k] * inv), np.float32(-127.0)), np.float32(127.0))
+        hq[0, k] = np.uint8(u + np.float32(128.0))
+        e = qv[k] - s * u
+        err += e * e
+    for k in range(d, hq.shape[1]):
+        hq[0, k] = 0
+    hsc[0] = s
+    return np.sqrt(err) * np.float32(1.0 + 1e-5)
+
+
 @numba.njit(inline="always")
 def _quantize(h, n, hq, hsc):
     """Rows t < n of h float32 (G, H) (non-negative: after the ReLU) as
@@ -173,52 +213,67 @@ def route_rows(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, tiles8, scale8, 
     One-layer routers carry rows float32 (R, B, d) (a1 transposed), half
     uint16 (R, T, d, TILE) (a1 in half precision, tiled, or (R, 0, 0, 0)) and slack
     float32 (R, 2) (the largest |row - half| and |a_b| + |b_b| over the
-    buckets). With half-precision rows, one query alone scores them (half
-    the bytes) and a group in float32, then the buckets that could be among
-    the best m are re-scored exactly (`_fix_top`), so a query is routed the
-    same alone and in a batch; without them, `_layer` sums every score in
-    the same order alone and in a group, and nothing is re-scored. Two-layer
+    buckets), or a1 in 8 bits instead of half precision (tiles8, scale8
+    from tile_rows8, slack[:, 0] their largest error). With half-precision
+    or 8-bit rows, one query alone scores them (a half or a quarter of the
+    bytes; in 8 bits the query too, `_quantize_query`) and a group in
+    float32, then the buckets that could be among the best m are re-scored
+    exactly (`_fix_top`), so a query is routed the same alone and in a
+    batch; without them, `_layer` sums every score in the same order alone
+    and in a group, and nothing is re-scored. Two-layer
     routers pass rows (R, 0, 0), and may carry their last layer in 8 bits,
     tiles8 int8 (R, T, G, 4 TILE) and scale8 float32 (R, 2, T TILE), scales
     and biases (tile_layer8; (R, 0, 0, 0) and (R, 0, 0) without): the hidden rows are
     then rounded to bytes and scored by integer dot products (`_layer8`)."""
     two = b2.shape[1] > 0
     width = b2.shape[1] if two else b1.shape[1]
-    fix = half.shape[1] > 0
+    q8 = tiles8.shape[1] > 0
+    rows8 = q8 and not two
+    fix = half.shape[1] > 0 or rows8
     n_rows = min(_BLOCK, hi - lo)
     hidden = np.empty((n_rows, b1.shape[1]), dtype=np.float32)
-    q8 = tiles8.shape[1] > 0
     logits = np.empty((n_rows, scale8.shape[2] if q8 else width), dtype=np.float32) if two else hidden
     hq = np.empty((n_rows if q8 else 0, 4 * tiles8.shape[2]), dtype=np.uint8)
     _route_into(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, tiles8, scale8, probed, probs, plo, raw, hidden,
                 logits, hq, np.empty(n_rows, dtype=np.float32),
                 np.empty(probed.shape[2], dtype=np.float32), np.empty(width, dtype=np.float32),
                 np.empty(width, dtype=np.int32), np.empty(width if fix else 0, dtype=np.float32),
-                np.empty(width if fix else 0, dtype=np.int32))
+                np.empty(width if fix else 0, dtype=np.int32),
+                np.empty(scale8.shape[2] if rows8 else 0, dtype=np.float32),
+                np.empty((1 if rows8 else 0, scale8.shape[2]), dtype=np.float32))
 
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True, _nrt=False)  # allocates nothing: no reference counts
 def _route_into(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, tiles8, scale8, probed, probs, plo, raw, hidden,
-                logits, hq, hsc, val, buf_v, buf_i, cv, ci):
+                logits, hq, hsc, val, buf_v, buf_i, cv, ci, bq, one8):
     """route_rows with its scratch: hidden (G, H) and logits (G, width),
-    (G, T TILE) in 8 bits (the same array as hidden for one-layer routers),
-    hq (G, 4 ceil(H / 4)) or (0, ·) and hsc (G,) the hidden rows in 8 bits, val (m,),
-    buf_v / buf_i (width,), cv / ci (width,) or (0,) without the exact
-    re-score."""
+    (G, T TILE) in 8 bits (the same array as hidden for one-layer
+    routers), hq (G, 4 ceil(H / 4)) or (0, ·) and hsc (G,) the hidden rows
+    (or one query) in 8 bits, val (m,), buf_v / buf_i
+    (width,), cv / ci (width,) or (0,) without the exact re-score, bq (T
+    TILE,) and one8 (1, T TILE), or empty: the biases a query's 8-bit rows
+    are scored with, and its scores."""
     reps = a1.shape[0]
     two = b2.shape[1] > 0
     width = b2.shape[1] if two else b1.shape[1]
     d = q.shape[1]
     m = probed.shape[2]
-    fix = half.shape[1] > 0  # half-precision rows: the best buckets are re-scored exactly (see route_rows)
     with_probs = probs.shape[1] > 0
     q8 = tiles8.shape[1] > 0
+    rows8 = q8 and not two  # one-layer rows in 8 bits, for a query alone
+    fix = half.shape[1] > 0 or rows8  # approximate rows alone: the best buckets are re-scored exactly
     alone = fix and hi - lo == 1 and not (with_probs and not raw)
     group = hidden.shape[0]
+    qerr = np.float32(0.0)
     for r in range(reps):
         for g in range(lo, hi, group):
             n = min(group, hi - g)
-            if alone:
+            if alone and rows8:  # approximate: re-scored exactly below
+                qerr = _quantize_query(q[g], hq, hsc)
+                for c in range(bq.shape[0]):  # the bias less the bytes' +128 offset
+                    bq[c] = (b1[r, c] if c < width else np.float32(0.0)) - hsc[0] * scale8[r, 1, c]
+                _layer8(hq, 1, tiles8[r], scale8[r, 0], hsc, bq, one8)
+            elif alone:
                 _layer(q, g, 1, half[r], b1[r], hidden)  # approximate: re-scored exactly below
             elif two:
                 _layer(q, g, n, a1[r], b1[r], hidden)
@@ -233,13 +288,15 @@ def _route_into(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, tiles8, scale8,
             else:
                 _layer(q, g, n, tiles[r], b1[r], logits)
             for t in range(n):
-                row = logits[t, :width]
+                row = one8[0, :width] if alone and rows8 else logits[t, :width]
                 at = plo + g - lo + t
                 if fix:
                     qv = q[g + t]
                     qn = np.sqrt(dot(qv, qv))
                     slack_q = np.float32(_ROUNDING * (d + 2)) * max(qn, np.float32(1.0)) * slack[r, 1]
-                    if alone:
+                    if alone and rows8:  # |q . (a - s w8)| + |(q - s_q u) . s w8|, |s w8| <= |a| + err
+                        slack_q += qn * slack[r, 0] + qerr * (slack[r, 1] + slack[r, 0])
+                    elif alone:
                         slack_q += qn * slack[r, 0]
                     _fix_top(qv, row, m, slack_q, rows[r], b1[r], buf_v, buf_i, cv, ci, probed[r, at], val)
                 else:
