@@ -61,15 +61,15 @@ def test_one_query_per_call_equals_the_batch(setup):
 
 
 def test_a_batch_of_several_chunks_equals_one_query_per_call(setup):
-    """A batch with the budget runs in chunks of _CHUNK queries (two
+    """A batch with the budget runs in chunks of _CHUNK_LEARNED queries (two
     passes each): one past a chunk boundary gets what it gets alone."""
-    from irli.kernels.pq_scan import _CHUNK
+    from irli.kernels.pq_scan import _CHUNK_LEARNED as chunk
     x, _, index = setup
     rng = np.random.default_rng(5)
-    n = _CHUNK + 300
+    n = chunk + 300
     q = (x[rng.choice(len(x), n)] + 0.3 * rng.standard_normal((n, D))).astype(np.float32)
     batch = index.search(q, k=10, probes=6, threads=1)
-    for i in list(range(0, n, 97)) + [_CHUNK - 1, _CHUNK, n - 1]:
+    for i in list(range(0, n, 97)) + [chunk - 1, chunk, n - 1]:
         one = index.search(q[i], k=10, probes=6)
         np.testing.assert_array_equal(one.ids[0], batch.ids[i])
         assert one.scanned[0] == batch.scanned[i]

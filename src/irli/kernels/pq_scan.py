@@ -96,6 +96,11 @@ def _tables(v, book, n_sub, l2, lutf, lut, maxv):
 # alternating processes): `irli` on GloVe +8-11 %, `fast` +2-3 % on GloVe and +3-6 % on MiniLM-384;
 # 1,024 gave `irli` what 512 does.
 _CHUNK = 512
+# With a learned probe budget a chunk is scanned in two passes (every query's first m0 buckets, then the
+# rest of its budget), each reading the chunk's buckets once: four times the queries keep the reuse a pass
+# gets. MiniLM-384, 8 rounds in alternating processes: 4 % faster batched and on all cores (the median of
+# the per-round ratios, 0.96 each, fixed probes 0.99 / 1.01 in the same rounds); GloVe within the noise.
+_CHUNK_LEARNED = 2048
 
 
 @numba.njit(inline="always")
@@ -402,7 +407,7 @@ def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual
     maxv = min(255, 65535 // m2)
     per_bucket = l2 and residual
     has_keep = keep.shape[0] > 0
-    chunk = min(n, _CHUNK)
+    chunk = min(n, _CHUNK_LEARNED if learned else _CHUNK)
     lutf = np.empty((m2, 16), dtype=np.float32)
     luts = np.empty((chunk, npairs * 32), dtype=np.uint8)
     base0 = np.empty(chunk, dtype=np.float32)
