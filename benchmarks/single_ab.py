@@ -81,6 +81,7 @@ def main() -> None:
         for pr in settings.split(","):
             probes, refine = (int(v) for v in pr.split("/"))
             runs.append((spec, probes, refine, index))
+    qs = np.ascontiguousarray(q[one])  # the batch modes' queries
     times = {i: [] for i in range(len(runs))}
     found = {}
     for rnd in range(a.rounds):
@@ -88,7 +89,6 @@ def main() -> None:
         for i in order if rnd % 2 == 0 else order[::-1]:  # alternate the order: a drift favours no one
             spec, probes, refine, index = runs[i]
             if a.mode != "single":
-                qs = np.ascontiguousarray(q[one])
                 threads = 1 if a.mode == "batch" else None  # None: every core
                 index.search(qs[:64], k=10, probes=probes, refine=refine, threads=threads)  # warm-up
                 t0 = time.perf_counter()

@@ -20,6 +20,12 @@ def _routing(a1, b1, int8=False):
     return Routing(a1, b1, np.zeros((reps, 0, 0), np.float32), np.zeros((reps, 0), np.float32), int8)
 
 
+def _untile8(t):
+    """The weights of 8-bit tiles int8 (R, T, G, 4 TILE) back as (R, 4 G, T TILE)."""
+    reps, _, g, _ = t.shape
+    return t.reshape(reps, -1, g, TILE, 4).transpose(0, 2, 4, 1, 3).reshape(reps, 4 * g, -1)
+
+
 def _alone_and_batched(rt, q, m, raw=True):
     reps, n = rt.n_reps, q.shape[0]
     batch, alone = np.empty((reps, n, m), np.int32), np.empty((reps, n, m), np.int32)
@@ -114,7 +120,7 @@ def test_8bit_rows_and_query_bytes_score_within_their_bound():
     a[0, :, 7] = 0.0  # a bucket without weights
     t, sb, err = tile_rows8(a)
     g = -(-d // 4)
-    back = t.reshape(1, -1, g, TILE, 4).transpose(0, 2, 4, 1, 3).reshape(1, 4 * g, -1)[0].astype(np.int64)
+    back = _untile8(t)[0].astype(np.int64)
     assert (np.linalg.norm(a[0] - back[:d, :b] * sb[0, 0, :b], axis=0) <= err[0]).all()
     np.testing.assert_allclose(sb[0, 1, :b], sb[0, 0, :b] * 128.0 * back[:d, :b].sum(axis=0), rtol=1e-6)
     for qv in rng.normal(size=(20, d)).astype(np.float32):
@@ -244,7 +250,7 @@ def test_8bit_tiles_hold_every_weight_to_half_a_step(h, b):
     g = -(-h // 4)
     assert t.shape == (2, -(-b // TILE), g, 4 * TILE) and t.dtype == np.int8 and t.flags.c_contiguous
     assert sb.shape == (2, 2, t.shape[1] * TILE) and sb.dtype == np.float32
-    back = t.reshape(2, -1, g, TILE, 4).transpose(0, 2, 4, 1, 3).reshape(2, 4 * g, -1)  # (R, 4G, T TILE)
+    back = _untile8(t)
     assert (back[:, h:] == 0).all() and (back[:, :, b:] == 0).all()
     approx = back[:, :h, :b] * sb[:, None, 0, :b]
     assert (np.abs(approx - a) <= sb[:, None, 0, :b] / 2 * 1.0001).all()

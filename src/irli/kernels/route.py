@@ -83,11 +83,10 @@ def tile_layer8(a: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray
     buckets, the 4 weights of inputs 4 g .. 4 g + 3 (zero-padded past H and
     B)."""
     reps, h, b = a.shape
-    scale = np.abs(a).max(axis=1) / np.float32(127.0)
-    scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+    scale, w8 = _bytes8(a)
     g = -(-h // 4)
     q = np.zeros((reps, 4 * g, b), dtype=np.int8)
-    q[:, :h, :] = np.clip(np.rint(a / scale[:, None, :]), -127, 127)
+    q[:, :h, :] = w8
     t = -(-b // TILE)
     out = np.zeros((reps, t, g, TILE, 4), dtype=np.int8)
     grouped = q.reshape(reps, g, 4, b).transpose(0, 1, 3, 2)  # (R, G, B, 4)
@@ -100,6 +99,15 @@ def tile_layer8(a: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return out.reshape(reps, t, g, 4 * TILE), sb
 
 
+def _bytes8(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """a float32 (R, H, B) as signed bytes per column: (scale float32 (R,
+    B) = max_j |a[j, c]| / 127, or 1 for an all-zero column; w8 int8 (R, H,
+    B) = round(a / scale))."""
+    scale = np.abs(a).max(axis=1) / np.float32(127.0)
+    scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+    return scale, np.clip(np.rint(a / scale[:, None, :]), -127, 127).astype(np.int8)
+
+
 def tile_rows8(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One-layer routers' weights a float32 (R, d, B) in 8 bits for a query
     routed alone (`_quantize_query`): (tiles8, scale8) as tile_layer8 lays
@@ -108,10 +116,8 @@ def tile_rows8(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     unsigned by signed bytes) in place of a bias, and err float32 (R,): the
     largest |a[:, c] - s_c w8[:, c]| over the buckets, for the exact
     re-score's bound."""
-    scale = np.abs(a).max(axis=1) / np.float32(127.0)
-    scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
-    w8 = np.clip(np.rint(a / scale[:, None, :]), -127, 127)
-    offset = (scale.astype(np.float64) * 128.0 * w8.sum(axis=1)).astype(np.float32)
+    scale, w8 = _bytes8(a)
+    offset = (scale.astype(np.float64) * 128.0 * w8.sum(axis=1, dtype=np.int64)).astype(np.float32)
     tiles8, scale8 = tile_layer8(a, offset)
     err = np.linalg.norm(a.astype(np.float64) - scale[:, None, :] * w8, axis=1).max(axis=1) * (1 + 1e-6)
     return tiles8, scale8, err.astype(np.float32)

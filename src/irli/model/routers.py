@@ -262,9 +262,9 @@ class Routing:
         two = self.a2.shape[1] > 0
         self.tiles = tile_layer(self.a2 if two else self.a1)
         self.first_tiles = tile_layer(self.a1) if two else self.tiles
-        int8 = self.int8 if self.int8 is not None else HAVE_VNNI and self.a2.shape[1] * self.a2.shape[2] >= INT8_FROM
+        vnni = HAVE_VNNI if self.int8 is None else self.int8  # 8-bit tables where asked or the CPU has VNNI
         self.tiles8, self.scale8 = np.zeros((reps, 0, 0, 0), np.int8), np.zeros((reps, 0, 0), np.float32)
-        if two and int8:
+        if two and vnni and (self.int8 or self.a2.shape[1] * self.a2.shape[2] >= INT8_FROM):
             self.tiles8, self.scale8 = tile_layer8(self.a2, self.b2)
         if two:
             self.rows = np.zeros((reps, 0, 0), np.float32)
@@ -277,7 +277,7 @@ class Routing:
         self.half = np.zeros((reps, 0, 0, 0), np.uint16)
         if rows.shape[1] * rows.shape[2] < HALF_ROWS_FROM:
             return  # a small table is read as fast in float32
-        if self.int8 if self.int8 is not None else HAVE_VNNI:  # a quarter of the bytes, 64 products an instruction
+        if vnni:  # a quarter of the bytes, 64 products an instruction
             self.tiles8, self.scale8, self.slack[:, 0] = tile_rows8(self.a1)
             return
         if not np.abs(rows).max(initial=0.0) < 6.0e4:
