@@ -11,6 +11,9 @@ systems see the same machine. With --compare RECALL it also pairs the
 systems round by round (each one's fastest setting reaching RECALL) and
 prints the median of the per-round ratios: on a machine whose speed drifts,
 the steadiest figure.
+With --slice N (single mode), each round is cut into slices of N queries
+and every setting runs each slice in turn: the settings then share the
+machine's state within milliseconds, where whole rounds are seconds apart.
 With --mode batch, each round times one call of all the queries on one
 thread instead (bench.py's batch mode); with --mode all, one call on every
 core (bench.py's all-cores mode).
@@ -65,6 +68,10 @@ def main() -> None:
     p.add_argument("--buckets", type=int, default=1024)
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "irli-bench"))
     p.add_argument("--index-dir", default=str(Path.home() / ".cache" / "irli-bench" / "ab-indexes"))
+    p.add_argument("--slice", type=int, default=0, metavar="N",
+                   help="single mode: cut each round into slices of N queries, every setting running each slice "
+                        "in turn (order alternating), so that all settings see the same machine state within "
+                        "milliseconds; 0: each setting runs the whole round at once")
     p.add_argument("--compare", type=float, default=None, metavar="RECALL",
                    help="also print, per round, each system's fastest setting reaching RECALL and the last "
                         "system's QPS over the first's, with the median of those ratios")
@@ -83,27 +90,31 @@ def main() -> None:
             runs.append((spec, probes, refine, index))
     qs = np.ascontiguousarray(q[one])  # the batch modes' queries
     times = {i: [] for i in range(len(runs))}
-    found = {}
-    for rnd in range(a.rounds):
-        order = list(range(len(runs)))
-        for i in order if rnd % 2 == 0 else order[::-1]:  # alternate the order: a drift favours no one
-            spec, probes, refine, index = runs[i]
-            if a.mode != "single":
-                threads = 1 if a.mode == "batch" else None  # None: every core
-                index.search(qs[:64], k=10, probes=probes, refine=refine, threads=threads)  # warm-up
-                t0 = time.perf_counter()
-                ids = index.search(qs, k=10, probes=probes, refine=refine, threads=threads).ids
-                times[i].append(time.perf_counter() - t0)
-                found[i] = ids
-                continue
+    found = {i: np.empty((one.shape[0], 10), np.int64) for i in range(len(runs))}
+    if a.mode == "single":
+        for spec, probes, refine, index in runs:
             for j in one[:64]:
-                index.search(q[j], k=10, probes=probes, refine=refine)  # warm-up: compile, caches
-            ids = np.empty((one.shape[0], 10), np.int64)
-            t0 = time.perf_counter()
-            for r, j in enumerate(one):
-                ids[r] = index.search(q[j], k=10, probes=probes, refine=refine).ids[0]
-            times[i].append(time.perf_counter() - t0)
-            found[i] = ids
+                index.search(q[j], k=10, probes=probes, refine=refine)  # warm-up: compile, plans
+    step = a.slice if a.mode == "single" and a.slice > 0 else one.shape[0]
+    for rnd in range(a.rounds):
+        for i in times:
+            times[i].append(0.0)
+        for c, lo in enumerate(range(0, one.shape[0], step)):
+            order = list(range(len(runs)))
+            for i in order if (rnd + c) % 2 == 0 else order[::-1]:  # alternate the order: a drift favours no one
+                spec, probes, refine, index = runs[i]
+                if a.mode != "single":
+                    threads = 1 if a.mode == "batch" else None  # None: every core
+                    index.search(qs[:64], k=10, probes=probes, refine=refine, threads=threads)  # warm-up
+                    t0 = time.perf_counter()
+                    found[i][:] = index.search(qs, k=10, probes=probes, refine=refine, threads=threads).ids
+                    times[i][-1] += time.perf_counter() - t0
+                    continue
+                ids = found[i]
+                t0 = time.perf_counter()
+                for r in range(lo, min(lo + step, one.shape[0])):
+                    ids[r] = index.search(q[one[r]], k=10, probes=probes, refine=refine).ids[0]
+                times[i][-1] += time.perf_counter() - t0
     recall = {}
     for i, (spec, probes, refine, _) in enumerate(runs):
         t = np.array(times[i])

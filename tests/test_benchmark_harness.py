@@ -90,6 +90,12 @@ def test_single_ab_times_two_configurations_in_rounds(tmp_path):
     assert first[1]["recall@10"] >= first[0]["recall@10"]  # more probes find at least as much
     assert [r["recall@10"] for r in again] == [r["recall@10"] for r in first]
     assert sorted(p.name for p in (tmp_path / "idx" / "synthetic_2000_16").iterdir()) == ["fast", "fast_spill-0"]
+    # --slice: the settings take turns on slices of 16 queries; the same answers, every round timed
+    p = subprocess.run(cmd + ["--slice", "16"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    sliced = [json.loads(line) for line in p.stdout.splitlines()]
+    assert [r["recall@10"] for r in sliced] == [r["recall@10"] for r in first]
+    assert all(len(r["qps_rounds"]) == 2 and r["qps_best"] >= r["qps_median"] > 0 for r in sliced)
 
 
 def test_single_ab_times_a_batch_on_one_thread_with_the_same_answers(tmp_path):
