@@ -17,6 +17,8 @@ from ..validation import as_matrix, positive_int
 from .filters import Allowed, parse_allow
 from .state import State
 
+_I64, _F32 = np.dtype(np.int64), np.dtype(np.float32)
+
 
 class SearchMixin:
     """Searching an Index (see Index.search)."""
@@ -89,11 +91,12 @@ class SearchMixin:
                     and type(k) is int and (probes is None or type(probes) is int)
                     and (refine is None or type(refine) is int)):  # the settings checked once (_plan)
                 kernel, plan = st.plans.get((k, probes, refine)) or self._plan(st, q, k, probes, refine)
-                outs = (np.empty((1, plan[2]), np.int64), np.empty((1, plan[2]), np.float32), np.empty(1, np.int64),
-                        np.empty(1, np.int64))
-                if kernel(q, 0, 1, *plan, *outs) >= 0:
+                shape = (1, plan[2])  # dtype objects, not types: np.empty resolves those in half the time
+                ids, scores, cand, read = (np.empty(shape, _I64), np.empty(shape, _F32), np.empty(1, _I64),
+                                           np.empty(1, _I64))
+                if kernel(q, 0, 1, *plan, ids, scores, cand, read) >= 0:
                     raise query_error(q, 0)
-                return SearchResult(*outs)
+                return SearchResult(ids, scores, cand, read)
         else:
             q = self._raw_queries(queries)
         k, m, votes, cut, refine = self._params(st, k, probes, min_votes, top_c, refine)

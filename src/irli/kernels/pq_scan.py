@@ -250,6 +250,11 @@ def _bucket_base(qv, r, b, base0, scale0, book, n_sub, centroids, residual, per_
     return base0, scale0
 
 
+# Rows prefetched ahead of the re-rank's scoring (all of them at once before, issue 24): GloVe 2.7 -> 2.2 us
+# a query at refine 2, 3.8 -> 2.9 at refine 3; MiniLM-384 10.3 -> 9.3 at refine 4 (8 or 16 ahead: between).
+_ROWS_AHEAD = 4
+
+
 @numba.njit(inline="always")
 def _prefetch_row(x, i):
     """Hint that every cache line of row i of x float32 (N, d) will be read
@@ -264,12 +269,15 @@ def _prefetch_row(x, i):
 @numba.njit(inline="always")
 def _finish(qv, hs, hid, size, x, sqn, ids, l2, ks, ki, k, out_ids, out_score, qi):
     """Score the heap's items exactly, keep the best k by (score, position)
-    and write row qi: ids (-1 padding), scores (distances for l2)."""
-    for h in range(size):
+    and write row qi: ids (-1 padding), scores (distances for l2). Each
+    row is prefetched _ROWS_AHEAD rows before it is scored."""
+    for h in range(min(_ROWS_AHEAD, size)):
         _prefetch_row(x, hid[h])
     qn = dot(qv, qv) if l2 else np.float32(0.0)
     ksize = 0
     for h in range(size):
+        if h + _ROWS_AHEAD < size:
+            _prefetch_row(x, hid[h + _ROWS_AHEAD])
         i = hid[h]
         ksize = push_lex(ks, ki, ksize, k, score(qv, qn, x, sqn, i, l2), i)
     pop_best_first(ks, ki, ksize, True, ids, l2, out_ids, out_score, qi)
