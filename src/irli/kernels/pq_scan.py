@@ -34,7 +34,7 @@ import numpy as np
 
 from .route import route_rows
 from .scoring import FAST, dot, prepare_rows, score
-from .simd import ctz32, fma16x1, ge16, lut16, max16, min16, popc32, prefetch
+from .simd import ctz32, fma16x1, ge16, lut16, max16, min16, popc32, prefetch, prefetch_row
 from .topk import nth_best, beats, pop_best_first, push_lex, sift_lex
 
 _SEEN = 1 << 10
@@ -256,28 +256,17 @@ _ROWS_AHEAD = 4
 
 
 @numba.njit(inline="always")
-def _prefetch_row(x, i):
-    """Hint that every cache line of row i of x float32 (N, d) will be read
-    soon (at d = 384 a row is 24 lines, and the first alone leaves the
-    rest to arrive one by one)."""
-    d = x.shape[1]
-    for off in range(0, d, 16):
-        prefetch(x, i * d + off)
-    prefetch(x, i * d + d - 1)
-
-
-@numba.njit(inline="always")
 def _finish(qv, hs, hid, size, x, sqn, ids, l2, ks, ki, k, out_ids, out_score, qi):
     """Score the heap's items exactly, keep the best k by (score, position)
     and write row qi: ids (-1 padding), scores (distances for l2). Each
     row is prefetched _ROWS_AHEAD rows before it is scored."""
     for h in range(min(_ROWS_AHEAD, size)):
-        _prefetch_row(x, hid[h])
+        prefetch_row(x, hid[h])
     qn = dot(qv, qv) if l2 else np.float32(0.0)
     ksize = 0
     for h in range(size):
         if h + _ROWS_AHEAD < size:
-            _prefetch_row(x, hid[h + _ROWS_AHEAD])
+            prefetch_row(x, hid[h + _ROWS_AHEAD])
         i = hid[h]
         ksize = push_lex(ks, ki, ksize, k, score(qv, qn, x, sqn, i, l2), i)
     pop_best_first(ks, ki, ksize, True, ids, l2, out_ids, out_score, qi)
