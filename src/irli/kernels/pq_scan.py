@@ -35,7 +35,7 @@ import numpy as np
 from .route import route_rows
 from .scoring import FAST, dot, prepare_rows, score
 from .simd import ctz32, fma16x1, ge16, lut16, max16, min16, popc32, prefetch, prefetch_row
-from .topk import nth_best, beats, pop_best_first, push_lex, sift_lex
+from .topk import beats, pop_best_first, push_lex, sift_lex
 
 _SEEN = 1 << 10
 _AHEAD = 2  # code blocks prefetched ahead of the scan
@@ -286,15 +286,24 @@ def _budget(hs, size, top, m, m0, stop_w, budget, ex):
     give log(probes needed); the count is ceil(budget x exp(that)), clipped
     to [m0, m]. The heap's scores are the scan's approximate ones (the
     model is fitted on exact scores; re-scoring exactly cost more than it
-    gained, BENCHMARKS.md). ex float32 (n_rerank,): scratch."""
+    gained, BENCHMARKS.md). ex float32 (n_rerank + 16,): scratch."""
     best = top[0]
     kth = top[0]
     if size > 0:
+        n16 = size + (-size) % 16
         best = hs[0]
         for h in range(size):
             ex[h] = hs[h]
             best = max(best, hs[h])
-        kth = nth_best(ex, size, min(_FEATURE_K, size) - 1)  # selection in place, in the copy
+        for h in range(size, n16):
+            ex[h] = -np.inf
+        rank = np.uint32(min(_FEATURE_K, size))
+        kth = np.float32(-np.inf)
+        for h in range(size):  # the 10th best: the highest score that 10 reach, counted 16 at a time
+            c = np.uint32(0)
+            for o in range(0, n16, 16):
+                c += popc32(ge16(ex, o, ex[h]))
+            kth = max(kth, ex[h] if c >= rank else np.float32(-np.inf))
     ns = stop_w.shape[0] - 3
     pred = stop_w[ns + 2] + stop_w[ns] * kth + stop_w[ns + 1] * best
     for j in range(ns):
@@ -497,7 +506,7 @@ def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual
     ks = np.empty(k, dtype=np.float32)
     ki = np.empty(k, dtype=np.int64)
     rq = np.empty(d, dtype=np.float32)
-    ex = np.empty(n_rerank, dtype=np.float32)
+    ex = np.empty(n_rerank + 16, dtype=np.float32)
     mq = np.empty(chunk, dtype=np.int64)
     nb = bstart.shape[1] - 1
     count = np.zeros(nb + 1 if n > 1 else 0, dtype=np.int64)  # one query needs no bucket-major order
