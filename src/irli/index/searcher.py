@@ -84,9 +84,11 @@ class SearchMixin:
         Returns SearchResult(ids, scores) with `.candidates`; see its doc.
         """
         st = self.__dict__.get("_state") or self._snapshot()
-        if (type(queries) is np.ndarray and queries.dtype == np.float32 and queries.ndim == 1
+        # one query per request, the common case, checked in the kernel (`is`: a native float32 array's dtype is
+        # numpy's one object; any other float32 dtype takes the general path)
+        if (type(queries) is np.ndarray and queries.dtype is _F32 and queries.ndim == 1
                 and queries.shape[0] == st.dim and queries.flags.c_contiguous):
-            q = queries.reshape(1, st.dim)  # one query per request: the common case, checked in the kernel
+            q = queries[None]
             if (st.codes is not None and allow is min_votes is top_c is threads is None and batch_size == 4096
                     and type(k) is int and (probes is None or type(probes) is int)
                     and (refine is None or type(refine) is int)):  # the settings checked once (_plan)
