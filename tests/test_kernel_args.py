@@ -7,7 +7,7 @@ import numpy as np
 from conftest import fitted
 
 from irli.kernels.exact_scan import ExactIndexArgs, exact_block
-from irli.kernels.pq_scan import PQIndexArgs, pq_block
+from irli.kernels.pq_scan import PQIndexArgs, pq_block, pq_one
 
 
 def _params(kernel) -> list[str]:
@@ -23,6 +23,29 @@ def _span(kernel, named) -> list[str]:
 def test_pq_args_are_pq_block_parameters_in_order():
     assert _span(pq_block, PQIndexArgs) == list(PQIndexArgs._fields)
     assert _params(pq_block)[-4:] == ["out_ids", "out_score", "out_ncand", "out_scanned"]
+    # the one-query kernel takes the same arguments, without lo / hi, and its scratch last
+    assert _params(pq_one) == [p for p in _params(pq_block) if p not in ("lo", "hi")] + ["scratch"]
+
+
+def test_one_query_kernel_asks_for_its_scratch_and_answers_as_a_block(data):
+    """pq_one with too little scratch searches nothing and says how much it
+    needs; given that, it answers as pq_block does (ids, scores, counts)."""
+    from irli.learn.budget import FIXED
+
+    for preset in ("fast", "irli"):
+        index = fitted(preset, data)
+        st = index._snapshot()
+        q = data[1][:5]
+        head = (8, 20, 10, *FIXED)
+        for i in range(q.shape[0]):
+            outs = [(np.zeros((1, 10), np.int64), np.zeros((1, 10), np.float32), np.zeros(1, np.int64),
+                     np.zeros(1, np.int64)) for _ in range(3)]
+            need = -2 - pq_one(q[i:i + 1], *head, *st.kernel_args, *outs[0], np.empty(0, np.uint8))
+            assert need > 0 and not outs[0][0].any()  # nothing searched
+            assert pq_one(q[i:i + 1], *head, *st.kernel_args, *outs[1], np.empty(need, np.uint8)) == -1
+            assert pq_block(q[i:i + 1], 0, 1, *head, *st.kernel_args, *outs[2]) == -1
+            for a, b in zip(outs[1], outs[2]):
+                np.testing.assert_array_equal(a, b)
 
 
 def test_exact_args_are_exact_block_parameters_in_order():

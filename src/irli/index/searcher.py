@@ -7,7 +7,7 @@ import numpy as np
 
 from ..kernels.exact import exact_knn
 from ..kernels.exact_scan import exact_block, marks, outputs, scan, scanned, subset
-from ..kernels.pq_scan import pq_block
+from ..kernels.pq_scan import pq_block, pq_one
 from ..kernels.scoring import prepare, query_error
 from ..learn.budget import FIXED
 from ..params import SearchParams
@@ -17,7 +17,7 @@ from ..validation import as_matrix, positive_int
 from .filters import Allowed, parse_allow
 from .state import State
 
-_I64, _F32 = np.dtype(np.int64), np.dtype(np.float32)
+_I64, _F32, _U8 = np.dtype(np.int64), np.dtype(np.float32), np.dtype(np.uint8)
 
 
 class SearchMixin:
@@ -92,11 +92,11 @@ class SearchMixin:
             if (st.codes is not None and allow is min_votes is top_c is threads is None and batch_size == 4096
                     and type(k) is int and (probes is None or type(probes) is int)
                     and (refine is None or type(refine) is int)):  # the settings checked once (_plan)
-                kernel, plan = st.plans.get((k, probes, refine)) or self._plan(st, q, k, probes, refine)
+                kernel, plan, need = st.plans.get((k, probes, refine)) or self._plan(st, q, k, probes, refine)
                 shape = (1, plan[2])  # dtype objects, not types: np.empty resolves those in half the time
                 ids, scores, cand, read = (np.empty(shape, _I64), np.empty(shape, _F32), np.empty(1, _I64),
                                            np.empty(1, _I64))
-                if kernel(q, 0, 1, *plan, ids, scores, cand, read) >= 0:
+                if kernel(q, *plan, ids, scores, cand, read, np.empty(need, _U8)) >= 0:
                     raise query_error(q, 0)
                 return SearchResult(ids, scores, cand, read)
         else:
@@ -144,28 +144,28 @@ class SearchMixin:
                                     refine, codes=st.codes is not None)
 
     def _plan(self, st: "State", q, k, probes, refine) -> tuple:
-        """(kernel, its arguments after q, lo, hi and before the outputs) for
-        one query q float32 (1, d) searched with these arguments (checked
-        here), kept in st.plans. The kernel is pq_block's compiled entry
-        for these argument types: what a call needs is then fixed (the
-        query's shape and dtype are checked by the caller, the rest is the
-        state's), and the dispatcher's typing of 38 arguments (about 1.2
-        µs) is paid once."""
+        """(kernel, its arguments after q and before the outputs, the bytes
+        of scratch it needs) for one query q float32 (1, d) searched with
+        these arguments (checked here), kept in st.plans. The kernel is
+        pq_one's compiled entry for these argument types: what a call needs
+        is then fixed (the query's shape and dtype are checked by the
+        caller, the rest is the state's), and the dispatcher's typing of 36
+        arguments (about 1.2 µs) is paid once."""
         k_, m, _, _, factor = self._params(st, k, probes, None, None, refine)
         plan = (*self._pq_head(st, k_, m, factor), *st.kernel_args)
         outs = (np.empty((1, k_), np.int64), np.empty((1, k_), np.float32), np.empty(1, np.int64),
                 np.empty(1, np.int64))
-        args = (q, 0, 1, *plan, *outs)
-        pq_block(*args)  # compiled (or loaded) for these types
-        kernel = pq_block
+        need = -2 - pq_one(q, *plan, *outs, np.empty(0, _U8))  # compiled (or loaded); it asks for its scratch
+        args = (q, *plan, *outs, np.empty(need, _U8))
+        kernel = pq_one
         try:
-            kernel = pq_block.overloads[tuple(pq_block.typeof_pyval(a) for a in args)].entry_point
+            kernel = pq_one.overloads[tuple(pq_one.typeof_pyval(a) for a in args)].entry_point
         except (AttributeError, KeyError, TypeError):  # a numba without these: the dispatcher
             pass
         if len(st.plans) >= 64:  # a few settings are in use at a time; a sweep of them starts afresh
             st.plans.clear()
-        st.plans[(k, probes, refine)] = (kernel, plan)
-        return kernel, plan
+        st.plans[(k, probes, refine)] = (kernel, plan, need)
+        return kernel, plan, need
 
     @staticmethod
     def _pq_head(st: "State", k, m, refine) -> tuple:

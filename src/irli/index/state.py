@@ -65,8 +65,9 @@ class State(NamedTuple):
     n_buckets: int
     kernel_args: PQIndexArgs | ExactIndexArgs  # the index's arguments of its search kernel
     budget: ProbeBudget | None  # the learned probe budget (learned_probes), or None: fixed probes
-    # (k, probes, refine) -> (pq_block's compiled entry, its arguments before the outputs), checked
-    # and resolved once (SearchMixin._plan): a query per call skips the checks it has passed before
+    # (k, probes, refine) -> (pq_one's compiled entry, its arguments before the outputs, the bytes of
+    # scratch it needs), checked and resolved once (SearchMixin._plan): a query per call skips the checks
+    # it has passed before
     plans: dict
 
 

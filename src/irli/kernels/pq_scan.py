@@ -32,7 +32,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from .route import route_rows
+from .route import _route_into, route_rows
 from .scoring import FAST, dot, prepare_rows, score
 from .simd import ctz32, fma16x1, ge16, lut16, max16, min16, popc32, prefetch, prefetch_row
 from .topk import beats, pop_best_first, push_lex, sift_lex
@@ -516,4 +516,111 @@ def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual
                  stride, npairs, bstart, bsizes, keep, has_keep, hs, hid, size, n_rerank, seen, sums, count, who, nb,
                  mq, ex, x, sqn, ids, ks, ki, k, out_ids, out_score, out_ncand, out_scanned,
                  np.empty(32 * _FILL, dtype=np.float32))
+    return -1
+
+
+@numba.njit(inline="always")
+def _one_sizes(d, m, n_rerank, k, reps, m2, npairs, with_top, hidden, width, two, q8, rows8, fix, t8, s8):
+    """Bytes of each scratch array of one query's search (pq_one), in the
+    order it carves them (see there for the shapes)."""
+    top = 4 * reps * m if with_top else 0
+    logits = 0
+    if two:
+        logits = 4 * s8 if q8 else 4 * width
+    hq = 4 * t8 if q8 else 0
+    fixed = 4 * width if fix else 0
+    one8 = 4 * s8 if rows8 else 0
+    return (4 * d, 4 * reps * m, top, 64 * m2, 32 * npairs, 4, 4, 64, 4 * n_rerank, 8 * n_rerank, 8, _SEEN, 4 * k,
+            8 * k, 4 * d, 4 * (n_rerank + 16), 8, 128 * _FILL, 4 * hidden, logits, hq, 4, 4 * m, 4 * width, 4 * width,
+            fixed, fixed, one8, one8)
+
+
+@numba.njit(inline="always")
+def _part_at(sizes, i):
+    """Where scratch array i starts: the sizes before it, each rounded up
+    to 64 bytes."""
+    at = 0
+    for j in range(i):
+        at += (sizes[j] + 63) // 64 * 64
+    return at
+
+
+@numba.njit(inline="always")
+def _part(scratch, sizes, i):
+    """Scratch array i's bytes."""
+    at = _part_at(sizes, i)
+    return scratch[at:at + sizes[i]]
+
+
+@numba.njit(nogil=True, fastmath=FAST, cache=True, _nrt=False)
+def pq_one(q, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual, route_base, n_sub, a1, b1, tiles, b2, rows,
+           half, slack, tiles8, scale8, centroids, books, blocks, block_pos, bstart, bsizes, x, sqn, keep, ids,
+           out_ids, out_score, out_ncand, out_scanned, scratch):
+    """pq_block for one query q float32 (1, d), its scratch carved from
+    scratch uint8 (at least the bytes it asks for) rather than allocated:
+    compiled without reference counts, its array arguments are unboxed
+    without one allocation each for their counts (about 40 ns an array, 25
+    of them) and it allocates nothing (about 30 arrays). Returns -1, 0 (q
+    holds NaN or inf), or -2 - the bytes of scratch it needs when given
+    fewer (nothing is searched)."""
+    d = q.shape[1]
+    reps = a1.shape[0]
+    learned = stop_w.shape[0] > 0
+    with_top = learned or route_base
+    m2 = n_sub + (n_sub & 1)
+    npairs = m2 // 2
+    two = b2.shape[1] > 0
+    width = b2.shape[1] if two else b1.shape[1]
+    q8 = tiles8.shape[1] > 0
+    rows8 = q8 and not two
+    fix = half.shape[1] > 0 or rows8
+    t8 = tiles8.shape[2]
+    s8 = scale8.shape[2]
+    sizes = _one_sizes(d, m, n_rerank, k, reps, m2, npairs, with_top, b1.shape[1], width, two, q8, rows8, fix, t8,
+                       s8)
+    need = _part_at(sizes, len(sizes))
+    if scratch.shape[0] < need:
+        return -2 - need
+    qb = _part(scratch, sizes, 0).view(np.float32).reshape((1, d))
+    bad = prepare_rows(q, 0, 1, cosine, qb)
+    if bad >= 0:
+        return bad
+    probed = _part(scratch, sizes, 1).view(np.int32).reshape((reps, 1, m))
+    tw = m if with_top else 0
+    top = _part(scratch, sizes, 2).view(np.float32).reshape((reps, min(tw, 1), tw))
+    hidden = _part(scratch, sizes, 18).view(np.float32).reshape((1, b1.shape[1]))
+    logits = hidden
+    if two:
+        logits = _part(scratch, sizes, 19).view(np.float32).reshape((1, sizes[19] // 4))
+    _route_into(qb, 0, 1, a1, b1, tiles, b2, rows, half, slack, tiles8, scale8, probed, top, 0, True, hidden, logits,
+                _part(scratch, sizes, 20).reshape((min(sizes[20], 1), 4 * t8)),
+                _part(scratch, sizes, 21).view(np.float32),
+                _part(scratch, sizes, 22).view(np.float32),
+                _part(scratch, sizes, 23).view(np.float32),
+                _part(scratch, sizes, 24).view(np.int32),
+                _part(scratch, sizes, 25).view(np.float32),
+                _part(scratch, sizes, 26).view(np.int32),
+                _part(scratch, sizes, 27).view(np.float32),
+                _part(scratch, sizes, 28).view(np.float32).reshape((min(sizes[28], 1), s8)))
+    first = min(m0, m) if learned else m
+    nb = bstart.shape[1] - 1
+    per_bucket = l2 and residual
+    maxv = min(255, 65535 // m2)
+    has_keep = keep.shape[0] > 0
+    _scan_chunks(0, 1, 1, m, first, learned, stop_w, budget, qb, probed, top, route_base, reps, books, n_sub, l2,
+                 per_bucket, _part(scratch, sizes, 3).view(np.float32).reshape((m2, 16)),
+                 _part(scratch, sizes, 4).reshape((1, 32 * npairs)), maxv,
+                 _part(scratch, sizes, 5).view(np.float32), _part(scratch, sizes, 6).view(np.float32),
+                 centroids, residual, _part(scratch, sizes, 14).view(np.float32), blocks, block_pos,
+                 8 * npairs, block_pos.shape[1] * 4, npairs, bstart, bsizes, keep, has_keep,
+                 _part(scratch, sizes, 8).view(np.float32).reshape((1, n_rerank)),
+                 _part(scratch, sizes, 9).view(np.int64).reshape((1, n_rerank)),
+                 _part(scratch, sizes, 10).view(np.int64), n_rerank,
+                 _part(scratch, sizes, 11).reshape((1, _SEEN)),
+                 _part(scratch, sizes, 7).view(np.uint16), scratch[0:0].view(np.int64),
+                 scratch[0:0].view(np.int64), nb, _part(scratch, sizes, 16).view(np.int64),
+                 _part(scratch, sizes, 15).view(np.float32), x, sqn, ids,
+                 _part(scratch, sizes, 12).view(np.float32),
+                 _part(scratch, sizes, 13).view(np.int64), k, out_ids, out_score, out_ncand, out_scanned,
+                 _part(scratch, sizes, 17).view(np.float32))
     return -1

@@ -42,7 +42,8 @@ def prepare_rows(q, lo, hi, cosine, out):
         elif s > MAX_NORM * MAX_NORM:
             return r
         else:
-            out[r - lo] = q[r]
+            for j in range(d):  # element by element: a row assignment allocates (callers without counts)
+                out[r - lo, j] = q[r, j]
     return -1
 
 
