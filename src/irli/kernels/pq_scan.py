@@ -32,7 +32,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from .route import _route_into, route_rows
+from .route import route_into, route_rows
 from .scoring import FAST, dot, prepare_rows, score
 from .simd import ctz32, fma16x1, ge16, lut16, max16, min16, popc32, prefetch, prefetch_row
 from .topk import beats, pop_best_first, push_lex, sift_lex
@@ -592,7 +592,7 @@ def pq_one(q, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual, route_ba
     logits = hidden
     if two:
         logits = _part(scratch, sizes, 19).view(np.float32).reshape((1, sizes[19] // 4))
-    _route_into(qb, 0, 1, a1, b1, tiles, b2, rows, half, slack, tiles8, scale8, probed, top, 0, True, hidden, logits,
+    route_into(qb, 0, 1, a1, b1, tiles, b2, rows, half, slack, tiles8, scale8, probed, top, 0, True, hidden, logits,
                 _part(scratch, sizes, 20).reshape((min(sizes[20], 1), 4 * t8)),
                 _part(scratch, sizes, 21).view(np.float32),
                 _part(scratch, sizes, 22).view(np.float32),

@@ -264,7 +264,7 @@ def route_rows(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, tiles8, scale8, 
     hidden = np.empty((n_rows, b1.shape[1]), dtype=np.float32)
     logits = np.empty((n_rows, scale8.shape[2] if q8 else width), dtype=np.float32) if two else hidden
     hq = np.empty((n_rows if q8 else 0, 4 * tiles8.shape[2]), dtype=np.uint8)
-    _route_into(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, tiles8, scale8, probed, probs, plo, raw, hidden,
+    route_into(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, tiles8, scale8, probed, probs, plo, raw, hidden,
                 logits, hq, np.empty(n_rows, dtype=np.float32),
                 np.empty(probed.shape[2], dtype=np.float32), np.empty(width, dtype=np.float32),
                 np.empty(width, dtype=np.int32), np.empty(width if fix else 0, dtype=np.float32),
@@ -274,7 +274,7 @@ def route_rows(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, tiles8, scale8, 
 
 
 @numba.njit(nogil=True, fastmath=FAST, cache=True, _nrt=False)  # allocates nothing: no reference counts
-def _route_into(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, tiles8, scale8, probed, probs, plo, raw, hidden,
+def route_into(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, tiles8, scale8, probed, probs, plo, raw, hidden,
                 logits, hq, hsc, val, buf_v, buf_i, cv, ci, bq, one8):
     """route_rows with its scratch: hidden (G, H) and logits (G, width),
     (G, T TILE) in 8 bits (the same array as hidden for one-layer
