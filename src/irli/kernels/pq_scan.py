@@ -1,8 +1,10 @@
 """The compressed search kernel: probed buckets of 4-bit PQ codes -> the best
 refine x k distinct items by approximate score -> exact re-rank -> top-k.
 
-One compiled call per block of queries, with no Python per query and no
-scratch that grows with the collection. Per query and repetition it builds
+One compiled call per block of queries (`pq_block`), or per query
+(`pq_one`: the same search, its scratch carved from one buffer the caller
+allocates), with no Python per query and no scratch that grows with the
+collection. Per query and repetition it builds
 the query's lookup tables (float, then 8-bit with one scale), scans the
 probed buckets' code blocks 32 items at a time with `simd.lut16`, keeps a
 min-heap of the best `n_rerank` distinct items (an item spilled to two probed
@@ -522,7 +524,11 @@ def pq_block(q, lo, hi, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual
 @numba.njit(inline="always")
 def _one_sizes(d, m, n_rerank, k, reps, m2, npairs, with_top, hidden, width, two, q8, rows8, fix, t8, s8):
     """Bytes of each scratch array of one query's search (pq_one), in the
-    order it carves them (see there for the shapes)."""
+    order it carves them: 0 qb, 1 probed, 2 top, 3 lutf, 4 luts, 5 base0,
+    6 scale0, 7 sums, 8 hs, 9 hid, 10 size, 11 seen, 12 ks, 13 ki, 14 rq,
+    15 ex, 16 mq, 17 fill (pq_block's arrays for a chunk of one query), then
+    the routing's 18 hidden, 19 logits, 20 hq, 21 hsc, 22 val, 23 buf_v,
+    24 buf_i, 25 cv, 26 ci, 27 bq, 28 one8 (route_rows' for one row)."""
     top = 4 * reps * m if with_top else 0
     logits = 0
     if two:
