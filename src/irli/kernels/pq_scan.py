@@ -34,10 +34,10 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from .route import route_into, route_rows
+from .route import route_into, route_kinds, route_rows
 from .scoring import FAST, dot, prepare_rows, score
-from .simd import ctz32, fma16x1, ge16, lut16, max16, min16, popc32, prefetch, prefetch_row
-from .topk import beats, pop_best_first, push_lex, sift_lex
+from .simd import ROWS_AHEAD, ctz32, fma16x1, ge16, lut16, max16, min16, prefetch, prefetch_row
+from .topk import beats, count_at_least, pop_best_first, push_lex, sift_lex
 
 _SEEN = 1 << 10
 _AHEAD = 2  # code blocks prefetched ahead of the scan
@@ -146,15 +146,6 @@ def _offer(mask, blk, block_pos, pos_col, vals, at, base, inv, keep, has_keep, h
 
 
 @numba.njit(inline="always")
-def _count_at_least(v, n, t):
-    """How many of v[:n] (float32, n a multiple of 16) are >= t."""
-    c = 0
-    for o in range(0, n, 16):
-        c += popc32(ge16(v, o, t))
-    return c
-
-
-@numba.njit(inline="always")
 def _first_floor(blocks, block_pos, pos_col, stride, npairs, b0, nblk, b1, lut, sums, keep, has_keep, n_rerank,
                  fill):
     """The 8-bit sums of blocks b0 .. b0 + nblk - 1 (of a bucket ending at
@@ -181,14 +172,14 @@ def _first_floor(blocks, block_pos, pos_col, stride, npairs, b0, nblk, b1, lut, 
                     fill[o + s] = np.float32(-1.0)
         top = max(top, max16(fill, o, 2))
     n = 32 * nblk
-    lo, c_lo = 0, _count_at_least(fill, n, np.float32(0.0))
+    lo, c_lo = 0, count_at_least(fill, n, np.float32(0.0))
     if c_lo < n_rerank:
         return -1
     hi = int(top) + 1  # nothing reaches it
     enough = n_rerank + max(4, n_rerank // 4)
     while hi - lo > 1 and c_lo > enough:
         mid = (lo + hi) // 2
-        c = _count_at_least(fill, n, np.float32(mid))
+        c = count_at_least(fill, n, np.float32(mid))
         if c >= n_rerank:
             lo, c_lo = mid, c
         else:
@@ -252,23 +243,18 @@ def _bucket_base(qv, r, b, base0, scale0, book, n_sub, centroids, residual, per_
     return base0, scale0
 
 
-# Rows prefetched ahead of the re-rank's scoring (all of them at once before, issue 24): GloVe 2.7 -> 2.2 us
-# a query at refine 2, 3.8 -> 2.9 at refine 3; MiniLM-384 10.3 -> 9.3 at refine 4 (8 or 16 ahead: between).
-_ROWS_AHEAD = 4
-
-
 @numba.njit(inline="always")
 def _finish(qv, hs, hid, size, x, sqn, ids, l2, ks, ki, k, out_ids, out_score, qi):
     """Score the heap's items exactly, keep the best k by (score, position)
     and write row qi: ids (-1 padding), scores (distances for l2). Each
-    row is prefetched _ROWS_AHEAD rows before it is scored."""
-    for h in range(min(_ROWS_AHEAD, size)):
+    row is prefetched ROWS_AHEAD rows before it is scored."""
+    for h in range(min(ROWS_AHEAD, size)):
         prefetch_row(x, hid[h])
     qn = dot(qv, qv) if l2 else np.float32(0.0)
     ksize = 0
     for h in range(size):
-        if h + _ROWS_AHEAD < size:
-            prefetch_row(x, hid[h + _ROWS_AHEAD])
+        if h + ROWS_AHEAD < size:
+            prefetch_row(x, hid[h + ROWS_AHEAD])
         i = hid[h]
         ksize = push_lex(ks, ki, ksize, k, score(qv, qn, x, sqn, i, l2), i)
     pop_best_first(ks, ki, ksize, True, ids, l2, out_ids, out_score, qi)
@@ -302,10 +288,7 @@ def _budget(hs, size, top, m, m0, stop_w, budget, ex):
         rank = np.uint32(min(_FEATURE_K, size))
         kth = np.float32(-np.inf)
         for h in range(size):  # the 10th best: the highest score that 10 reach, counted 16 at a time
-            c = np.uint32(0)
-            for o in range(0, n16, 16):
-                c += popc32(ge16(ex, o, ex[h]))
-            kth = max(kth, ex[h] if c >= rank else np.float32(-np.inf))
+            kth = max(kth, ex[h] if count_at_least(ex, n16, ex[h]) >= rank else np.float32(-np.inf))
     ns = stop_w.shape[0] - 3
     pred = stop_w[ns + 2] + stop_w[ns] * kth + stop_w[ns + 1] * best
     for j in range(ns):
@@ -575,11 +558,7 @@ def pq_one(q, m, n_rerank, k, stop_w, m0, budget, cosine, l2, residual, route_ba
     with_top = learned or route_base
     m2 = n_sub + (n_sub & 1)
     npairs = m2 // 2
-    two = b2.shape[1] > 0
-    width = b2.shape[1] if two else b1.shape[1]
-    q8 = tiles8.shape[1] > 0
-    rows8 = q8 and not two
-    fix = half.shape[1] > 0 or rows8
+    two, width, q8, rows8, fix = route_kinds(b1, b2, half, tiles8)
     t8 = tiles8.shape[2]
     s8 = scale8.shape[2]
     sizes = _one_sizes(d, m, n_rerank, k, reps, m2, npairs, with_top, b1.shape[1], width, two, q8, rows8, fix, t8,

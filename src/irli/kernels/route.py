@@ -9,7 +9,7 @@ import numba
 import numpy as np
 
 from .scoring import FAST, dot
-from .simd import FMA_ROWS, as_float, dot8x8, dot8x64, fma16x1, fma16x8, fma64x1, prefetch_row
+from .simd import FMA_ROWS, ROWS_AHEAD, as_float, dot8x8, dot8x64, fma16x1, fma16x8, fma64x1, prefetch_row
 from .topk import at_least, top_row
 
 # _BLOCK queries pass over each 16-bucket slice of a layer's weights (8 KB at 128 inputs, kept in
@@ -187,9 +187,6 @@ def _layer8(hq, n, w8, sc, hsc, b, out):
                    min(FMA_ROWS, n - s))
 
 
-_ROWS_AHEAD = 4  # rows of the exact re-score prefetched ahead of their dot products
-
-
 @numba.njit(inline="always")
 def _fix_top(qv, row, m, slack_q, rows, b, bv, bi, cv, ci, out_idx, out_val):
     """The exact top m of a one-layer router, from approximate scores row
@@ -203,12 +200,12 @@ def _fix_top(qv, row, m, slack_q, rows, b, bv, bi, cv, ci, out_idx, out_val):
     among the m best (MiniLM-384, m = 16: 52 -> 30 buckets re-scored, where
     the floor was the approximate m-th best less twice the slack)."""
     top_row(row, m, bv, bi, out_idx, out_val)
-    for j in range(min(_ROWS_AHEAD, m)):
+    for j in range(min(ROWS_AHEAD, m)):
         prefetch_row(rows, out_idx[j])
     floor = np.float32(np.inf)
     for j in range(m):
-        if j + _ROWS_AHEAD < m:
-            prefetch_row(rows, out_idx[j + _ROWS_AHEAD])
+        if j + ROWS_AHEAD < m:
+            prefetch_row(rows, out_idx[j + ROWS_AHEAD])
         c = out_idx[j]
         out_val[j] = dot(qv, rows[c]) + b[c]
         floor = min(floor, out_val[j])
@@ -217,16 +214,28 @@ def _fix_top(qv, row, m, slack_q, rows, b, bv, bi, cv, ci, out_idx, out_val):
     for j in range(m):
         bi[out_idx[j]] = j + 1  # scored already
     cnt = at_least(row, floor - slack_q, cv, ci)  # the approximate best m among them
-    for t in range(min(_ROWS_AHEAD, cnt)):
+    for t in range(min(ROWS_AHEAD, cnt)):
         prefetch_row(rows, ci[t])
     for t in range(cnt):
-        if t + _ROWS_AHEAD < cnt:
-            prefetch_row(rows, ci[t + _ROWS_AHEAD])
+        if t + ROWS_AHEAD < cnt:
+            prefetch_row(rows, ci[t + ROWS_AHEAD])
         c = ci[t]
         cv[t] = out_val[bi[c] - 1] if bi[c] > 0 else dot(qv, rows[c]) + b[c]
     top_row(cv[:cnt], m, bv, bi, out_idx, out_val)
     for j in range(m):
         out_idx[j] = ci[out_idx[j]]
+
+
+@numba.njit(inline="always")
+def route_kinds(b1, b2, half, tiles8):
+    """What a Routing's arrays hold (see route_rows): (two layers, the
+    buckets B, a last layer in 8 bits, one-layer rows in 8 bits for a query
+    alone, approximate rows for a query alone whose best buckets are
+    re-scored exactly)."""
+    two = b2.shape[1] > 0
+    q8 = tiles8.shape[1] > 0
+    rows8 = q8 and not two
+    return two, b2.shape[1] if two else b1.shape[1], q8, rows8, half.shape[1] > 0 or rows8
 
 
 @numba.njit(inline="always")
@@ -255,11 +264,7 @@ def route_rows(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, tiles8, scale8, 
     tiles8 int8 (R, T, G, 4 TILE) and scale8 float32 (R, 2, T TILE), scales
     and biases (tile_layer8; (R, 0, 0, 0) and (R, 0, 0) without): the hidden rows are
     then rounded to bytes and scored by integer dot products (`_layer8`)."""
-    two = b2.shape[1] > 0
-    width = b2.shape[1] if two else b1.shape[1]
-    q8 = tiles8.shape[1] > 0
-    rows8 = q8 and not two
-    fix = half.shape[1] > 0 or rows8
+    two, width, q8, rows8, fix = route_kinds(b1, b2, half, tiles8)
     n_rows = min(_BLOCK, hi - lo)
     hidden = np.empty((n_rows, b1.shape[1]), dtype=np.float32)
     logits = np.empty((n_rows, scale8.shape[2] if q8 else width), dtype=np.float32) if two else hidden
@@ -284,14 +289,10 @@ def route_into(q, lo, hi, a1, b1, tiles, b2, rows, half, slack, tiles8, scale8, 
     TILE,) and one8 (1, T TILE), or empty: the biases a query's 8-bit rows
     are scored with, and its scores."""
     reps = a1.shape[0]
-    two = b2.shape[1] > 0
-    width = b2.shape[1] if two else b1.shape[1]
+    two, width, q8, rows8, fix = route_kinds(b1, b2, half, tiles8)
     d = q.shape[1]
     m = probed.shape[2]
     with_probs = probs.shape[1] > 0
-    q8 = tiles8.shape[1] > 0
-    rows8 = q8 and not two  # one-layer rows in 8 bits, for a query alone
-    fix = half.shape[1] > 0 or rows8  # approximate rows alone: the best buckets are re-scored exactly
     alone = fix and hi - lo == 1 and not (with_probs and not raw)
     group = hidden.shape[0]
     qerr = np.float32(0.0)

@@ -73,11 +73,18 @@ def _mth_by_counts(v, n, m):
         v[i] = -np.inf
     thr = np.float32(-np.inf)
     for i in range(n):
-        c = np.uint32(0)
-        for s in range(0, n16, 16):
-            c += popc32(ge16(v, s, v[i]))
-        thr = max(thr, v[i] if c >= m else np.float32(-np.inf))
+        thr = max(thr, v[i] if count_at_least(v, n16, v[i]) >= m else np.float32(-np.inf))
     return thr
+
+
+@numba.njit(inline="always")
+def count_at_least(v, n, t):
+    """How many of v[:n] (float32, n a multiple of 16) are >= t, 16
+    compares and a popcount at a time."""
+    c = np.uint32(0)
+    for s in range(0, n, 16):
+        c += popc32(ge16(v, s, t))
+    return c
 
 
 @numba.njit(inline="always")
@@ -104,8 +111,8 @@ def at_least(row, thr, vals, idx):
     return cnt
 
 
-# Candidates placed by their counted rank at most (cnt^2 / 16 compares, without data-dependent branches);
-# more go through insertion. GloVe's top 20 of 1,024 routing scores by insertion took 1.6 us a query,
+# Up to this many candidates are placed by their counted rank (cnt^2 / 16 compares, without
+# data-dependent branches); more go through insertion. GloVe's top 20 of 1,024 routing scores by insertion took 1.6 us a query,
 # mispredicting on every candidate's place (issue 24).
 _RANKED = 128
 
@@ -122,12 +129,8 @@ def _place_by_rank(v, idx, cnt, m, out_idx, out_val):
         v[i] = -np.inf
     for i in range(cnt):
         x = v[i]
-        above = np.nextafter(x, np.float32(np.inf))
-        gt = np.uint32(0)
-        ge = np.uint32(0)
-        for s in range(0, n16, 16):
-            gt += popc32(ge16(v, s, above))
-            ge += popc32(ge16(v, s, x))
+        gt = count_at_least(v, n16, np.nextafter(x, np.float32(np.inf)))
+        ge = count_at_least(v, n16, x)
         r = np.int64(gt)
         if ge > gt + np.uint32(1):  # ties (or -inf, which the padding equals): the earlier ones first
             for j in range(i):
