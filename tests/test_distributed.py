@@ -111,8 +111,11 @@ def test_a_hung_shard_is_reported_within_the_timeout(cluster, data, tmp_path):
 
     x, q = data
     index = irli.Index("ivf", n_buckets=32).fit(x)
-    sharded = ShardedIndex.open(index.save(tmp_path / "s", shards=2), executor=cluster, timeout_s=2)
+    # Loading the parts waits for the actors to start, which can take longer than 2 s on a
+    # busy machine; the short limit is for the search under test.
+    sharded = ShardedIndex.open(index.save(tmp_path / "s", shards=2), executor=cluster, timeout_s=60)
     try:
+        sharded.timeout_s = 2.0
         sharded.actors[0].__ray_call__.remote(lambda self: time.sleep(30))  # busy: the part never answers
         t0 = time.monotonic()
         with pytest.raises(DistributedError, match="shard 0 of 2 did not answer"):
