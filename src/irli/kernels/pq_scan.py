@@ -362,7 +362,9 @@ def _scan_chunks(lo, n, chunk, m, first, learned, stop_w, budget, qb, probed, to
                 j = 0
                 while j < mq[0]:
                     b = probed[r, c0, j]
-                    if j + 1 < mq[0]:  # the next bucket's first blocks, while this one is scanned
+                    # the next bucket's first blocks, while this one is scanned (before the budget is known
+                    # too: it gives all but the easiest queries more than m0 buckets)
+                    if j + 1 < mq[0] or (learned and j + 1 < m):
                         nxt = bstart[r, probed[r, c0, j + 1]] * stride
                         for off in range(0, min(_AHEAD * stride, blocks.shape[0] - nxt), 64):
                             prefetch(blocks, nxt + off)
