@@ -92,6 +92,34 @@ def test_concurrent_python_threads_get_one_threads_answers(data, preset):
         np.testing.assert_array_equal(single.ids[0], want.ids[rows[0]])
 
 
+@pytest.mark.parametrize("kw", [{}, {"learned_probes": True}])
+def test_one_query_calls_from_many_threads_do_not_share_scratch(data, kw):
+    """One query per call reuses its plan's scratch buffers; calls running at
+    once (the kernel releases the GIL) must each get their own."""
+    index = fitted("fast", data, **kw)
+    q = data[1]
+    want = index.search(q, k=10, probes=3, refine=2, threads=1)
+    got, errors = {}, []
+
+    def worker(w):
+        try:
+            for i in range(w, q.shape[0], 2):
+                got[(w, i)] = index.search(q[i], k=10, probes=3, refine=2)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(w % 2,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    assert len(got) == q.shape[0]
+    for (_, i), res in got.items():
+        np.testing.assert_array_equal(res.ids[0], want.ids[i])
+        np.testing.assert_array_equal(res.scores[0], want.scores[i])
+
+
 @pytest.mark.parametrize("preset", ["fast", "ivf"])
 def test_search_while_another_thread_adds_removes_and_compacts(data, preset):
     """Each search sees the index before or after a change, never a mix:
