@@ -32,7 +32,7 @@ from .evaluation import format_table, single_queries, sweep, timed_search
 from .options import List, Positive, Quiet, probe_list
 
 
-def demo(*, presets: List = "fast,fast:learned_probes=true,ivf,irli", probes: List = "2,4,8,12,16,20,24,32,48",
+def demo(*, presets: List = "fast,fast:learned_probes=true,ivf,irli", probes: List = "2,4,8,10,12,14,16,18,20,24,32,48",
          words: List = "king,paris,computer,coffee", n_test: Positive = 10_000,
          save: Annotated[str | None, Parameter(metavar="DIR")] = None, quiet: Quiet = False) -> int:
     """GloVe: build fast, its learned probe budget, ivf and irli; print recall, candidates, QPS, neighbours.
@@ -64,7 +64,7 @@ def demo(*, presets: List = "fast,fast:learned_probes=true,ivf,irli", probes: Li
 
 
 # Minutes each preset takes in the demo on a quiet 2-core machine (build, sweep, the two other modes),
-# measured with `make demo` (2.3 minutes in all, warm); the start-up line adds them up, with the data and
+# measured with `make demo` (2 minutes in all, warm); the start-up line adds them up, with the data and
 # ground truth, and the kernels' first compilation (numba caches them).
 MINUTES = {"fast": 0.4, "fast:learned_probes=true": 0.5, "ivf": 0.5, "irli": 1.3}
 START_MINUTES = 0.4
