@@ -10,7 +10,11 @@ bench.py's single mode), and keeps each setting's fastest round: both
 systems see the same machine. With --compare RECALL it also pairs the
 systems round by round (each one's fastest setting reaching RECALL) and
 prints the median of the per-round ratios: on a machine whose speed drifts,
-the steadiest figure.
+the steadiest figure. It prints the same ratio at exactly RECALL too, each
+system's QPS interpolated between its settings on either side (qps_at):
+the fastest setting reaching RECALL moves by ±5 % with how close to RECALL
+a system's settings happen to fall, so give each system settings on both
+sides.
 With --slice N (single mode), each round is cut into slices of N queries
 and every setting runs each slice in turn: the settings then share the
 machine's state within milliseconds, where whole rounds are seconds apart.
@@ -129,17 +133,52 @@ def main() -> None:
 def compare(runs, times, recall, target, n):
     """Per round, each system's fastest setting at recall >= target; the
     last system's QPS over the first's per round and their median (None
-    where a system has no such setting)."""
+    where a system has no such setting). Also the same at exactly the
+    target recall, interpolated on each round's frontier (qps_at): a
+    figure that does not move with where a system's settings happen to
+    fall around the target ("interpolated"; None where a system has no
+    setting on one side of it)."""
     specs = list(dict.fromkeys(spec for spec, *_ in runs))
     rounds = len(next(iter(times.values())))
-    qps = {}
+    qps, at = {}, {}
     for spec in specs:
-        ok = [i for i, r in enumerate(runs) if r[0] == spec and recall[i] >= target]
+        mine = [i for i, r in enumerate(runs) if r[0] == spec]
+        ok = [i for i in mine if recall[i] >= target]
         qps[spec] = [round(max(n / times[i][k] for i in ok)) for k in range(rounds)] if ok else None
-    first, last = qps[specs[0]], qps[specs[-1]]
-    ratios = [round(b / f, 4) for f, b in zip(first, last)] if first and last and len(specs) > 1 else None
-    return {"compare_at": target, "systems": specs, "qps_rounds": qps, "ratio_rounds": ratios,
-            "ratio_median": float(np.median(ratios)) if ratios else None}
+        at[spec] = [qps_at([(recall[i], n / times[i][k]) for i in mine], target) for k in range(rounds)]
+        at[spec] = [round(v) for v in at[spec]] if None not in at[spec] else None
+    first, last = specs[0], specs[-1]
+    out = {"compare_at": target, "systems": specs, "qps_rounds": qps}
+    for key, per in (("", qps), ("interpolated_", at)):
+        ratios = ([round(b / f, 4) for f, b in zip(per[first], per[last])]
+                  if per[first] and per[last] and len(specs) > 1 else None)
+        if key:
+            out["interpolated_qps_rounds"] = at
+        out[key + "ratio_rounds"] = ratios
+        out[key + "ratio_median"] = float(np.median(ratios)) if ratios else None
+    return out
+
+
+def qps_at(points, target):
+    """QPS at exactly recall `target` from (recall, qps) settings: on their
+    frontier (the settings no other one beats in both), log QPS is
+    interpolated linearly in recall between the nearest frontier settings
+    below and at or above the target (the fastest setting reaching it
+    where every setting below is slower); None without a setting on either
+    side (nothing is extrapolated)."""
+    front = []
+    for rc, q in sorted(points, key=lambda p: (-p[0], -p[1])):  # highest recall first
+        if not front or q > front[-1][1]:
+            front.append((rc, q))
+    above = [p for p in front if p[0] >= target]
+    below = [p for p in front if p[0] < target]
+    if not above or all(p[0] >= target for p in points):
+        return None
+    if not below:  # the settings below are slower than one that reaches the target: that one's QPS
+        return float(above[-1][1])
+    (r1, q1), (r0, q0) = above[-1], below[0]  # the nearest on each side
+    t = (target - r0) / (r1 - r0)
+    return float(np.exp(np.log(q0) + t * (np.log(q1) - np.log(q0))))
 
 
 if __name__ == "__main__":

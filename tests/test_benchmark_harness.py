@@ -63,6 +63,22 @@ def test_report_picks_best_point_reaching_recall():
     assert [p["qps"] for p in frontier(pts, "qps", "recall@10")] == [500, 100, 90]
 
 
+def test_single_ab_interpolates_qps_at_the_target_recall():
+    """single_ab.qps_at: log QPS linear in recall between the nearest
+    frontier settings on either side; dominated settings are ignored and
+    nothing is extrapolated."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from single_ab import qps_at
+
+    pts = [(0.94, 200.0), (0.96, 100.0), (0.97, 50.0), (0.93, 150.0), (0.955, 90.0)]  # the last two dominated
+    assert qps_at(pts, 0.95) == pytest.approx((200 * 100) ** 0.5)
+    assert qps_at(pts, 0.96) == pytest.approx(100.0)
+    assert qps_at(pts, 0.945) == pytest.approx(200 ** 0.75 * 100 ** 0.25)
+    assert qps_at(pts, 0.99) is None and qps_at(pts, 0.92) is None
+    assert qps_at([(0.96, 100.0)], 0.95) is None
+    assert qps_at([(0.94, 90.0), (0.96, 100.0)], 0.95) == pytest.approx(100.0)  # below, but slower
+
+
 def test_single_ab_times_two_configurations_in_rounds(tmp_path):
     """benchmarks/single_ab.py: every setting once a round, one line each;
     the indexes it builds are reused by the next call (loaded, same recall)."""
@@ -83,6 +99,7 @@ def test_single_ab_times_two_configurations_in_rounds(tmp_path):
         assert paired["ratio_rounds"][k] == pytest.approx(again[2]["qps_rounds"][k] / paired["qps_rounds"]["fast"][k],
                                                           rel=1e-3)
     assert paired["ratio_median"] == pytest.approx(float(np.median(paired["ratio_rounds"])))
+    assert paired["interpolated_ratio_median"] is None  # no setting below recall 0: nothing to interpolate from
     assert [(r["system"], r["probes"], r["refine"]) for r in first] == [("fast", 4, 2), ("fast", 8, 2),
                                                                         ("fast:spill=0", 4, 1)]
     for r in first:
