@@ -116,6 +116,30 @@ def test_learned_probes_needs_codes_and_one_repetition():
         irli.Index("fast", learned_probes=True, n_reps=2)
 
 
+def test_fast_has_it_unless_told_or_an_override_rules_it_out(setup):
+    x, q, index = setup
+    cfg = irli.IndexConfig.from_preset("fast")
+    assert cfg.learned_probes and cfg.probes == 18
+    assert not irli.IndexConfig.from_preset("fast", scan="exact").learned_probes  # the preset's, dropped
+    assert not irli.IndexConfig.from_preset("fast", n_reps=2).learned_probes
+    assert not irli.IndexConfig.from_preset("fast", learned_probes=False).learned_probes
+    with pytest.raises(ConfigError, match="learned_probes"):  # the user's own: an error
+        irli.IndexConfig.from_preset("fast", scan="exact", learned_probes=True)
+    small = x[:1500]
+    assert irli.Index("fast", n_buckets=16).fit(small).budget_ is not None
+    assert irli.Index("fast", n_buckets=16, learned_probes=False).fit(small).budget_ is None
+
+
+def test_asking_for_every_bucket_opens_every_bucket(setup):
+    x, q, index = setup
+    r = index.search(q[:50], k=10, probes=64, refine=1000)  # B = 64
+    assert (r.scanned == index.lists_.offsets[0, -1]).all()  # every entry of every bucket
+    truth = exact_knn(x, q[:50], 10, "cosine")[0]
+    assert recall(r.ids, truth) == 1.0
+    one = index.search(q[3], k=10, probes=64, refine=1000)
+    np.testing.assert_array_equal(one.ids[0], r.ids[3])
+
+
 def test_a_query_log_trains_it(setup):
     x, q, _ = setup
     logged = irli.Index("fast", n_buckets=64, learned_probes=True).fit(x, train_queries=q[:200])

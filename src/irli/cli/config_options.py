@@ -76,7 +76,7 @@ HELP: dict[str, str] = {
     "pq_residual": "pq4: encode x minus its bucket's centre, or x itself (none: measured at fit)",
     "pq_anisotropic": "pq4 under ip / cosine: ScaNN's score-aware threshold T (0 or none: plain PQ)",
     "top_c": "exact scan: score only the C candidates of highest summed router probability",
-    "learned_probes": "pq4, one repetition: learn a per-query probe budget whose mean is --probes",
+    "learned_probes": "pq4, one repetition: learn a per-query probe budget whose mean is --probes (on in fast)",
     "schedule": "auto: with --train-queries, epochs, batch size and lr follow the log's size; fixed: as set",
     # LabelConfig only
     "dropout": "dropout on the routers' hidden layer while training",

@@ -179,7 +179,7 @@ class SearchMixin:
         """pq_block's (m, n_rerank, k, stop_w, m0, budget): the routing
         width, the distinct items re-ranked, k and the probe budget."""
         n_rerank = max(1, min(refine * k, st.n_live))
-        if st.budget is None:
+        if st.budget is None or m >= st.n_buckets:  # every bucket asked for: every bucket opened, as without one
             return (m, n_rerank, k, *FIXED)
         stop_w, first, budget, width = st.budget.args(m, st.n_buckets)
         return (width, n_rerank, k, stop_w, first, budget)
