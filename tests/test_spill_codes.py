@@ -96,7 +96,7 @@ def test_residual_choice_on_real_data_picks_the_better_codes():
     items, queries = x[rows[:30_000]], x[rows[30_000:]]
     truth = exact_knn(items, queries, 10, "cosine")[0]
     recall = {}
-    for choice in (True, False):  # fixed probes: the codes alone decide (each fit's budget differs)
+    for choice in (True, False):  # fixed probes: the codes alone decide
         index = irli.Index("fast", pq_residual=choice, learned_probes=False).fit(items)
         recall[choice] = recall_at_k(index.search(queries, k=10, probes=8, refine=2).ids, truth)
     auto = irli.Index("fast", learned_probes=False).fit(items)

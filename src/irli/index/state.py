@@ -66,7 +66,7 @@ class State(NamedTuple):
     kernel_args: PQIndexArgs | ExactIndexArgs  # the index's arguments of its search kernel
     budget: ProbeBudget | None  # the learned probe budget (learned_probes), or None: fixed probes
     # (k, probes, refine) -> (pq_one's compiled entry, its arguments before the outputs, the bytes of
-    # scratch it needs), checked and resolved once (SearchMixin._plan): a query per call skips the checks
+    # scratch it needs, a list of spare scratch buffers), checked and resolved once (SearchMixin._plan): a query per call skips the checks
     # it has passed before
     plans: dict
 

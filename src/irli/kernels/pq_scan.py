@@ -37,7 +37,7 @@ import numpy as np
 from .route import route_into, route_kinds, route_rows
 from .scoring import FAST, dot, prepare_rows, score
 from .simd import ROWS_AHEAD, ctz32, fma16x1, ge16, lut16, max16, min16, prefetch, prefetch_row
-from .topk import beats, count_at_least, pop_best_first, push_lex, sift_lex
+from .topk import beats, count_at_least, mth_by_counts, pop_best_first, push_lex, sift_lex
 
 _SEEN = 1 << 10
 _AHEAD = 2  # code blocks prefetched ahead of the scan
@@ -278,17 +278,11 @@ def _budget(hs, size, top, m, m0, stop_w, budget, ex):
     best = top[0]
     kth = top[0]
     if size > 0:
-        n16 = size + (-size) % 16
         best = hs[0]
         for h in range(size):
             ex[h] = hs[h]
             best = max(best, hs[h])
-        for h in range(size, n16):
-            ex[h] = -np.inf
-        rank = np.uint32(min(_FEATURE_K, size))
-        kth = np.float32(-np.inf)
-        for h in range(size):  # the 10th best: the highest score that 10 reach, counted 16 at a time
-            kth = max(kth, ex[h] if count_at_least(ex, n16, ex[h]) >= rank else np.float32(-np.inf))
+        kth = mth_by_counts(ex, size, min(_FEATURE_K, size))  # the 10th best, counted 16 at a time
     ns = stop_w.shape[0] - 3
     pred = stop_w[ns + 2] + stop_w[ns] * kth + stop_w[ns + 1] * best
     for j in range(ns):

@@ -61,7 +61,7 @@ def nth_best(v, n, r):
 
 
 @numba.njit(inline="always")
-def _mth_by_counts(v, n, m):
+def mth_by_counts(v, n, m):
     """The m-th largest of v[:n] (float32, no NaN; v holds at least n
     rounded up to 16 entries, those past n overwritten with -inf): the
     largest value that at least m values reach, each value's count taken
@@ -171,7 +171,7 @@ def top_row(row, m, bv, bi, out_idx, out_val):
                 mx = max(mx, row[b])
             bv[full] = mx
         if groups <= 256 and groups + (-groups) % 16 <= bv.shape[0]:  # O(groups^2 / 16) compares
-            thr = _mth_by_counts(bv, groups, m)
+            thr = mth_by_counts(bv, groups, m)
         else:
             thr = nth_best(bv, groups, m - 1)
     cnt = at_least(row, thr, bv, bi)

@@ -19,8 +19,8 @@ best and 10th best of its heap's approximate scores (the fit reads exact
 ones: re-scoring exactly cost a 384-d query more than it gained), and gives
 the query ceil(scale x probes x exp(prediction)) buckets, clipped to
 [m0, WIDEST x probes] (at least N_SCORES, at most B): the routing pass
-selects that many buckets, and selecting more costs every query more than
-the few that need them gain (GloVe, issue 24: a cap of 2x probes and 32
+selects that many buckets, so a wider cap costs every query routing time
+while fewer and fewer queries use it (GloVe, issue 24: a cap of 2x probes and 32
 router scores read 0.71x the codes of fixed probes at recall 0.95, a cap of
 1.5x and 8 scores 0.72x, routing as wide as fixed probes do; on MiniLM-384 a
 cap of 1.5x read 0.67x, 2x 0.65x, 2.5x and 3x no fewer). `scale` is
